@@ -1,0 +1,179 @@
+"""The training configuration: the scaling guide's YAML sections, validated by pydantic.
+
+Every key is optional and has our measured default (docs/method.md). Unknown keys are
+refused, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from scu import ScuError
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    base_model: str = "your-model-id"
+    architecture: str = "transformer"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+class LoraSection(Section):
+    rank: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    targets: list[str] = ALL_PROJECTIONS
+    use_rslora: bool = False
+    use_dora: bool = False
+    init: str | bool = True  # PEFT's init_lora_weights: True, "pissa", "olora", "gaussian", ...
+
+    @field_validator("rank")
+    @classmethod
+    def _positive_rank(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("lora.rank must be >= 1")
+        return v
+
+
+class ScuSection(Section):
+    enabled: bool = True
+    target_s: float = 0.05
+    kp: float = 1.0
+    ki: float = 0.02
+    deadband: float = 0.0
+    lambda_init: float = 1.0
+    lambda_min: float = 1e-4
+    lambda_max: float = 10.0
+    prior_sigma: float = 0.01
+    prior: Literal["delta", "factors", "raw"] = "delta"
+    law: Literal["pi", "guide"] = "pi"
+    ema_alpha: float = 0.1
+
+    @field_validator("target_s")
+    @classmethod
+    def _target_in_unit_interval(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"scu.target_s must be in (0, 1), e.g. 0.05 for 5% (got {v})")
+        return v
+
+    @field_validator("prior_sigma")
+    @classmethod
+    def _positive_sigma(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("scu.prior_sigma must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> "ScuSection":
+        if not 0.0 < self.lambda_min <= self.lambda_max:
+            raise ValueError(
+                f"need 0 < scu.lambda_min <= scu.lambda_max (got [{self.lambda_min}, {self.lambda_max}]); "
+                "set lambda_min = lambda_max for a fixed-lambda run"
+            )
+        return self
+
+
+class TrainingSection(Section):
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    block_size: int = 128
+    steps: int = 300
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    eval_every: int = 0  # 0: evaluate only at the end
+
+    @field_validator("batch_size", "gradient_accumulation", "block_size", "steps")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class DataSection(Section):
+    train_data: str = "path/to/train.jsonl"
+    val_data: str | None = None
+    tokens_per_epoch: int | None = None  # default: counted from the packed training set
+    val_fraction: float = 0.05
+    text_field: str = "text"
+
+
+class Config(Section):
+    model: ModelSection = ModelSection()
+    lora: LoraSection = LoraSection()
+    scu: ScuSection = ScuSection()
+    training: TrainingSection = TrainingSection()
+    data: DataSection = DataSection()
+
+    @model_validator(mode="after")
+    def _no_weight_decay_under_scu(self) -> "Config":
+        if self.scu.enabled and self.training.weight_decay != 0:
+            raise ValueError(
+                "training.weight_decay must be 0 when SCU is on (the SCU penalty is the regularizer); "
+                "set weight_decay: 0.0 or scu.enabled: false"
+            )
+        return self
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        parts.append(f"{where}: {msg}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ScuError(_one_line(e)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read YAML (or start from defaults), apply dotted overrides like {"scu.target_s": 0.1}, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ScuError(f"config file not found: {p}; pass --config with an existing YAML file")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ScuError(f"{p} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ScuError(f"{p} must be a YAML mapping with sections model/lora/scu/training/data")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return build_config(data)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,35 @@
+"""MDL bits accounting shared by every backend.
+
+DataBPT is the training cross-entropy in bits per token. ParamBPT is the description
+length of the learned change under a Gaussian prior N(0, sigma^2), spread over the
+tokens of one epoch. S = ParamBPT / (DataBPT + ParamBPT) is the controlled quantity.
+
+The functions work on Python floats and on framework tensors alike (plain arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+
+LN2 = math.log(2.0)
+
+
+def nats_to_bits(nats):
+    """Convert nats (per token) to bits (per token)."""
+    return nats / LN2
+
+
+def param_bits(sq_norm, sigma: float):
+    """Bits to encode a change with squared norm `sq_norm` under N(0, sigma^2): ||d||^2 / (2 sigma^2 ln 2)."""
+    return sq_norm / (2.0 * sigma * sigma * LN2)
+
+
+def param_bpt(sq_norm, sigma: float, tokens_per_epoch: int):
+    """ParamBits divided by the number of training tokens per epoch."""
+    return param_bits(sq_norm, sigma) / tokens_per_epoch
+
+
+def info_ratio(data_bpt: float, param_bpt_value: float) -> float:
+    """S = ParamBPT / (DataBPT + ParamBPT); 0 when both are 0."""
+    total = data_bpt + param_bpt_value
+    return param_bpt_value / total if total > 0 else 0.0

@@ -1,0 +1,128 @@
+"""PI control of the regularization weight lambda so that S tracks a target S*.
+
+Two update laws share one state (lambda, integral, S_hat, step):
+
+* ``pi`` (default): position-form PI on log(lambda) with a logarithmic error,
+      e = log(S_hat / S*),   log(lambda) = log(lambda_init) + kp * e + ki * sum(e)
+  With kp = 1 the proportional part alone makes lambda proportional to S_hat, the
+  integral removes the remaining offset. Anti-windup is conditional integration: the
+  error is not accumulated while lambda is pinned at a bound and the error pushes further
+  into it, nor while |S_hat - S*| is inside the deadband.
+* ``guide``: the public reference's velocity law, kept for comparisons only,
+      I = clamp(leak * I + ki * e, +-integral_limit),  lambda = clip(lambda * exp(kp * e + I))
+  with e = S_hat - S*, applied when |e| > deadband. It compounds the P term into lambda
+  (a double integrator) and oscillates between the bounds on a real gradient.
+
+S above its target raises lambda (more regularization lowers ParamBPT, hence S).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from scu.core.telemetry import Action, StepTelemetry
+
+MAX_LOG_ERROR = 10.0  # |log(S_hat/S*)| cap, so S = 0 at step 0 cannot produce -inf
+
+
+@dataclass
+class PIConfig:
+    target_s: float = 0.05
+    kp: float = 1.0
+    ki: float = 0.02
+    deadband: float = 0.0
+    lambda_init: float = 1.0
+    lambda_min: float = 1e-4
+    lambda_max: float = 10.0
+    ema_alpha: float = 0.1
+    law: Literal["pi", "guide"] = "pi"
+    leak: float = 0.995  # guide law only
+    integral_limit: float = 0.2  # guide law only
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_s < 1.0:
+            raise ValueError(f"target_s must be in (0, 1), got {self.target_s}")
+        if not 0.0 < self.lambda_min <= self.lambda_max:
+            raise ValueError(f"need 0 < lambda_min <= lambda_max, got [{self.lambda_min}, {self.lambda_max}]")
+        if not 0.0 < self.ema_alpha <= 1.0:
+            raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+
+
+class PIController:
+    """Updates lambda once per optimizer step from that step's complete S."""
+
+    def __init__(self, config: PIConfig) -> None:
+        self.config = config
+        self.lam = min(max(config.lambda_init, config.lambda_min), config.lambda_max)
+        self.integral = 0.0
+        self.s_hat: float | None = None
+        self.step_count = 0
+
+    @property
+    def fixed(self) -> bool:
+        return self.config.lambda_min == self.config.lambda_max
+
+    @property
+    def at_bound(self) -> Literal["min", "max"] | None:
+        if self.fixed:
+            return None
+        if self.lam <= self.config.lambda_min:
+            return "min"
+        if self.lam >= self.config.lambda_max:
+            return "max"
+        return None
+
+    def update(self, s: float) -> float:
+        """Feed one step's measured S; return the lambda for the next step."""
+        if not math.isfinite(s):
+            raise ValueError(f"S must be finite, got {s}")
+        c = self.config
+        self.step_count += 1
+        self.s_hat = s if self.s_hat is None else (1.0 - c.ema_alpha) * self.s_hat + c.ema_alpha * s
+        if self.fixed:
+            self.lam = c.lambda_min
+        elif c.law == "guide":
+            self._guide_update()
+        else:
+            self._pi_update()
+        return self.lam
+
+    def _pi_update(self) -> None:
+        c = self.config
+        e = math.log(max(self.s_hat, c.target_s * math.exp(-MAX_LOG_ERROR)) / c.target_s)
+        e = min(e, MAX_LOG_ERROR)
+        log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
+        base = math.log(c.lambda_init) + c.kp * e
+        candidate = self.integral + e
+        log_lam = base + c.ki * candidate
+        in_deadband = abs(self.s_hat - c.target_s) <= c.deadband
+        winds_up = (log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)
+        if not (in_deadband or winds_up):
+            self.integral = candidate
+        log_lam = base + c.ki * self.integral
+        self.lam = math.exp(min(max(log_lam, log_min), log_max))
+
+    def _guide_update(self) -> None:
+        c = self.config
+        e = self.s_hat - c.target_s
+        if abs(e) <= c.deadband:
+            return
+        self.integral = min(max(c.leak * self.integral + c.ki * e, -c.integral_limit), c.integral_limit)
+        self.lam = min(max(self.lam * math.exp(c.kp * e + self.integral), c.lambda_min), c.lambda_max)
+
+    def step(self, telemetry: StepTelemetry) -> Action:
+        return Action(lam=self.update(telemetry.s))
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lam = float(state["lam"])
+        self.integral = float(state["integral"])
+        self.s_hat = None if state["s_hat"] is None else float(state["s_hat"])
+        self.step_count = int(state["step"])
+
+    def describe(self) -> dict:
+        return asdict(self.config)

@@ -1,0 +1,1 @@
+"""Text loading, tokenization, packing and train/validation separation."""
