@@ -1,0 +1,1 @@
+"""Run records (metadata, metrics), plots and model cards."""

@@ -1,0 +1,85 @@
+"""Files a run leaves behind, written so that an interruption never leaves a broken one.
+
+Every JSON file is written to a temporary name and renamed into place; metrics.jsonl is
+appended line by line and flushed, and truncated back to the checkpoint on resume.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ["scu", "torch", "transformers", "peft", "accelerate", "trl", "datasets", "mlx", "mlx-lm"]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and inf are not JSON; write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def package_versions(names: list[str] = PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per optimizer step."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(_json_safe(row)) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: everything before it is intact
+                break
+        return rows
+
+    def truncate_after(self, step: int) -> list[dict[str, Any]]:
+        """Keep rows with row['step'] <= step (resume from a checkpoint at `step`); return them."""
+        rows = [r for r in self.read() if r["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
