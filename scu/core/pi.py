@@ -102,7 +102,7 @@ class PIController:
         if not (in_deadband or winds_up):
             self.integral = candidate
         log_lam = base + c.ki * self.integral
-        self.lam = math.exp(min(max(log_lam, log_min), log_max))
+        self.lam = c.lambda_min if log_lam <= log_min else c.lambda_max if log_lam >= log_max else math.exp(log_lam)
 
     def _guide_update(self) -> None:
         c = self.config
