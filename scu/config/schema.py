@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from scu import ScuError
+from scu.core.simplified import SimplifiedConfig
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -122,6 +123,7 @@ class Config(Section):
     scu: ScuSection = ScuSection()
     training: TrainingSection = TrainingSection()
     data: DataSection = DataSection()
+    sscu: SimplifiedConfig = SimplifiedConfig()  # S-SCU rules (docs/sscu.md); validated by its __post_init__
 
     @model_validator(mode="after")
     def _no_weight_decay_under_scu(self) -> "Config":
@@ -138,7 +140,7 @@ def _one_line(e: ValidationError) -> str:
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key; remove it or check its spelling"
         parts.append(f"{where}: {msg}")
     return "invalid config: " + "; ".join(parts)

@@ -286,3 +286,18 @@ def test_controller_survives_constant_and_short_histories():
     flat = SimplifiedController(SimplifiedConfig(entropy_window=N))
     feed(flat, [2.0] * N, [1.0] * N)
     assert flat.last_signals.entropy == 0.0 and flat.decisions[0]["action"] == "plateau_low_entropy"
+
+
+def test_sscu_config_section_is_validated_in_one_line():
+    from scu import ScuError
+    from scu.config.schema import build_config, dump_config, load_config
+
+    cfg = load_config(None, {"sscu.enabled": True, "sscu.control_frequency": 10})
+    assert cfg.sscu == SimplifiedConfig(enabled=True, control_frequency=10)
+    import yaml
+
+    assert build_config(yaml.safe_load(dump_config(cfg))).sscu == cfg.sscu
+    with pytest.raises(ScuError, match=r"sscu\.wavlet: unknown key"):
+        build_config({"sscu": {"wavlet": "db4"}})
+    with pytest.raises(ScuError, match="sscu: unknown wavelet 'db44'"):
+        build_config({"sscu": {"wavelet": "db44"}})
