@@ -14,6 +14,7 @@ from scu import ScuError, __version__
 
 COMMANDS = [
     "scu.torch.train_cli",
+    "scu.mlx.export_cli",
 ]
 
 

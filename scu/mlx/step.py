@@ -1,0 +1,121 @@
+"""One compiled optimizer step for mlx-lm LoRA training under the SCU penalty.
+
+lambda, the learning rate and the clipping norm enter the compiled functions as ``mx.array``
+values (the learning rate through the optimizer's state), so the controller can change
+them every step without a retrace. Gradient accumulation runs the first k-1 micro-batches
+through `accumulate` (cross-entropy only) and the last through `finish`, which adds the
+penalty once per optimizer step, clips and updates. The gradient applied is
+
+    d/dtheta [ sum_tokens CE_nats / n_tokens + lam * ParamBPT * ln 2 ]
+
+i.e. token-weighted over the whole step, the same objective as the PyTorch backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_map
+
+from scu.mlx.penalty import LoraPenalty
+
+
+def ce_sum(model: nn.Module, batch: mx.array) -> mx.array:
+    """Summed next-token cross-entropy (nats) of a [B, T] block batch; T - 1 targets per row."""
+    logits = model(batch[:, :-1])
+    return nn.losses.cross_entropy(logits.astype(mx.float32), batch[:, 1:], reduction="sum")
+
+
+def objective(
+    model: nn.Module, batch: mx.array, inv_tokens: mx.array, lam: mx.array, penalty: LoraPenalty | None, regularize: bool
+) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+    """(loss to differentiate, (CE nats summed over the batch, ParamBPT)) for the last micro-batch."""
+    ce = ce_sum(model, batch)
+    loss = ce * inv_tokens
+    if penalty is None:
+        return loss, (ce, mx.array(0.0))
+    if regularize:
+        reg, bpt = penalty.loss_term(lam)
+        return loss + reg, (ce, bpt)
+    return loss, (ce, mx.stop_gradient(penalty.param_bpt()))
+
+
+def clip_by_global_norm(grads: dict, max_norm: mx.array) -> tuple[dict, mx.array]:
+    """Scale the gradient tree so its global L2 norm is at most `max_norm` (an array, so it can change
+    without a retrace; ``optim.clip_grad_norm`` needs a Python float). Returns (clipped, norm before)."""
+    norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
+    factor = mx.minimum(max_norm / (norm + 1e-6), 1.0)
+    return tree_map(lambda g: (g * factor).astype(g.dtype), grads), norm
+
+
+@dataclass
+class StepResult:
+    """Lazy ``mx.array`` results of one optimizer step; evaluate them together (one host sync)."""
+
+    ce_nats_sum: mx.array
+    param_bpt: mx.array
+    grad_norm: mx.array
+
+
+class TrainStep:
+    """Compiled micro-batch accumulation and update for a model with mlx-lm LoRA layers.
+
+    `regularize=False` keeps the penalty out of the loss (a plain LoRA baseline) but still
+    measures ParamBPT; `penalty=None` measures nothing, for overhead comparisons.
+    `traces` counts how many times the Python bodies were traced by ``mx.compile``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: optim.Optimizer,
+        penalty: LoraPenalty | None,
+        regularize: bool = True,
+        compile: bool = True,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.traces = 0
+        optimizer.init(model.trainable_parameters())  # a lazily created state would change shape: a retrace
+        state = [model.state, optimizer.state, mx.random.state]
+        ce_grad = nn.value_and_grad(model, ce_sum)
+        obj_grad = nn.value_and_grad(model, partial(objective, penalty=penalty, regularize=regularize))
+
+        def accumulate(batch, acc):
+            self.traces += 1
+            ce, grads = ce_grad(model, batch)
+            if acc is not None:
+                grads = tree_map(mx.add, grads, acc[1])
+                ce = ce + acc[0]
+            return ce, grads
+
+        def finish(batch, acc, inv_tokens, lam, max_norm):
+            self.traces += 1
+            (_, (ce, bpt)), grads = obj_grad(model, batch, inv_tokens, lam)
+            if acc is not None:
+                grads = tree_map(lambda g, a: g + a * inv_tokens, grads, acc[1])
+                ce = ce + acc[0]
+            grads, norm = clip_by_global_norm(grads, max_norm)
+            optimizer.update(model, grads)
+            return ce, bpt, norm
+
+        if compile:
+            accumulate = mx.compile(accumulate, inputs=state, outputs=state)
+            finish = mx.compile(finish, inputs=state, outputs=state)
+        self._accumulate, self._finish = accumulate, finish
+
+    def __call__(self, micro_batches: list[mx.array], lam: float, max_grad_norm: float) -> StepResult:
+        """One optimizer step over `micro_batches` ([B, T] int arrays) at this lambda and clip norm."""
+        n_tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in micro_batches)
+        acc = None
+        for b in micro_batches[:-1]:
+            acc = self._accumulate(b, acc)
+        inv = mx.array(1.0 / n_tokens, dtype=mx.float32)
+        ce, bpt, norm = self._finish(
+            micro_batches[-1], acc, inv, mx.array(lam, dtype=mx.float32), mx.array(max_grad_norm, dtype=mx.float32)
+        )
+        return StepResult(ce, bpt, norm)

@@ -1,0 +1,34 @@
+"""Tiny mlx-lm models built from ModelArgs (no files), for the MLX backend tests."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models.llama import Model, ModelArgs
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+VOCAB = 97
+
+
+def tiny_lora_model(rank: int = 4, scale: float = 2.0, keys: list[str] | None = None, seed: int = 0, b_std: float = 0.0):
+    """A 2-block Llama with LoRA on `keys` (default: every linear layer); B ~ N(0, b_std^2) if b_std > 0."""
+    mx.random.seed(seed)
+    args = ModelArgs(
+        model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=VOCAB,
+    )
+    model = Model(args)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": rank, "scale": scale, "dropout": 0.0, "keys": keys})
+    if b_std > 0:
+        b = [(k, mx.random.normal(v.shape) * b_std) for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
+        model.update(tree_unflatten(b))
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.fixture
+def batch() -> mx.array:
+    mx.random.seed(1)
+    return mx.random.randint(0, VOCAB, (2, 17))

@@ -1,0 +1,95 @@
+"""The MLX training step: the penalty really enters the gradient, and lambda never retraces the compiled step."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import pytest
+from conftest import tiny_lora_model
+from mlx.utils import tree_flatten
+
+from scu.core.bits import LN2
+from scu.mlx.penalty import LoraPenalty
+from scu.mlx.step import TrainStep, objective
+
+
+def lora_grads(model, pen, batch, lam: float) -> dict[str, np.ndarray]:
+    """Uncompiled gradient of CE_mean + lam * ParamBPT * ln 2 over the LoRA parameters."""
+    inv = mx.array(1.0 / (batch.shape[0] * (batch.shape[1] - 1)))
+    f = nn.value_and_grad(model, partial(objective, penalty=pen, regularize=True))
+    _, g = f(model, batch, inv, mx.array(lam))
+    return {k: np.array(v) for k, v in tree_flatten(g)}
+
+
+def params(model) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+
+
+@pytest.mark.parametrize("prior", ["delta", "factors", "raw"])
+def test_gradient_with_lambda_is_ce_gradient_plus_lambda_times_penalty_gradient(prior, batch):
+    model = tiny_lora_model(b_std=0.05)
+    pen = LoraPenalty(model, prior, sigma=0.01, tokens_per_epoch=5000)
+    lam = 0.7
+    g0 = lora_grads(model, pen, batch, 0.0)
+    gl = lora_grads(model, pen, batch, lam)
+    _, gp = nn.value_and_grad(model, lambda m: pen.param_bpt() * LN2)(model)
+    gp = {k: np.array(v) for k, v in tree_flatten(gp)}
+    assert sum(float(np.abs(v).sum()) for v in gp.values()) > 0
+    for k in g0:
+        np.testing.assert_allclose(gl[k], g0[k] + lam * gp[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # and the penalty is not negligible next to the data gradient at this lambda, so the check has teeth
+    assert max(np.abs(lam * gp[k]).max() / (np.abs(g0[k]).max() + 1e-12) for k in g0) > 0.1
+
+
+@pytest.mark.parametrize("micro", [1, 2])
+def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrace(micro, batch):
+    model = tiny_lora_model(b_std=0.05)
+    pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
+    opt = optim.SGD(learning_rate=1.0)
+    step = TrainStep(model, opt, pen)
+    micro_batches = [batch[:1], batch[1:]] if micro == 2 else [batch]
+    for lam, lr in [(0.0, 1.0), (0.5, 1.0), (3.0, 0.5), (0.01, 2.0)]:
+        opt.learning_rate = lr
+        before, g = params(model), lora_grads(model, pen, batch, lam)
+        out = step(micro_batches, lam, max_grad_norm=1e9)
+        mx.eval(out.ce_nats_sum, out.param_bpt, out.grad_norm)
+        after = params(model)
+        for k in before:
+            np.testing.assert_allclose(before[k] - after[k], lr * g[k], rtol=1e-3, atol=1e-7, err_msg=k)
+        norm = np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in g.values()))
+        assert out.grad_norm.item() == pytest.approx(norm, rel=1e-4)
+    # one trace of `finish`, plus one of `accumulate` when there are two micro-batches
+    assert step.traces == micro
+
+
+def test_clipping_limits_the_update_to_max_grad_norm(batch):
+    model = tiny_lora_model(b_std=0.05)
+    pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
+    step = TrainStep(model, optim.SGD(learning_rate=1.0), pen)
+    for clip in (1e-3, 2e-3):
+        before = params(model)
+        out = step([batch], 0.2, max_grad_norm=clip)
+        after = params(model)
+        moved = np.sqrt(sum(float(((before[k] - after[k]).astype(np.float64) ** 2).sum()) for k in before))
+        assert out.grad_norm.item() > clip
+        assert moved == pytest.approx(clip, rel=1e-3)
+    assert step.traces == 1
+
+
+def test_a_python_float_lambda_would_be_frozen_into_the_graph(batch):
+    """Why lambda is an mx.array: a compiled function that closes over a Python float keeps its
+    first value, so the controller's changes would silently do nothing."""
+    model = tiny_lora_model(b_std=0.05)
+    pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
+    box = {"lam": 0.0}
+    frozen = mx.compile(lambda: pen.loss_term(mx.array(box["lam"]))[0], inputs=[model.state])
+    assert frozen().item() == 0.0
+    box["lam"] = 1.0
+    assert frozen().item() == 0.0  # stale: the float was baked in at trace time
+    live = mx.compile(lambda lam: pen.loss_term(lam)[0], inputs=[model.state])
+    assert live(mx.array(0.0)).item() == 0.0
+    assert live(mx.array(1.0)).item() > 0.0
