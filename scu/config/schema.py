@@ -79,11 +79,13 @@ class ScuSection(Section):
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> "ScuSection":
-        if not 0.0 < self.lambda_min <= self.lambda_max:
+        if not 0.0 <= self.lambda_min <= self.lambda_max:
             raise ValueError(
-                f"need 0 < scu.lambda_min <= scu.lambda_max (got [{self.lambda_min}, {self.lambda_max}]); "
+                f"need 0 <= scu.lambda_min <= scu.lambda_max (got [{self.lambda_min}, {self.lambda_max}]); "
                 "set lambda_min = lambda_max for a fixed-lambda run"
             )
+        if self.lambda_min == 0.0 and self.lambda_max > 0.0:
+            raise ValueError("scu.lambda_min must be > 0 when lambda is controlled; set lambda_min = lambda_max = 0 to fix it at 0")
         return self
 
 

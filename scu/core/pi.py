@@ -7,7 +7,9 @@ Two update laws share one state (lambda, integral, S_hat, step):
   With kp = 1 the proportional part alone makes lambda proportional to S_hat, the
   integral removes the remaining offset. Anti-windup is conditional integration: the
   error is not accumulated while lambda is pinned at a bound and the error pushes further
-  into it, nor while |S_hat - S*| is inside the deadband.
+  into it, nor while |S_hat - S*| is inside the deadband. The integrated error is clipped
+  to +-integral_error_clip: S starts at exactly 0 (no learned change yet), and the large
+  log-errors of that start-up transient must not wind the integral up.
 * ``guide``: the public reference's velocity law, kept for comparisons only,
       I = clamp(leak * I + ki * e, +-integral_limit),  lambda = clip(lambda * exp(kp * e + I))
   with e = S_hat - S*, applied when |e| > deadband. It compounds the P term into lambda
@@ -37,6 +39,7 @@ class PIConfig:
     lambda_min: float = 1e-4
     lambda_max: float = 10.0
     ema_alpha: float = 0.1
+    integral_error_clip: float = 0.5
     law: Literal["pi", "guide"] = "pi"
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
@@ -44,8 +47,10 @@ class PIConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.target_s < 1.0:
             raise ValueError(f"target_s must be in (0, 1), got {self.target_s}")
-        if not 0.0 < self.lambda_min <= self.lambda_max:
-            raise ValueError(f"need 0 < lambda_min <= lambda_max, got [{self.lambda_min}, {self.lambda_max}]")
+        if not 0.0 <= self.lambda_min <= self.lambda_max:
+            raise ValueError(f"need 0 <= lambda_min <= lambda_max, got [{self.lambda_min}, {self.lambda_max}]")
+        if self.lambda_min == 0.0 and self.lambda_max > 0.0:
+            raise ValueError("lambda_min must be > 0 when lambda is controlled (log domain); fix lambda with lambda_min = lambda_max")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
 
@@ -95,7 +100,7 @@ class PIController:
         e = min(e, MAX_LOG_ERROR)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         base = math.log(c.lambda_init) + c.kp * e
-        candidate = self.integral + e
+        candidate = self.integral + min(max(e, -c.integral_error_clip), c.integral_error_clip)
         log_lam = base + c.ki * candidate
         in_deadband = abs(self.s_hat - c.target_s) <= c.deadband
         winds_up = (log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)

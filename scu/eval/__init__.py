@@ -1,0 +1,1 @@
+"""Held-out evaluation: token-weighted bits per token and perplexity."""

@@ -1,0 +1,1 @@
+"""PyTorch backend: the differentiable regularizer over PEFT modules, the training loop, export."""

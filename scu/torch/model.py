@@ -1,0 +1,72 @@
+"""Load any causal LM (local path or hub id) and wrap it with PEFT LoRA from the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from scu import ScuError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_base(model_cfg: Any) -> tuple[nn.Module, Any]:
+    """The base model and its tokenizer, in the configured dtype / quantization."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
+        if not torch.cuda.is_available():
+            raise ScuError("4-bit/8-bit loading needs a CUDA GPU and bitsandbytes; set model.load_in_4bit/8bit: false here")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=model_cfg.load_in_4bit,
+            load_in_8bit=model_cfg.load_in_8bit,
+            bnb_4bit_compute_dtype=DTYPES[model_cfg.dtype],
+        )
+    name = model_cfg.base_model
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ScuError(f"could not load model {name!r} ({first}); pass a local model directory or a reachable hub id") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Leaf names of the model's linear layers (what LoRA can target), excluding the LM head."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def add_lora(model: nn.Module, lora_cfg: Any, gradient_checkpointing: bool = False) -> nn.Module:
+    """Wrap `model` with a LoRA adapter on the configured targets that exist in it."""
+    from peft import LoraConfig, get_peft_model
+
+    available = linear_module_names(model)
+    targets = [t for t in lora_cfg.targets if t in available]
+    if not targets:
+        raise ScuError(f"none of lora.targets {lora_cfg.targets} exist in this model; its linear layers are {available}")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=lora_cfg.rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=targets,
+        use_rslora=lora_cfg.use_rslora,
+        use_dora=lora_cfg.use_dora,
+        init_lora_weights=lora_cfg.init,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

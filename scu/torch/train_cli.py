@@ -1,0 +1,80 @@
+"""`scu train`: LoRA fine-tuning under SCU control from a YAML config, with flag overrides."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from scu.config.schema import load_config
+
+# flag -> dotted config key
+OVERRIDES = {
+    "steps": "training.steps",
+    "target_s": "scu.target_s",
+    "lambda_init": "scu.lambda_init",
+    "lambda_min": "scu.lambda_min",
+    "lambda_max": "scu.lambda_max",
+    "kp": "scu.kp",
+    "ki": "scu.ki",
+    "base_model": "model.base_model",
+    "train_data": "data.train_data",
+    "val_data": "data.val_data",
+    "seed": "training.seed",
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="fine-tune a causal LM with LoRA under SCU control")
+    p.add_argument("--config", required=True, help="YAML with sections model/lora/scu/training/data")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--output", help="run directory (adapter, metadata.json, metrics.jsonl, checkpoint)")
+    where.add_argument("--adapter-out", dest="output", help="same as --output")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--target-s", type=float)
+    p.add_argument("--lambda-init", type=float)
+    p.add_argument("--lambda-min", type=float)
+    p.add_argument("--lambda-max", type=float)
+    p.add_argument("--kp", type=float)
+    p.add_argument("--ki", type=float)
+    p.add_argument("--base-model")
+    p.add_argument("--train-data")
+    p.add_argument("--val-data")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    return load_config(args.config, {key: getattr(args, flag) for flag, key in OVERRIDES.items()})
+
+
+def run(args: argparse.Namespace) -> int:
+    from scu.torch.loop import train
+
+    cfg = config_from_args(args)
+    out = args.output or "runs/latest"
+    meta = train(cfg, out, resume=args.resume)
+    print(summary(meta, out))
+    return 130 if meta["status"] == "interrupted" else 0
+
+
+def summary(meta: dict, out: str) -> str:
+    lines = [f"{meta['status']}: {meta['steps']}/{meta['steps_planned']} steps -> {out}"]
+    if meta["scu_enabled"] and meta["final_s"] is not None:
+        sat = meta["lambda_saturation"]
+        lines.append(
+            f"  S = {100 * meta['final_s']:.2f}% (smoothed {100 * meta['final_s_hat']:.2f}%, target {100 * meta['target_s']:g}%), "
+            f"lambda = {meta['final_lambda']:.4g}, range [{meta['lambda_range'][0]:.3g}, {meta['lambda_range'][1]:.3g}]"
+        )
+        if sat["at_min"] + sat["at_max"] > 0.2:
+            lines.append(
+                f"  warning: lambda sat at a bound for {100 * (sat['at_min'] + sat['at_max']):.0f}% of steps "
+                "(target unreachable within [lambda_min, lambda_max]; widen the bounds or change target_s)"
+            )
+    if meta.get("val_bpt") is not None:
+        lines.append(f"  held-out BPT = {meta['val_bpt']:.4f}")
+    if meta["nan_skips"]:
+        lines.append(f"  skipped {meta['nan_skips']} steps with a NaN/inf loss")
+    if meta["status"] == "interrupted":
+        lines.append(f"  checkpoint saved; continue with: scu train --config {out}/config.yaml --output {out} --resume")
+    return "\n".join(lines)
