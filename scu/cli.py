@@ -15,6 +15,7 @@ from scu import ScuError, __version__
 COMMANDS = [
     "scu.torch.train_cli",
     "scu.mlx.export_cli",
+    "scu.data.cli",
 ]
 
 
