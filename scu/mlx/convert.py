@@ -102,13 +102,16 @@ def _check_peft_config(cfg: dict[str, Any], where: Path) -> None:
 def peft_to_mlx_tensors(cfg: dict[str, Any], weights: dict[str, torch.Tensor], where: Path) -> tuple[dict, dict]:
     """(mlx-lm tensors, lora_parameters) for a PEFT LoRA adapter; refuses what mlx-lm cannot express."""
     _check_peft_config(cfg, where)
+    embedding = [k for k in weights if "lora_embedding_" in k]
+    if embedding:
+        raise ScuError(f"cannot convert {where} to mlx-lm: it has LoRA on an embedding ({embedding[0]}); "
+                       "convert adapters on linear layers only")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in weights.items():
         m = re.match(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$", key)
         if m is None:
-            what = "LoRA on an embedding" if "lora_embedding" in key else f"tensor {key!r}"
-            raise ScuError(f"cannot convert {where} to mlx-lm: {what} has no mlx-lm LoRALinear equivalent; "
-                           "convert adapters on linear layers only")
+            raise ScuError(f"cannot convert {where} to mlx-lm: it holds the non-LoRA tensor {key!r} (a full or saved "
+                           "module) that an mlx-lm LoRA adapter cannot carry; convert adapters of LoRA factors only")
         pairs.setdefault(m["module"], {})[m["ab"]] = t
     if not pairs:
         raise ScuError(f"{where} holds no LoRA tensors; pass a PEFT LoRA adapter directory")
