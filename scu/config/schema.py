@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from scu import ScuError
 from scu.core.simplified import SimplifiedConfig
+from scu.energy.runtime import TscuConfig
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -126,6 +127,7 @@ class Config(Section):
     training: TrainingSection = TrainingSection()
     data: DataSection = DataSection()
     sscu: SimplifiedConfig = SimplifiedConfig()  # S-SCU rules (docs/sscu.md); validated by its __post_init__
+    tscu: TscuConfig = TscuConfig()  # T-SCU power/temperature control (docs/tscu.md)
 
     @model_validator(mode="after")
     def _no_weight_decay_under_scu(self) -> "Config":

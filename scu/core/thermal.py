@@ -136,7 +136,6 @@ class ThermalController:
         self.below_target = 0
         self.throttle_events = 0
         self.pause_events = 0
-        self.time_over_budget_s = 0.0
         self._reset_window()
         self.report = StepReport(1.0, False, None, None, None)
 
@@ -169,8 +168,6 @@ class ThermalController:
             self.window_bits_energy += energy
         if temp is not None:
             self.window_max_temp = temp if self.window_max_temp is None else max(self.window_max_temp, temp)
-        if power is not None and power > c.power_budget_watts:
-            self.time_over_budget_s += dt
 
         reasons: list[str] = []
         stop = False
@@ -276,7 +273,7 @@ class ThermalController:
     # -- serialization --------------------------------------------------------------------
     _STATE = (
         "factor", "paused", "step_count", "last_sleep_s", "length_hat", "below_target", "throttle_events",
-        "pause_events", "time_over_budget_s", "window_s", "window_power_j", "window_power_s", "window_bits",
+        "pause_events", "window_s", "window_power_j", "window_power_s", "window_bits",
         "window_bits_energy", "window_max_temp",
     )  # fmt: skip
 
@@ -290,3 +287,39 @@ class ThermalController:
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)
+
+
+def summarize_steps(rows: list[dict[str, Any]], power_budget_watts: float) -> dict[str, Any]:
+    """Run-level figures from per-step rows (duration_s, energy_joules, power_watts,
+    temperature_celsius, bits_learned). Averages are weighted by time or energy; a figure
+    that nothing measured is None."""
+    measured = [r for r in rows if r.get("energy_joules") is not None]
+    powered = [r for r in rows if r.get("power_watts") is not None]
+    energy = sum(r["energy_joules"] for r in measured)
+    seconds = sum(r["duration_s"] for r in measured)
+    hot = [r for r in rows if r.get("temperature_celsius") is not None]
+    hot_s = sum(r["duration_s"] for r in hot)
+    learned = [r for r in measured if r.get("bits_learned") is not None]
+    learned_energy = sum(r["energy_joules"] for r in learned)
+    landauer = [r for r in learned if r.get("temperature_celsius") is not None]
+    landauer_energy = sum(r["energy_joules"] for r in landauer)
+    return {
+        "steps_measured": len(measured),
+        "step_energy_joules": energy if measured else None,
+        "step_seconds": seconds if measured else None,
+        "avg_step_power_watts": energy / seconds if measured and seconds > 0 else None,
+        "avg_temperature_celsius": (
+            sum(r["temperature_celsius"] * r["duration_s"] for r in hot) / hot_s if hot and hot_s > 0 else None
+        ),
+        "max_temperature_celsius": max((r["temperature_celsius"] for r in hot), default=None),
+        "time_over_budget_s": (
+            sum(r["duration_s"] for r in powered if r["power_watts"] > power_budget_watts) if powered else None
+        ),
+        "bits_learned": sum(r["bits_learned"] for r in learned) if learned else None,
+        "bits_per_joule": bits_per_joule(sum(r["bits_learned"] for r in learned), learned_energy) if learned else None,
+        "avg_landauer_efficiency": (
+            sum(landauer_joules(r["bits_learned"], r["temperature_celsius"]) for r in landauer) / landauer_energy
+            if landauer and landauer_energy > 0
+            else None
+        ),
+    }

@@ -11,14 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from scu import ScuError
 from scu.energy.base import Clock, Reading, Sensor, SensorUnavailable, Unavailable
 from scu.energy.sampler import Interval, Mark, Sampler
 
 Source = Literal["auto", "nvml", "rapl", "apple", "replay", "none"]
-SOURCES: tuple[str, ...] = ("auto", "nvml", "rapl", "apple", "replay", "none")
+SOURCES: tuple[str, ...] = get_args(Source)
 
 __all__ = ["Interval", "Mark", "Reading", "Sampler", "Sensor", "SensorUnavailable", "Unavailable", "open_sensor", "SOURCES"]
 

@@ -1,0 +1,156 @@
+"""T-SCU end to end on a replayed trace and without sensors, on a simulated clock.
+
+The trace: 20 W budget, max 75 C (pause at 85 C, resume at 70 C).
+  0-20 s   12 W, 50 C
+  20-60 s  35 W plateau (over budget), 60 C
+  60-100 s 12 W (room to recover)
+  100-105 s thermal spike 60 -> 92 C
+  105-140 s cooling 92 -> 55 C (crosses 70 C at 105 + 22 * 35 / 37 = 125.81 s)
+  then     12 W, 55 C
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scu.core.telemetry import StepTelemetry
+from scu.energy.base import Unavailable
+from scu.energy.replay import ReplaySensor, Trace
+from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE, ThermalRun, TscuConfig
+
+TRACE = "time,watts,celsius\n0,12,50\n20,12,60\n20.001,35,60\n60,35,60\n60.001,12,60\n100,12,60\n105,12,92\n140,12,55\n400,12,55\n"
+COOLED_AT = 105 + 22 * 35 / 37
+END = 220.0
+COMPUTE_S = 0.2
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def simulate(run: ThermalRun, clock: SimClock, until: float, out: Path) -> list[dict]:
+    """A training loop on the simulated clock: compute, measure + control, pace."""
+    run.start(out, background=False)
+    step, times = 0, []
+    while clock.now < until:
+        clock.sleep(COMPUTE_S)
+        step += 1
+        t = StepTelemetry(step=step, data_bpt=4.0 - 0.001 * step, param_bpt=0.0, tokens=100, lr=1e-3, wall_time=COMPUTE_S)
+        action = run.step(t)
+        times.append(clock.now - run.rows[-1]["paused_s"])  # when the step ended
+        clock.sleep(action.sleep_s)  # the loop applies pacing
+    run.close()
+    for row, end in zip(run.rows, times):
+        row["t_end"] = end
+    return run.rows
+
+
+@pytest.fixture
+def replayed(tmp_path: Path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE)
+    clock = SimClock()
+    run = ThermalRun(TscuConfig(enabled=True), tokens_per_epoch=10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
+    rows = simulate(run, clock, END, tmp_path / "run")
+    return run, rows, tmp_path / "run", trace
+
+
+def test_factor_drops_below_one_while_over_budget(replayed):
+    _, rows, _, _ = replayed
+    before = [r for r in rows if r["t_end"] < 20]
+    plateau = [r for r in rows if 22 <= r["t_end"] <= 60]
+    assert all(r["control_factor"] == 1.0 for r in before)
+    assert plateau and all(r["control_factor"] < 1.0 for r in plateau)
+    assert all(r["power_watts"] == pytest.approx(35.0) for r in plateau if r["t_end"] - r["duration_s"] > 20.01)
+    assert any("over power budget" in reason for r in plateau for reason in r["reasons"])
+
+
+def test_pause_above_hard_limit_and_resume_below_threshold(replayed):
+    run, rows, _, _ = replayed
+    paused = [r for r in rows if r["paused_s"] > 0]
+    assert len(paused) == 1 and run.controller.pause_events == 1
+    p = paused[0]
+    assert p["temperature_celsius"] >= 85.0
+    resumed_at = p["t_end"] + p["paused_s"]
+    assert COOLED_AT <= resumed_at <= COOLED_AT + run.config.pause_poll_s  # polled once a second
+    assert not [r for r in rows if p["t_end"] < r["t_end"] < resumed_at]  # no training while hot
+    assert all(r["temperature_celsius"] < 85.0 for r in rows if r is not p)
+
+
+def test_factor_recovers_afterwards(replayed):
+    _, rows, _, _ = replayed
+    between = [r["control_factor"] for r in rows if 60 < r["t_end"] < 100]
+    assert between == sorted(between) and between[-1] == 1.0  # back to full speed before the spike
+    late = [r for r in rows if r["t_end"] > END - 40]
+    assert late and all(r["control_factor"] == 1.0 for r in late)
+    after_pause = [r["control_factor"] for r in rows if r["t_end"] > COOLED_AT]
+    assert after_pause[0] < 1.0 and after_pause == sorted(after_pause)  # a monotone ramp back up
+
+
+def test_outputs_account_for_every_joule_of_the_trace(replayed):
+    run, rows, out, trace = replayed
+    analysis = json.loads((out / ANALYSIS_FILE).read_text())
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    assert metrics["sensor"] == analysis["sensor"] == "replay"
+    assert [r["step"] for r in metrics["steps"]] == list(range(1, len(rows) + 1))
+    keys = {"loss", "power_watts", "temperature_celsius", "energy_joules", "control_factor", "learning_rate", "bits_per_joule"}
+    assert keys <= set(metrics["steps"][0])
+    end = rows[-1]["t_end"]
+    assert analysis["total_energy_joules"] == pytest.approx(Trace.load(trace).at(end)[2], rel=1e-9)
+    assert analysis["avg_power_watts"] == pytest.approx(analysis["total_energy_joules"] / end, rel=1e-9)
+    assert analysis["paused_s"] == pytest.approx(rows[[r["paused_s"] > 0 for r in rows].index(True)]["paused_s"])
+    # 40 s over budget, counted in whole steps: off by at most the steps that straddle 20 s and 60 s
+    straddle = max(r["duration_s"] for r in rows if 18 < r["t_end"] < 66)
+    assert abs(analysis["time_over_budget_s"] - 40.0) <= 2 * straddle
+    assert analysis["throttle_events"] == 2 and analysis["pause_events"] == 1
+    assert analysis["bits_per_joule"] > 0 and 0 < analysis["avg_landauer_efficiency"] < 1e-12
+
+
+def test_resume_keeps_rows_up_to_the_checkpoint(replayed, tmp_path: Path):
+    run, rows, out, trace = replayed
+    state = run.state_dict()
+    state["controller"]["step_count"] = 100  # as if the checkpoint had been taken at step 100
+    clock = SimClock()
+    again = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
+    again.load_state_dict(state)
+    again.start(out, background=False)
+    assert [r["step"] for r in again.rows] == list(range(1, 101))
+    assert again.pause_s == run.pause_s
+
+
+def test_no_sensor_reports_unavailable_with_null_figures(tmp_path: Path):
+    clock = SimClock()
+    run = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=Unavailable("no sensor here", clock=clock), sleep=clock.sleep)
+    rows = simulate(run, clock, 5.0, tmp_path)
+    assert all(r["control_factor"] == 1.0 and r["paused_s"] == 0.0 for r in rows)
+    for key in ("power_watts", "temperature_celsius", "energy_joules", "bits_per_joule", "landauer_efficiency"):
+        assert all(r[key] is None for r in rows)
+    a = json.loads((tmp_path / ANALYSIS_FILE).read_text())
+    assert a["sensor"] == "unavailable" and a["sensor_detail"]["reason"] == "no sensor here"
+    for key in ("avg_power_watts", "avg_temperature_celsius", "total_energy_joules", "bits_per_joule",
+                "avg_landauer_efficiency", "time_over_budget_s"):  # fmt: skip
+        assert a[key] is None, key
+    assert a["throttle_events"] == 0 and a["pause_events"] == 0
+
+
+def test_a_pause_that_never_cools_stops_the_run(tmp_path: Path):
+    trace = tmp_path / "hot.csv"
+    trace.write_text("time,watts,celsius\n0,10,90\n")
+    clock = SimClock()
+    cfg = TscuConfig(enabled=True, max_pause_s=30.0)
+    run = ThermalRun(cfg, 10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
+    run.start(tmp_path, background=False)
+    clock.sleep(COMPUTE_S)
+    action = run.step(StepTelemetry(step=1, data_bpt=4.0, param_bpt=0.0, tokens=10, lr=1e-3, wall_time=COMPUTE_S))
+    assert action.stop and "longer than 30 s" in action.reasons[-1]
+    assert 30.0 <= run.pause_s <= 31.0
