@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=TrainingSection().seed, help="seed of the train/validation split (default: %(default)s)")
     p.add_argument("--text-field", help="column holding the text (default: text, or the named dataset's)")
     p.add_argument("--subset", help="hub dataset configuration (default: the named dataset's)")
+    p.add_argument("--join-articles", action="store_true",
+                   help="rows are WikiText lines (e.g. a downloaded wikitext parquet): join them into articles at ' = Title = ' lines")
     p.add_argument("--refuse-overlap", action="store_true", help="with --val: fail instead of removing overlapping training documents")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared DIR")
     p.set_defaults(func=_prepare)
@@ -54,6 +56,7 @@ def _prepare(args: argparse.Namespace) -> int:
         seed=args.seed,
         text_field=args.text_field,
         subset=args.subset,
+        join_articles=args.join_articles,
         overwrite=args.overwrite,
         refuse_overlap=args.refuse_overlap,
     )

@@ -297,6 +297,7 @@ def prepare(
     seed: int = 0,
     text_field: str | None = None,
     subset: str | None = None,
+    join_articles: bool = False,
     overwrite: bool = False,
     refuse_overlap: bool = False,
     progress: bool = True,
@@ -316,8 +317,8 @@ def prepare(
         if v is not None and v < 1:
             raise ScuError(f"{flag} must be >= 1 (got {v})")
     _check_out(out, overwrite)
-    train_source = resolve_source(dataset, text_field, subset, streaming)
-    val_source = resolve_source(val, text_field, subset, streaming) if val is not None else None
+    train_source = resolve_source(dataset, text_field, subset, streaming, join_articles)
+    val_source = resolve_source(val, text_field, subset, streaming, join_articles) if val is not None else None
     tok = load_tokenizer(tokenizer)
 
     out.parent.mkdir(parents=True, exist_ok=True)

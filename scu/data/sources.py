@@ -39,8 +39,8 @@ class NamedDataset:
 
 NAMED: dict[str, NamedDataset] = {
     "c4": NamedDataset("allenai/c4", "en", sample_files="en/c4-train.0000*-of-01024.json.gz"),
-    "wikitext-2": NamedDataset("Salesforce/wikitext", "wikitext-2-raw-v1", articles=True, sample_files="wikitext-2-raw-v1/*"),
-    "wikitext-103": NamedDataset("Salesforce/wikitext", "wikitext-103-raw-v1", articles=True, sample_files="wikitext-103-raw-v1/*"),
+    "wikitext-2": NamedDataset("Salesforce/wikitext", "wikitext-2-raw-v1", articles=True, sample_files="wikitext-2-raw-v1/train-*"),
+    "wikitext-103": NamedDataset("Salesforce/wikitext", "wikitext-103-raw-v1", articles=True, sample_files="wikitext-103-raw-v1/train-*"),
     "fineweb-edu": NamedDataset("HuggingFaceFW/fineweb-edu", "sample-10BT", sample_files="sample/10BT/000_00000.parquet"),
     "slimpajama": NamedDataset("cerebras/SlimPajama-627B", None, sample_files="train/chunk1/example_train_0.jsonl.zst"),
 }
@@ -63,7 +63,7 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         """The provenance recorded in prep.json."""
-        out: dict[str, Any] = {"spec": self.spec, "kind": self.kind, "text_field": self.text_field}
+        out: dict[str, Any] = {"spec": self.spec, "kind": self.kind, "text_field": self.text_field, "join_articles": self.articles}
         if self.kind == "files":
             out["files"] = [str(f) for f in self.files]
         elif self.kind == "saved":
@@ -74,12 +74,16 @@ class Source:
 
 
 def resolve_source(
-    spec: str, text_field: str | None = None, subset: str | None = None, streaming: bool = False
+    spec: str, text_field: str | None = None, subset: str | None = None, streaming: bool = False, join_articles: bool = False
 ) -> Source:
-    """Turn NAME[:SPLIT], a hub id or a local path into a Source; probe the hub for hub names."""
+    """Turn NAME[:SPLIT], a hub id or a local path into a Source; probe the hub for hub names.
+
+    join_articles: rows are single lines of WikiText; join them into articles (always on for
+    the named WikiText datasets).
+    """
     path = Path(spec).expanduser()
     if path.exists():
-        return _local_source(spec, path.resolve(), text_field or "text")
+        return _local_source(spec, path.resolve(), text_field or "text", join_articles)
     if spec.endswith(_SUFFIXES) or spec.startswith((".", "/", "~")):
         raise ScuError(f"data file not found: {spec}; check the path (or pass a hub dataset name)")
     name, _, split = spec.partition(":")
@@ -92,26 +96,26 @@ def resolve_source(
         config=subset or (named.config if named else None),
         split=split or "train",
         text_field=text_field or (named.text_field if named else "text"),
-        articles=bool(named and named.articles),
+        articles=join_articles or bool(named and named.articles),
         streaming=streaming,
     )
     _check_hub_reachable(source, named)
     return source
 
 
-def _local_source(spec: str, path: Path, text_field: str) -> Source:
+def _local_source(spec: str, path: Path, text_field: str, articles: bool) -> Source:
     if path.is_file():
         if not path.name.endswith(_SUFFIXES):
             raise ScuError(f"unsupported data file type for {path}; use .txt, .jsonl, .json(.gz), .parquet or a folder of them")
-        return Source(spec=spec, kind="files", files=(path,), text_field=text_field)
+        return Source(spec=spec, kind="files", files=(path,), text_field=text_field, articles=articles)
     if (path / "prep.json").exists():
         raise ScuError(f"{path} is already a prepared (tokenized) directory; pass it to `scu train` as data.train_data")
     if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return Source(spec=spec, kind="saved", path=path, text_field=text_field)
+        return Source(spec=spec, kind="saved", path=path, text_field=text_field, articles=articles)
     files = tuple(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_SUFFIXES) and not p.name.startswith(".")))
     if not files:
         raise ScuError(f"{path} holds no .txt, .jsonl, .json(.gz) or .parquet files; point --dataset at a data file or folder")
-    return Source(spec=spec, kind="files", files=files, text_field=text_field)
+    return Source(spec=spec, kind="files", files=files, text_field=text_field, articles=articles)
 
 
 def _offline() -> bool:
@@ -121,7 +125,8 @@ def _offline() -> bool:
 def local_alternative(hub_id: str, named: NamedDataset | None) -> str:
     """The command that fetches a local copy, for error messages."""
     include = f" --include '{named.sample_files}'" if named and named.sample_files != "*" else ""
-    return f"run `hf download {hub_id} --repo-type dataset{include} --local-dir DIR` where there is network, then pass --dataset DIR"
+    join = " --join-articles" if named and named.articles else ""
+    return f"run `hf download {hub_id} --repo-type dataset{include} --local-dir DIR` where there is network, then pass --dataset DIR{join}"
 
 
 def _check_hub_reachable(source: Source, named: NamedDataset | None) -> None:
@@ -151,8 +156,8 @@ def iter_documents(source: Source, tokenizer: Any = None) -> Iterator[str]:
         rows = _batch_texts(_saved_batches(source), source.text_field, tokenizer, str(source.path))
     else:
         rows = _batch_texts(_hub_batches(source), source.text_field, tokenizer, source.hub_id or "")
-        if source.articles:
-            rows = join_articles(rows)
+    if source.articles:
+        rows = join_articles(rows)
     return (d for d in rows if d.strip())
 
 
@@ -180,7 +185,7 @@ def join_articles(lines: Iterator[str]) -> Iterator[str]:
     """Join WikiText rows (one line each) into articles, starting a new one at each ' = Title = ' line."""
     article: list[str] = []
     for line in lines:
-        if _WIKITEXT_TITLE.match(line) and article:
+        if _WIKITEXT_TITLE.match(line) and any(a.strip() for a in article):
             yield "".join(article)
             article = []
         article.append(line)
