@@ -27,6 +27,7 @@ class ModelSection(Section):
     base_model: str = "your-model-id"
     architecture: str = "transformer"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    backend: Literal["torch", "mlx"] = "torch"  # mlx: mlx-lm models and LoRA layers (docs/mlx.md)
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     gradient_checkpointing: bool = False
