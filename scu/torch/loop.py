@@ -163,22 +163,21 @@ class StepResult:
     tokens: int
 
 
-def train_step(run: Run, lam: float, lr: float) -> StepResult:
-    """One optimizer step: token-weighted CE over all micro-batches, the penalty once, one host sync."""
-    model, opt, acc, st = run.model, run.optimizer, run.accelerator, run.state
-    t = run.cfg.training
-    for group in opt.param_groups:
-        group["lr"] = lr
+def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Backward over the step's micro-batches: token-weighted CE, plus the penalty once per step.
+
+    Returns the summed CE (nats, this rank), ParamBPT (detached) and this rank's token count.
+    """
+    model, acc, st, t = run.model, run.accelerator, run.state, run.cfg.training
     world, rank = acc.num_processes, acc.process_index
-    step_tokens = st.grad_accum * t.batch_size * (t.block_size - 1)  # per rank
+    step_tokens = st.grad_accum * t.batch_size * (t.block_size - 1)
     ce_nats = torch.zeros((), device=acc.device)
     pbpt = None
     for micro in range(st.grad_accum):
         idx = run.order.indices(st.cursor, t.batch_size * world)[rank * t.batch_size : (rank + 1) * t.batch_size]
         st.cursor += t.batch_size * world
         ids = torch.from_numpy(run.data.train[idx]).to(acc.device)
-        sync = nullcontext() if micro == st.grad_accum - 1 else acc.no_sync(model)
-        with sync:
+        with nullcontext() if micro == st.grad_accum - 1 else acc.no_sync(model):
             ce_sum = cross_entropy_sum(model(input_ids=ids).logits, ids)
             loss = ce_sum / step_tokens
             if run.penalty is not None and micro == 0:
@@ -186,16 +185,25 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
                 loss = loss + lam * LN2 * pbpt
             acc.backward(loss)
         ce_nats += ce_sum.detach()
-    max_norm = t.max_grad_norm * st.grad_clip_factor
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
-    if world > 1:
+    return ce_nats, None if pbpt is None else pbpt.detach(), step_tokens
+
+
+def train_step(run: Run, lam: float, lr: float) -> StepResult:
+    """One optimizer step with a single host sync; a NaN/inf step is measured but not applied."""
+    opt, acc, st = run.optimizer, run.accelerator, run.state
+    for group in opt.param_groups:
+        group["lr"] = lr
+    ce_nats, pbpt, step_tokens = accumulate_gradients(run, lam)
+    max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], max_norm)
+    if acc.num_processes > 1:
         ce_nats = acc.reduce(ce_nats, reduction="sum")
-    measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt.detach() if pbpt is not None else ce_nats * 0).float()])
+    measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt if pbpt is not None else ce_nats * 0).float()])
     data_nats, gnorm, param_value = measured.tolist()  # the step's single host sync
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens * world)
+    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens * acc.num_processes)
 
 
 def current_lambda(run: Run) -> float:

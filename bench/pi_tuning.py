@@ -1,0 +1,70 @@
+"""Measure PI laws and gains on a real gradient: does S settle at S* without a limit cycle?
+
+    python -m bench.pi_tuning [--steps 400] [--out bench/results/pi_tuning.json]
+
+Base: the test-sized cached base (stdlib code); fine-tune: pydoc prose; LoRA r 8 on all
+projections, constant LR. Every setting runs the same data and seed; prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from scu.config.schema import build_config
+from scu.core.tracking import tracking_from_rows
+from scu.data.builtin import pydoc_topics
+from scu.models.tiny import BaseSpec, cached_base
+from scu.torch.loop import train
+
+SETTINGS = {
+    "guide kp0.8 ki0.15": {"law": "guide", "kp": 0.8, "ki": 0.15, "deadband": 0.003, "lambda_max": 2.0},
+    "pi kp1 ki0.02": {"law": "pi", "kp": 1.0, "ki": 0.02},
+    "pi kp1 ki0.05": {"law": "pi", "kp": 1.0, "ki": 0.05},
+    "pi kp0.5 ki0.01": {"law": "pi", "kp": 0.5, "ki": 0.01},
+    "pi kp2 ki0.04": {"law": "pi", "kp": 2.0, "ki": 0.04},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--target", type=float, default=0.05)
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--out", default="bench/results/pi_tuning.json")
+    args = ap.parse_args()
+    base = cached_base(BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2))
+    work = Path(tempfile.mkdtemp(prefix="pi_tuning-"))
+    data = work / "pydoc.txt"
+    data.write_text("\n\n".join(pydoc_topics()))
+    results = {}
+    for name, scu in SETTINGS.items():
+        if args.only and name not in args.only:
+            continue
+        cfg = build_config({
+            "model": {"base_model": str(base)},
+            "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
+            "scu": {"target_s": args.target, **scu},
+            "training": {"learning_rate": 2e-3, "batch_size": 8, "block_size": 128, "steps": args.steps,
+                         "warmup_steps": 10, "lr_schedule": "constant", "checkpoint_every": 10**9},
+            "data": {"train_data": str(data)},
+        })
+        out = work / name.replace(" ", "_")
+        meta = train(cfg, out, progress=False)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        tr = tracking_from_rows(rows, args.target)
+        lams = [r["lambda"] for r in rows[len(rows) // 2 :]]
+        results[name] = {**tr.as_dict(), "lambda_second_half": [min(lams), max(lams)], "val_bpt": meta["val_bpt"],
+                         "tokens_per_epoch": meta["tokens_per_epoch"]}
+        r = results[name]
+        print(f"{name:22s} err {100 * r['error']:5.1f}%  in-band {100 * r['in_band']:5.1f}%  settle {r['settling_step']}  "
+              f"overshoot {100 * r['overshoot']:5.1f}%  at-bound {100 * r['at_bound']:4.1f}%  "
+              f"lambda 2nd half [{r['lambda_second_half'][0]:.3g}, {r['lambda_second_half'][1]:.3g}]", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"steps": args.steps, "target_s": args.target, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""ParamBPT is correct, and the penalty really changes the gradient, by exactly lambda * dpenalty."""
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from scu.core.bits import LN2, param_bpt
+from scu.torch.loop import accumulate_gradients, setup
+from scu.torch.regularizer import LoraPenalty, _gram_dot
+
+SIGMA, N = 0.01, 10_000
+
+
+def tiny_peft(init=True, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=init)
+    return get_peft_model(LlamaForCausalLM(cfg), lora)
+
+
+def lora_modules(model):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@pytest.mark.parametrize("prior", ["delta", "factors"])
+def test_param_bpt_is_exactly_zero_at_step_zero(prior):
+    assert LoraPenalty(tiny_peft(), prior, SIGMA, N)().item() == 0.0
+
+
+def test_raw_prior_is_dominated_by_random_init_of_A():
+    model = tiny_peft()
+    expected = sum(m.lora_A["default"].weight.pow(2).sum().item() for m in lora_modules(model))
+    got = LoraPenalty(model, "raw", SIGMA, N)().item()
+    assert got == pytest.approx(expected / (2 * SIGMA**2 * LN2) / N, rel=1e-5)
+    assert got > 0
+
+
+def test_gram_identity_matches_materialized_delta():
+    g = torch.Generator().manual_seed(1)
+    B, A = torch.randn(48, 4, generator=g), torch.randn(4, 32, generator=g)
+    assert _gram_dot(B, A, B, A).item() == pytest.approx((B @ A).pow(2).sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("prior", ["delta", "factors", "raw"])
+def test_param_bpt_matches_closed_form_on_hand_made_tensors(prior):
+    model = tiny_peft()
+    penalty = LoraPenalty(model, prior, SIGMA, N)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in lora_modules(model):
+            m.lora_A["default"].weight.add_(torch.randn(m.lora_A["default"].weight.shape, generator=g) * 0.01)
+            m.lora_B["default"].weight.copy_(torch.randn(m.lora_B["default"].weight.shape, generator=g) * 0.01)
+    sq = 0.0
+    for m, pair in zip(lora_modules(model), penalty.pairs):
+        A, B, s = m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"]
+        if prior == "delta":
+            sq += (s * B @ A).pow(2).sum().item()
+        elif prior == "factors":
+            sq += (A - pair.A0).pow(2).sum().item() + B.pow(2).sum().item()
+        else:
+            sq += A.pow(2).sum().item() + B.pow(2).sum().item()
+    assert penalty().item() == pytest.approx(sq / (2 * SIGMA**2 * math.log(2)) / N, rel=1e-5)
+
+
+def test_delta_from_nonzero_init_measures_the_change():
+    model = tiny_peft(init=False)  # A and B both random: the initial dW is not zero
+    penalty = LoraPenalty(model, "delta", SIGMA, N)
+    assert penalty().item() == pytest.approx(0.0, abs=1e-6)
+    m = lora_modules(model)[0]
+    before = (m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight).detach().clone()
+    with torch.no_grad():
+        m.lora_B["default"].weight.mul_(1.5)
+    after = m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight
+    expected = param_bpt((after - before).pow(2).sum().item(), SIGMA, N)
+    assert penalty().item() == pytest.approx(expected, rel=1e-4)
+
+
+def _lora_grads(run, lam):
+    run.state.cursor = 0
+    run.optimizer.zero_grad(set_to_none=True)
+    accumulate_gradients(run, lam)
+    return {n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad}
+
+
+def test_penalty_gradient_is_lambda_times_analytic_derivative(make_cfg, tmp_path):
+    run = setup(make_cfg(training__gradient_accumulation=2), tmp_path / "run")
+    with torch.no_grad():  # move off the B = 0 start so every term of the derivative is non-zero
+        for p in run.penalty.pairs:
+            p.B.normal_(std=0.02)
+    lam = 3.0
+    g0, g1 = _lora_grads(run, 0.0), _lora_grads(run, lam)
+    N_ = run.tokens_per_epoch
+    changed = 0
+    for name, module in run.model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        A, B, s = module.lora_A["default"].weight, module.lora_B["default"].weight, module.scaling["default"]
+        dW = s * B @ A
+        # d/dB [lam * ln2 * s^2 ||BA||^2 / (2 sigma^2 ln2 N)] = lam * s * dW A^T / (sigma^2 N); same for A.
+        dB = lam * s * dW @ A.t() / (SIGMA**2 * N_)
+        dA = lam * s * B.t() @ dW / (SIGMA**2 * N_)
+        for suffix, expected in (("lora_B.default.weight", dB), ("lora_A.default.weight", dA)):
+            key = next(k for k in g0 if k.endswith(f"{name}.{suffix}"))
+            torch.testing.assert_close(g1[key] - g0[key], expected.detach(), rtol=1e-4, atol=1e-9)
+            assert expected.abs().max() > 1e-3 * g0[key].abs().max()
+            changed += 1
+    assert changed >= 4
