@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from scu import ScuError
+from scu.data.prepare import is_prepared, prepared_train_val
 from scu.data.text import load_documents, overlapping_documents, pack, split_documents, tokenize_documents
 
 
@@ -23,6 +24,8 @@ class TrainData:
 
 def load_train_val(data_cfg: Any, tokenizer: Any, block_size: int, seed: int) -> TrainData:
     """Load, separate (at document level) and pack the training and validation text."""
+    if is_prepared(data_cfg.train_data) or (data_cfg.val_data and is_prepared(data_cfg.val_data)):
+        return prepared_train_val(data_cfg, tokenizer, block_size)  # tokenized once by `scu data prepare`
     train_docs = load_documents(data_cfg.train_data, data_cfg.text_field, tokenizer)
     if data_cfg.val_data:
         val_docs = load_documents(data_cfg.val_data, data_cfg.text_field, tokenizer)

@@ -27,7 +27,7 @@ import numpy as np
 
 from scu import ScuError
 from scu.data.sources import HUB_TIMEOUT_S, Source, iter_documents, resolve_source
-from scu.data.text import MIN_OVERLAP_DOC_CHARS, normalized_hash, tokenize_documents
+from scu.data.text import MIN_OVERLAP_DOC_CHARS, load_documents, normalized_hash, pack, tokenize_documents
 from scu.report.records import atomic_write_json, package_versions
 
 PREP_FILE = "prep.json"
@@ -85,6 +85,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 # ----------------------------------------------------------------------------- tokenizing
 
+def document_keys(docs: list[str], min_chars: int = 0) -> np.ndarray:
+    """64-bit keys of the normalized-text hashes of the documents of at least `min_chars` characters."""
+    return np.array([int(normalized_hash(d)[:16], 16) for d in docs if len(d) >= min_chars], dtype=np.uint64)
+
+
 def _encode(batch: dict[str, list], tokenizer: Any, seed: int) -> dict[str, list]:
     """datasets.map function: token ids plus the hashes that decide duplicates and the split."""
     texts = batch["text"]
@@ -120,10 +125,10 @@ class _Chunk:
     draws: np.ndarray
     chars: np.ndarray
 
-    def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flattened ids and lengths of the documents where mask is True, in order."""
+    def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Flattened ids, lengths, keys and character counts of the documents where mask is True."""
         token_mask = np.repeat(mask, self.lengths)
-        return self.ids[token_mask], self.lengths[mask]
+        return self.ids[token_mask], self.lengths[mask], self.keys[mask], self.chars[mask]
 
 
 def _tokenized_chunks(
@@ -184,8 +189,9 @@ class BlockWriter:
         self.tokens = 0  # document tokens + one EOS each, before the tail is dropped
         self.blocks = 0
         self.keys: list[np.ndarray] = []  # normalized-hash keys of the documents written
+        self.long_keys: list[np.ndarray] = []  # ... of those long enough to count as overlap
 
-    def add(self, ids: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, lengths: np.ndarray, keys: np.ndarray, chars: np.ndarray) -> None:
         import pyarrow as pa
 
         n = len(lengths)
@@ -200,6 +206,7 @@ class BlockWriter:
         self.documents += n
         self.tokens += stream.size
         self.keys.append(keys)
+        self.long_keys.append(keys[chars >= MIN_OVERLAP_DOC_CHARS])
         buf = np.concatenate([self._carry, stream])
         full = buf.size // self.block_size
         if full:
@@ -215,6 +222,10 @@ class BlockWriter:
 
     def all_keys(self) -> np.ndarray:
         return np.concatenate(self.keys) if self.keys else np.empty(0, dtype=np.uint64)
+
+    def overlap_keys(self) -> np.ndarray:
+        """Sorted unique keys of the documents of >= MIN_OVERLAP_DOC_CHARS characters."""
+        return np.unique(np.concatenate(self.long_keys)) if self.long_keys else np.empty(0, dtype=np.uint64)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -334,6 +345,8 @@ def prepare(
             splits["validation"] = datasets.Dataset.from_file(str(workdir / "validation.arrow"))
         datasets.DatasetDict(splits).save_to_disk(str(staged))
         del splits
+        for keys in workdir.glob("*.overlap_keys.npy"):
+            keys.rename(staged / keys.name)
         atomic_write_json(staged / PREP_FILE, info)
         _move_into_place(staged, out)
     finally:
@@ -364,7 +377,6 @@ def _run(
     has_val = val_source is not None or val_fraction > 0
     valw = BlockWriter(workdir / "validation.arrow", block_size, eos) if has_val else None
     readers = []
-    val_long_keys: list[np.ndarray] = []
     removed = 0
     try:
         if val_source is not None:
@@ -373,9 +385,8 @@ def _run(
             with _bar("tokenize validation", val_max_tokens, progress) as bar:
                 reader.progress = bar
                 for c in reader.chunks(tok, seed, num_proc, workdir, "val", chunk_chars):
-                    valw.add(c.ids, c.lengths, c.keys)
-                    val_long_keys.append(c.keys[c.chars >= MIN_OVERLAP_DOC_CHARS])
-        val_long = np.unique(np.concatenate(val_long_keys)) if val_long_keys else np.empty(0, dtype=np.uint64)
+                    valw.add(c.ids, c.lengths, c.keys, c.chars)
+            val_long = valw.overlap_keys()
         reader = _Reader(train_source, max_tokens)
         readers.append(reader)
         threshold = np.uint64(min(int(val_fraction * 2**64), 2**64 - 1))
@@ -390,14 +401,13 @@ def _run(
                             f"{val_source.spec}; remove them or drop --refuse-overlap to have them removed from training"
                         )
                     removed += int(overlap.sum())
-                    to_val = np.zeros(len(c.lengths), dtype=bool)
-                    keep = ~overlap
+                    train.add(*c.take(~overlap))
+                elif valw is not None:
+                    to_val = c.draws < threshold
+                    valw.add(*c.take(to_val))
+                    train.add(*c.take(~to_val))
                 else:
-                    to_val = c.draws < threshold if valw is not None else np.zeros(len(c.lengths), dtype=bool)
-                    keep = ~to_val
-                    if valw is not None:
-                        valw.add(*c.take(to_val), c.keys[to_val])
-                train.add(*c.take(keep), c.keys[keep])
+                    train.add(c.ids, c.lengths, c.keys, c.chars)
     finally:
         train.close()
         if valw is not None:
@@ -410,6 +420,9 @@ def _run(
             f"the validation side has {valw.tokens} tokens ({valw.documents} documents), fewer than one block of {block_size}; "
             "raise --val-fraction, pass --val, or use --val-fraction 0"
         )
+    for w in (train, valw):
+        if w is not None:
+            np.save(w.path.with_suffix(".overlap_keys.npy"), w.overlap_keys())
     train_keys = train.all_keys()
     val_keys = valw.all_keys() if valw is not None else np.empty(0, dtype=np.uint64)
     all_keys = np.concatenate([train_keys, val_keys])
@@ -496,3 +509,43 @@ def load_prepared(
     train = _blocks(dd["train"], block_size)
     val = _blocks(dd["validation"], block_size) if "validation" in dd else None
     return train, val, int(info["tokens_per_epoch"]), info
+
+
+def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) -> tuple[np.ndarray, np.ndarray | None, int, int, np.ndarray, str]:
+    """(blocks, prepared validation blocks, tokens_per_epoch, documents, overlap keys, rule) of one data path.
+
+    role "val": a prepared directory gives its validation split (or its train split if it has none).
+    """
+    if is_prepared(path):
+        train, val, tokens, info = load_prepared(path, tokenizer, block_size)
+        split = "validation" if role == "val" and val is not None else "train"
+        blocks = val if split == "validation" else train
+        keys = np.load(Path(path) / f"{split}.overlap_keys.npy")
+        return blocks, val if role == "train" else None, tokens, info[split]["documents"], keys, info["split"]["rule"]
+    docs = load_documents(path, data_cfg.text_field, tokenizer)
+    blocks = pack(tokenize_documents(docs, tokenizer), block_size, tokenizer.eos_token_id)
+    return blocks, None, int(blocks.size), len(docs), document_keys(docs, MIN_OVERLAP_DOC_CHARS), "raw text"
+
+
+def prepared_train_val(data_cfg: Any, tokenizer: Any, block_size: int) -> Any:
+    """scu.data.corpus.TrainData when data.train_data and/or data.val_data is a prepared directory.
+
+    A prepared training directory brings its own validation split (split at preparation time;
+    data.val_fraction does not apply) unless data.val_data is set. A separate val_data, prepared
+    or raw, is refused if it shares documents with the training side, as for raw text.
+    """
+    from scu.data.corpus import TrainData
+
+    train, val, tokens_per_epoch, train_docs, train_keys, rule = _side(data_cfg.train_data, data_cfg, tokenizer, block_size, "train")
+    val_docs = 0 if val is None else read_info(data_cfg.train_data)["validation"]["documents"]
+    rule = f"prepared {data_cfg.train_data}: {rule}"
+    if data_cfg.val_data:
+        val, _, _, val_docs, val_keys, _ = _side(data_cfg.val_data, data_cfg, tokenizer, block_size, "val")
+        shared = int(np.intersect1d(train_keys, val_keys).size)
+        if shared:
+            raise ScuError(
+                f"{shared} validation documents of {data_cfg.val_data} also occur in the training data; "
+                "use a disjoint val_data, or prepare with --val so that overlapping training documents are removed"
+            )
+        rule = f"given: {data_cfg.val_data}"
+    return TrainData(train, val, tokens_per_epoch, train_docs, val_docs, rule)
