@@ -33,7 +33,7 @@ from scu.data.corpus import TrainData, load_train_val
 from scu.eval.bpt import block_bpt, cross_entropy_sum
 from scu.report.records import MetricsLog, atomic_write_json, package_versions
 from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from scu.torch.model import add_lora, load_base
+from scu.torch.model import add_lora, load_model, load_tokenizer
 from scu.torch.regularizer import LoraPenalty
 
 MAX_CONSECUTIVE_NAN = 10
@@ -136,8 +136,9 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
         raise ScuError(f"no checkpoint in {out} to resume from; drop --resume to start a new run")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.training.seed)
-    model, tokenizer = load_base(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     data = load_train_val(cfg.data, tokenizer, cfg.training.block_size, cfg.training.seed)
+    model = load_model(cfg.model)
     tokens_per_epoch = cfg.data.tokens_per_epoch or data.tokens_per_epoch
     set_seed(cfg.training.seed)
     model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)

@@ -12,10 +12,29 @@ from scu import ScuError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_base(model_cfg: Any) -> tuple[nn.Module, Any]:
-    """The base model and its tokenizer, in the configured dtype / quantization."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_error(name: str, e: Exception) -> ScuError:
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return ScuError(f"could not load model {name!r} ({first}); pass a local model directory or a reachable hub id")
 
+
+def load_tokenizer(model_cfg: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_cfg.base_model, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(model_cfg.base_model, e) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_cfg: Any) -> nn.Module:
+    """The base model in the configured dtype / quantization (quantization needs CUDA + bitsandbytes)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     kwargs: dict[str, Any] = {"dtype": DTYPES[model_cfg.dtype], "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
         if not torch.cuda.is_available():
@@ -27,16 +46,10 @@ def load_base(model_cfg: Any) -> tuple[nn.Module, Any]:
             load_in_8bit=model_cfg.load_in_8bit,
             bnb_4bit_compute_dtype=DTYPES[model_cfg.dtype],
         )
-    name = model_cfg.base_model
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(model_cfg.base_model, **kwargs)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ScuError(f"could not load model {name!r} ({first}); pass a local model directory or a reachable hub id") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+        raise _load_error(model_cfg.base_model, e) from None
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
