@@ -32,16 +32,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--target", type=float, default=0.05)
-    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--only", nargs="*", help="names from SETTINGS")
+    ap.add_argument("--grid", nargs="*", default=[], help="extra position-form settings as KP,KI pairs")
     ap.add_argument("--out", default="bench/results/pi_tuning.json")
     args = ap.parse_args()
     base = cached_base(BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2))
     work = Path(tempfile.mkdtemp(prefix="pi_tuning-"))
     data = work / "pydoc.txt"
     data.write_text("\n\n".join(pydoc_topics()))
+    settings = dict(SETTINGS)
+    selected = set(args.only or [])
+    for pair in args.grid:
+        kp, ki = (float(x) for x in pair.split(","))
+        name = f"pi kp{kp:g} ki{ki:g}"
+        settings[name] = {"law": "pi", "kp": kp, "ki": ki}
+        selected.add(name)
     results = {}
-    for name, scu in SETTINGS.items():
-        if args.only and name not in args.only:
+    for name, scu in settings.items():
+        if selected and name not in selected:
             continue
         cfg = build_config({
             "model": {"base_model": str(base)},

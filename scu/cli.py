@@ -13,9 +13,13 @@ import sys
 from scu import ScuError, __version__
 
 COMMANDS = [
+    "scu.demo",
     "scu.torch.train_cli",
+    "scu.config.suggest_cli",
     "scu.mlx.export_cli",
     "scu.data.cli",
+    "scu.vac.compress_cli",
+    "scu.vac.eval_ppl_cli",
 ]
 
 
