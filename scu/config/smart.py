@@ -1,0 +1,499 @@
+"""Smart config: from a model and a dataset to a validated SCU configuration (the scaling guide's rules).
+
+`suggest(...)` applies the guide's tables (size category, S* and its adjustments, LoRA rank,
+batch by VRAM) plus our own rules where the guide is silent or measured wrong (PI gains, the
+size boundary rule, steps, the memory formula), and records one line of reasoning per rule.
+`scu suggest` prints those lines and writes the YAML. docs/smart_config.md explains each rule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from scu import ScuError
+from scu.config.registry import find_scale
+from scu.config.schema import ALL_PROJECTIONS, Config, ModelSection, ScuSection, TrainingSection, build_config
+
+Task = Literal["general", "code", "math", "domain"]
+Symptom = Literal["lambda-oscillates", "s-overshoots"]
+
+# ---- the guide's tables -------------------------------------------------------------------------
+# (category, lower bound in parameters, inclusive; S*). Size = parameters with an untied output
+# head left out (see model_size); the bound belongs to the category above it: 1e9 is medium.
+CATEGORIES: tuple[tuple[str, float, float], ...] = (
+    ("micro", 0.0, 0.005),
+    ("tiny", 100e6, 0.010),
+    ("small", 500e6, 0.015),
+    ("medium", 1e9, 0.020),
+    ("large", 3e9, 0.030),
+    ("xlarge", 7e9, 0.040),
+)
+# LoRA (rank, alpha) by category. The guide gives r 16-32 / alpha 32-64 for 3-7B; we take the
+# low end, which is what both of its validated large runs (Llama-3.2-3B, OLMo-3-7B) used.
+LORA = {"micro": (8, 16), "tiny": (8, 16), "small": (8, 16), "medium": (16, 32), "large": (16, 32), "xlarge": (32, 64)}
+# Dataset size adjustments (strictly fewer tokens than the bound); 10M-100M: the guide lists none.
+DATA_ADJUSTMENTS: tuple[tuple[float, float, str], ...] = ((1e6, -0.010, "< 1M tokens"), (10e6, -0.005, "< 10M tokens"))
+TASK_ADJUSTMENTS: dict[str, float] = {"general": 0.0, "code": 0.005, "math": 0.005, "domain": -0.005}
+# The floor: the smallest S* the guide recommends for any model (micro). Below it the guide has
+# no validated setting, and lambda saturates at its upper bound trying to reach it.
+S_FLOOR = 0.005
+# (VRAM in GB at least, micro-batch, gradient accumulation): the largest row that fits is used.
+BATCH_BY_VRAM: tuple[tuple[float, int, int], ...] = ((40, 8, 2), (24, 4, 4), (16, 2, 8), (8, 1, 16))
+# The guide's troubleshooting, as ratios of its own gains (Kp 0.8 -> 0.5-0.6; Ki 0.15 -> 0.2),
+# applied to whatever gains are in use.
+SYMPTOM_FACTORS: dict[str, tuple[str, float, str]] = {
+    "lambda-oscillates": ("kp", 0.55 / 0.8, "lambda oscillates: Kp lowered by the guide's 0.8 -> 0.55"),
+    "s-overshoots": ("ki", 0.2 / 0.15, "S overshoots its target: Ki raised by the guide's 0.15 -> 0.2"),
+}
+# Steps: about one epoch, at least the guide's shortest validated run (500: time for lambda to
+# settle), at most its template and longest validated run (1500: OLMo-3-7B at lambda equilibrium).
+MIN_STEPS, MAX_STEPS = 500, 1500
+WARMUP_FRACTION = 0.1  # the guide's template: 150 warm-up steps of 1500
+GUIDE_BLOCK_SIZE = 2048  # the guide's template
+
+# ---- the model --------------------------------------------------------------------------------
+# Projection roles (the guide's q, k, v, o, gate, up, down) and the module names architectures use.
+ROLE_ORDER = ("q", "k", "v", "qkv", "o", "gate", "gate_up", "up", "down")
+GUIDE_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+ATTENTION_NAMES = {
+    "q": {"q_proj", "query", "wq", "q_lin"},
+    "k": {"k_proj", "key", "wk", "k_lin"},
+    "v": {"v_proj", "value", "wv", "v_lin"},
+    "qkv": {"c_attn", "qkv_proj", "query_key_value", "wqkv", "w_pack", "att_proj"},
+    "o": {"o_proj", "out_proj", "dense", "c_proj", "wo", "out_lin"},
+}
+MLP_NAMES = {
+    "gate": {"gate_proj", "w1"},
+    "gate_up": {"gate_up_proj"},
+    "up": {"up_proj", "c_fc", "fc1", "fc_in", "dense_h_to_4h", "w3", "lin1"},
+    "down": {"down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "lin2"},
+}
+ATTENTION_PARENTS = ("attn", "attention")
+MLP_PARENTS = ("mlp", "ffn", "feed_forward", "moe", "experts")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rules need to know about a model, read without loading its weights."""
+
+    name: str | None  # id or path; None for --params
+    params: int  # every parameter once (tied embeddings once)
+    size: int  # the categorised size: params without an untied output head
+    hidden: int
+    layers: int
+    intermediate: int
+    kv_dim: int
+    vocab: int
+    max_positions: int | None
+    targets: tuple[str, ...]  # module names for lora.targets
+    roles: dict[str, tuple[str, ...]]  # role -> module names (missing roles absent)
+    lora_fan: int  # sum of (in + out) over every targeted module: adapter params = rank * lora_fan
+    lora_fan_in: int  # sum of in_features over targeted modules: what LoRA dropout copies
+    modules_per_layer: int  # targeted modules in one layer
+    model_type: str | None = None
+    source: str = ""
+
+
+def _linear_dims(module: Any) -> tuple[int, int] | None:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
+
+
+def _role(path: str) -> str | None:
+    """The projection role of a linear layer from its name and its parent's name."""
+    *parents, leaf = path.lower().split(".")
+    parent = next((p for p in reversed(parents) if not p.isdigit()), "")
+    groups = [ATTENTION_NAMES] if any(k in parent for k in ATTENTION_PARENTS) else []
+    groups += [MLP_NAMES] if any(k in parent for k in MLP_PARENTS) else []
+    if not groups:  # e.g. OPT's fc1/fc2 sit directly in the block: use only unambiguous names
+        groups = [{r: n - {"dense", "c_proj"} for r, n in g.items()} for g in (ATTENTION_NAMES, MLP_NAMES)]
+    return next((r for g in groups for r, names in g.items() if leaf in names), None)
+
+
+def _target_modules(model: Any) -> tuple[dict[str, tuple[str, ...]], list[tuple[str, tuple[int, int]]]]:
+    """Roles found in the model's module list and every (name, (in, out)) linear layer they select."""
+    head = model.get_output_embeddings()
+    linears = [(n, d) for n, m in model.named_modules() if m is not head and (d := _linear_dims(m)) is not None]
+    roles: dict[str, list[str]] = {}
+    for name, _ in linears:
+        role = _role(name)
+        if role is not None and name.split(".")[-1] not in roles.setdefault(role, []):
+            roles[role].append(name.split(".")[-1])
+    leaves = {leaf for names in roles.values() for leaf in names}
+    chosen = [(n, d) for n, d in linears if n.split(".")[-1] in leaves]
+    return {r: tuple(roles[r]) for r in ROLE_ORDER if r in roles}, chosen
+
+
+def _config_int(config: Any, *names: str, default: int | None = None) -> int | None:
+    for n in names:
+        v = getattr(config, n, None)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    return default
+
+
+def inspect_model(model: str, trust_remote_code: bool = False) -> ModelInfo:
+    """Read a model's config (local directory or hub id) and count its parameters on the meta device.
+
+    Only config.json is read (from the hub when `model` is not a local directory); the model is
+    instantiated on PyTorch's meta device, so no weights are downloaded or allocated.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    local = Path(model)
+    if local.exists() and not (local / "config.json").is_file():
+        raise ScuError(f"{local} has no config.json; point --model at a saved model directory or pass --params N")
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ScuError(
+            f"could not read the config of {model!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            "pass a local model directory, check the hub id and your connection, or give --params N"
+        ) from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        with torch.device("meta"):
+            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, ImportError) as e:
+        raise ScuError(f"cannot build {model!r} ({config.model_type}) as a causal LM ({e}); pass --params N instead") from None
+    params = sum(p.numel() for p in meta.parameters())  # parameters() yields a tied tensor once
+    head, embed = meta.get_output_embeddings(), meta.get_input_embeddings()
+    untied_head = head is not None and head.weight is not embed.weight
+    size = params - (head.weight.numel() if untied_head else 0)
+    roles, chosen = _target_modules(meta)
+    if not chosen:
+        raise ScuError(f"no attention/MLP projections recognised in {model!r} ({config.model_type}); "
+                       "set lora.targets by hand in the written config")
+    hidden = _config_int(text, "hidden_size", "n_embd", "d_model", default=embed.weight.shape[1])
+    heads = _config_int(text, "num_attention_heads", "n_head", default=1)
+    head_dim = _config_int(text, "head_dim", default=hidden // heads)
+    layers = _config_int(text, "num_hidden_layers", "n_layer", "num_layers", default=1)
+    return ModelInfo(
+        name=model,
+        params=params,
+        size=size,
+        hidden=hidden,
+        layers=layers,
+        intermediate=_config_int(text, "intermediate_size", "n_inner", "ffn_dim", default=None) or 4 * hidden,
+        kv_dim=_config_int(text, "num_key_value_heads", default=heads) * head_dim,
+        vocab=embed.weight.shape[0],
+        max_positions=_config_int(text, "max_position_embeddings", "n_positions", "max_sequence_length"),
+        targets=tuple(dict.fromkeys(n for names in roles.values() for n in names)),
+        roles=roles,
+        lora_fan=sum(i + o for _, (i, o) in chosen),
+        lora_fan_in=sum(i for _, (i, _o) in chosen),
+        modules_per_layer=max(1, round(len(chosen) / layers)),
+        model_type=config.model_type,
+        source=f"config.json of {local}" if local.exists() else f"hub config of {model}",
+    )
+
+
+def model_from_params(params: int) -> ModelInfo:
+    """A Llama-shaped stand-in for a bare parameter count (no architecture to read).
+
+    Llama models keep depth = width / 128 and about 12 * width^2 parameters per layer
+    (7B: 4096 wide, 32 deep), so width = (128 * P / 12)^(1/3). Vocabulary: 32,000.
+    """
+    if params < 1:
+        raise ScuError(f"--params must be a positive parameter count (got {params}), e.g. --params 1.2e9")
+    hidden = max(64, 64 * round((128 * params / 12) ** (1 / 3) / 64))
+    layers = max(1, round(params / (12 * hidden * hidden)))
+    inter = 64 * round(8 / 3 * hidden / 64)
+    fans = [(hidden, hidden)] * 4 + [(hidden, inter)] * 2 + [(inter, hidden)]  # q k v o gate up down
+    return ModelInfo(
+        name=None, params=params, size=params, hidden=hidden, layers=layers, intermediate=inter, kv_dim=hidden,
+        vocab=32000, max_positions=None, targets=tuple(ALL_PROJECTIONS),
+        roles={r: (f"{r}_proj",) for r in GUIDE_ROLES},
+        lora_fan=layers * sum(i + o for i, o in fans), lora_fan_in=layers * sum(i for i, _ in fans),
+        modules_per_layer=7, source="--params",
+    )
+
+
+# ---- memory -----------------------------------------------------------------------------------
+GB = 1e9
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+QUANT_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1.0}  # NF4 + one fp32 absmax per 64 weights; int8
+CUDA_RUNTIME_BYTES = 0.5 * GB  # CUDA context, cuBLAS workspace, allocator slack
+ADAPTER_BYTES_PER_PARAM = 16  # fp32 weight, its gradient, Adam's two moments
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak training memory in bytes, by part."""
+
+    weights: float
+    adapter: float
+    activations: float
+    logits: float
+    runtime: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.adapter + self.activations + self.logits + self.runtime
+
+    def describe(self) -> str:
+        parts = ("weights", "adapter", "activations", "logits", "runtime")
+        return " + ".join(f"{p} {getattr(self, p) / GB:.2f}" for p in parts) + f" = {self.total / GB:.2f} GB"
+
+
+def estimate_memory(
+    info: ModelInfo,
+    rank: int,
+    batch_size: int,
+    block_size: int,
+    dtype: str = "fp32",
+    quant: str | None = None,
+    gradient_checkpointing: bool = False,
+    lora_dropout: float = 0.05,
+    device: Literal["cuda", "cpu"] = "cuda",
+) -> MemoryEstimate:
+    """Peak memory of one LoRA training step: weights + adapter state + saved activations + logits.
+
+    Activations (per token, per layer, in elements of the compute dtype) are what autograd keeps
+    for the backward pass of a pre-norm decoder layer with SDPA attention: about 7 hidden-sized
+    tensors (norm inputs/outputs, q and the attention output, residuals), 4 intermediate-sized
+    (gate, up, activation, product), 2 key/value-sized, the rank-sized LoRA A outputs, and, with
+    LoRA dropout, a copy of each targeted input plus its 1-byte mask. Gradient checkpointing keeps
+    only each layer's input plus one layer's activations. Logits: the compute-dtype logits, the
+    fp32 log-softmax kept for the loss and its gradient (plus an fp32 upcast when the compute
+    dtype is 16-bit). docs/smart_config.md compares this with measured peaks.
+    """
+    b = DTYPE_BYTES[dtype]
+    tokens = batch_size * block_size
+    embed = info.vocab * info.hidden * (2 if info.params - info.size else 1)
+    weights = (info.params - embed) * QUANT_BYTES[quant] + embed * b if quant else info.params * b
+    adapter = rank * info.lora_fan * ADAPTER_BYTES_PER_PARAM
+    dropout_in = info.lora_fan_in / info.layers if lora_dropout > 0 else 0
+    per_layer = b * (7 * info.hidden + 4 * info.intermediate + 2 * info.kv_dim
+                     + rank * info.modules_per_layer + dropout_in) + dropout_in
+    saved = b * info.hidden * info.layers + per_layer if gradient_checkpointing else per_layer * info.layers
+    logits = info.vocab * (b + 8 + (4 if b != 4 else 0))
+    return MemoryEstimate(
+        weights=weights,
+        adapter=adapter,
+        activations=tokens * saved,
+        logits=tokens * logits,
+        runtime=CUDA_RUNTIME_BYTES if device == "cuda" else 0.0,
+    )
+
+
+# ---- the rules --------------------------------------------------------------------------------
+def category_of(size: float) -> str:
+    """The guide's size category; a boundary value belongs to the larger category (1e9 is medium)."""
+    return [name for name, low, _ in CATEGORIES if size >= low][-1]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
+def count_tokens(data: str, tokenizer_source: str, text_field: str = "text") -> int:
+    """Tokens of a dataset as training packs it: each document's tokens plus one EOS."""
+    from transformers import AutoTokenizer
+
+    from scu.data.text import load_documents, tokenize_documents
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    except (OSError, ValueError) as e:
+        raise ScuError(f"no tokenizer for {tokenizer_source!r} ({type(e).__name__}); pass --tokens N instead of --data") from None
+    docs = load_documents(data, text_field, tokenizer)
+    return sum(len(ids) + 1 for ids in tokenize_documents(docs, tokenizer))
+
+
+@dataclass
+class Suggestion:
+    """A suggested configuration and why: one line per rule applied."""
+
+    config: Config
+    category: str
+    model: ModelInfo
+    tokens: int | None
+    memory: MemoryEstimate
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def suggest(
+    model: str | None = None,
+    *,
+    params: float | None = None,
+    tokens: float | None = None,
+    data: str | None = None,
+    task: Task = "general",
+    vram_gb: float | None = None,
+    block_size: int | None = None,
+    family: str | None = None,
+    symptoms: Sequence[Symptom] = (),
+    scales_file: str | Path | None = None,
+    text_field: str = "text",
+    trust_remote_code: bool = False,
+) -> Suggestion:
+    """Apply the scaling guide's rules to a model (id/path, or a bare parameter count) and a dataset."""
+    if (model is None) == (params is None):
+        raise ScuError("give exactly one of --model (id or path) and --params N")
+    if tokens is not None and data is not None:
+        raise ScuError("give --tokens or --data, not both (--data counts the tokens itself)")
+    if task not in TASK_ADJUSTMENTS:
+        raise ScuError(f"unknown task {task!r}; use one of {', '.join(TASK_ADJUSTMENTS)}")
+    if data is not None and model is None:
+        raise ScuError("--data needs --model (its tokenizer counts the tokens); with --params give --tokens N")
+    if vram_gb is not None and vram_gb <= 0:
+        raise ScuError(f"--vram must be positive GB (got {vram_gb})")
+    if block_size is not None and block_size < 1:
+        raise ScuError(f"--block-size must be >= 1 (got {block_size})")
+    unknown = [s for s in symptoms if s not in SYMPTOM_FACTORS]
+    if unknown:
+        raise ScuError(f"unknown symptom {unknown[0]!r}; use {' or '.join(SYMPTOM_FACTORS)}")
+    reasons: list[str] = []
+    warnings: list[str] = []
+
+    # Model size and category.
+    info = inspect_model(model, trust_remote_code) if model is not None else model_from_params(int(params))
+    category = category_of(info.size)
+    low, high = _category_bounds(category)
+    if info.params != info.size:
+        counted = f"{info.params:,} parameters, {info.size:,} without the untied output head"
+    else:
+        counted = f"{info.size:,} parameters"
+    reasons.append(f"size: {counted} ({info.source}) -> {category} ({low}-{high})")
+
+    # Dataset size.
+    if data is not None:
+        tokens = count_tokens(data, model, text_field)
+        reasons.append(f"dataset: {int(tokens):,} tokens in {data} (counted with the model's tokenizer, one EOS per document)")
+    if tokens is not None and tokens < 1:
+        raise ScuError(f"--tokens must be positive (got {tokens}); check --data or --tokens")
+
+    # S*: category (or registered family), dataset and task adjustments, floor.
+    scale = find_scale(model, info.model_type, family, scales_file)
+    base = dict((n, s) for n, _, s in CATEGORIES)[category]
+    if scale is not None:
+        reasons.append(f"S*: model family {scale.name!r} (registry) -> {_pct(scale.s_target)} "
+                       f"instead of {category}'s {_pct(base)}")
+        base = scale.s_target
+    else:
+        reasons.append(f"S*: {category} -> {_pct(base)}")
+    target = base
+    if tokens is None:
+        reasons.append("dataset adjustment: none (size unknown; pass --tokens or --data)")
+    else:
+        delta, why = next(((d, w) for bound, d, w in DATA_ADJUSTMENTS if tokens < bound),
+                          (0.0, "> 100M tokens: standard" if tokens > 100e6 else "10M-100M tokens: the guide lists none"))
+        target += delta
+        reasons.append(f"dataset adjustment: {_count(tokens)} tokens, {why} -> {delta * 100:+.1f}%")
+    task_delta = TASK_ADJUSTMENTS[task]
+    target += task_delta
+    reasons.append(f"task adjustment: {task} -> {task_delta * 100:+.1f}%")
+    if target < S_FLOOR - 1e-12:
+        warnings.append(f"S* {_pct(target)} is below the floor {_pct(S_FLOOR)}; using {_pct(S_FLOOR)}")
+        reasons.append(f"floor: {_pct(target)} < {_pct(S_FLOOR)} (smallest S* the guide recommends) -> {_pct(S_FLOOR)}")
+        target = S_FLOOR
+    target = round(target, 6)
+    reasons.append(f"S* = {_pct(target)}")
+
+    # LoRA.
+    rank, alpha = LORA[category]
+    spread = " (guide: r 16-32, alpha 32-64; the low end, as in its validated 3B and 7B runs)" if category == "large" else ""
+    reasons.append(f"lora: {category} -> r {rank}, alpha {alpha}{spread}")
+    mapped = ", ".join(f"{r} -> {'/'.join(n)}" for r, n in info.roles.items())
+    covered = {part for role in info.roles for part in FUSED.get(role, (role,))}
+    missing = [r for r in GUIDE_ROLES if r not in covered]
+    where = "Llama names (no architecture to read)" if model is None else f"read from {info.model_type}'s modules"
+    reasons.append(f"lora targets: {mapped} ({where})" + (f"; no {', '.join(missing)} projection" if missing else ""))
+
+    # PI gains: the engine's defaults, a registered family's gains, then the troubleshooting factors.
+    defaults = ScuSection()
+    gains = {"kp": defaults.kp, "ki": defaults.ki}
+    reasons.append(
+        f"PI: the engine's measured defaults (law {defaults.law!r}: position-form PI on log lambda; kp {defaults.kp}, "
+        f"ki {defaults.ki}, deadband {defaults.deadband}, lambda in [{defaults.lambda_min:g}, {defaults.lambda_max:g}]); "
+        "not the guide's 0.8/0.15/0.003/[1e-4, 2.0], which belong to the reference's law that oscillates (docs/method.md)"
+    )
+    if scale is not None and (scale.kp is not None or scale.ki is not None):
+        gains.update({k: v for k, v in (("kp", scale.kp), ("ki", scale.ki)) if v is not None})
+        reasons.append(f"PI: model family {scale.name!r} -> kp {gains['kp']:g}, ki {gains['ki']:g}")
+    for symptom in dict.fromkeys(symptoms):
+        key, factor, why = SYMPTOM_FACTORS[symptom]
+        gains[key] = round(gains[key] * factor, 6)
+        reasons.append(f"PI: {why} (x{factor:.3g}) -> {key} {gains[key]:g}")
+
+    # Block size, batch, memory, weight format.
+    if block_size is None:
+        block_size = min(GUIDE_BLOCK_SIZE, info.max_positions or GUIDE_BLOCK_SIZE)
+        cap = f", capped by the model's {info.max_positions} positions" if block_size < GUIDE_BLOCK_SIZE else ""
+        reasons.append(f"block size: {block_size} (the guide's template{cap})")
+    train_defaults = TrainingSection()
+    if vram_gb is None:
+        _, batch, accum = BATCH_BY_VRAM[-1]
+        dtype, quant, checkpointing, device = ModelSection().dtype, None, False, "cpu"
+        reasons.append(f"batch: {batch} x {accum} (no --vram: the guide's smallest row; {dtype} weights, the "
+                       "schema's default; pass --vram GB to size both for a GPU)")
+    else:
+        row = next((r for r in BATCH_BY_VRAM if vram_gb >= r[0]), BATCH_BY_VRAM[-1])
+        batch, accum = row[1], row[2]
+        smallest = f" (below the smallest row, {row[0]:g} GB)" if vram_gb < row[0] else ""
+        reasons.append(f"batch: {vram_gb:g} GB VRAM -> {batch} x {accum} (guide row {row[0]:g} GB{'+' if row[0] == 40 else ''}){smallest}")
+        dtype, device = "bf16", "cuda"
+        # Cheapest change first: bf16, then 4-bit weights (the guide's table), then checkpointing.
+        for quant, checkpointing in ((None, False), ("4bit", False), ("4bit", True)):
+            if estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing).total <= vram_gb * GB:
+                break
+    memory = estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing, device=device)
+    weights = quant or dtype
+    reasons.append(f"memory: {weights} weights, batch {batch} x {block_size} tokens"
+                   f"{', gradient checkpointing' if checkpointing else ''}: {memory.describe()}")
+    if vram_gb is not None and memory.total > vram_gb * GB:
+        warnings.append(f"estimated {memory.total / GB:.1f} GB exceeds --vram {vram_gb:g} GB even with 4-bit weights and "
+                        "gradient checkpointing; lower --block-size or use a larger GPU")
+
+    # Steps and warm-up.
+    per_step = batch * accum * block_size
+    if tokens is None:
+        steps = MAX_STEPS
+        reasons.append(f"steps: {steps} (the guide's template; dataset size unknown)")
+    else:
+        epoch = math.ceil(tokens / per_step)
+        steps = min(MAX_STEPS, max(MIN_STEPS, epoch))
+        reasons.append(f"steps: one epoch is {epoch} steps of {per_step:,} tokens -> {steps} "
+                       f"(kept within the guide's validated {MIN_STEPS}-{MAX_STEPS})")
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    reasons.append(f"warm-up: {warmup} steps (10%, as in the guide's template); learning rate: the schema's {train_defaults.learning_rate:g}")
+
+    if data is None:
+        warnings.append("no --data: set data.train_data in the written config before training")
+    if model is None:
+        warnings.append("no --model: set model.base_model in the written config before training")
+    config = build_config({
+        "model": {"base_model": model or "your-model-id", "dtype": dtype,
+                  "load_in_4bit": quant == "4bit", "gradient_checkpointing": checkpointing,
+                  "trust_remote_code": trust_remote_code},
+        "lora": {"rank": rank, "alpha": alpha, "targets": list(info.targets)},
+        "scu": {"target_s": target, **gains},
+        "training": {"batch_size": batch, "gradient_accumulation": accum, "block_size": block_size,
+                     "steps": steps, "warmup_steps": warmup, "weight_decay": 0.0},
+        "data": {"train_data": data or "path/to/train.jsonl", "text_field": text_field},
+    })
+    return Suggestion(config, category, info, None if tokens is None else int(tokens), memory, reasons, warnings)
+
+
+def _category_bounds(category: str) -> tuple[str, str]:
+    names = [n for n, _, _ in CATEGORIES]
+    i = names.index(category)
+    low = _count(CATEGORIES[i][1]) if i else "0"
+    return low, (_count(CATEGORIES[i + 1][1]) if i + 1 < len(CATEGORIES) else "")
