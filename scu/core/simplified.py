@@ -408,6 +408,23 @@ class SimplifiedController:
         self.grad_norm_sum = float(state["grad_norm_sum"])
         self.grad_norm_count = int(state["grad_norm_count"])
 
+    def outputs(self, *, final_lr: float, regularization: str, training: dict) -> dict[str, dict]:
+        """The three S-SCU files of a run directory, by name; the loop writes them atomically.
+
+        `regularization` says what reg_factor acted on ("pi_target", "lambda", "weight_decay" or
+        "nothing"); `training` holds the loop's settings that the factors multiply.
+        """
+        return {
+            "scu_training_metrics.json": {"actions": self.decisions},
+            "scu_training_summary.json": {**self.summary(), "final_lr": final_lr, "regularization_acts_on": regularization},
+            "simple_training_config.json": {
+                "controller": "simplified",
+                "sscu": self.describe(),
+                "regularization_acts_on": regularization,
+                "training": training,
+            },
+        }
+
     def describe(self) -> dict:
         """The settings used (simple_training_config.json)."""
         return {

@@ -28,6 +28,7 @@ from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2, nats_to_bits
 from scu.core.pi import PIConfig, PIController
+from scu.core.simplified import SimplifiedController, regularized_target
 from scu.core.telemetry import Action, StepTelemetry, merge
 from scu.data.corpus import TrainData, load_train_val
 from scu.eval.bpt import block_bpt, cross_entropy_sum
@@ -103,6 +104,8 @@ def build_controllers(cfg: Config) -> dict[str, Any]:
     controllers: dict[str, Any] = {}
     if cfg.scu.enabled:
         controllers["pi"] = PIController(pi_config(cfg))
+    if cfg.sscu.enabled:
+        controllers["sscu"] = SimplifiedController(cfg.sscu, cfg.training.gradient_accumulation)
     return controllers
 
 
@@ -194,6 +197,7 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     opt, acc, st = run.optimizer, run.accelerator, run.state
     for group in opt.param_groups:
         group["lr"] = lr
+        group["weight_decay"] = run.cfg.training.weight_decay * st.reg_factor  # S-SCU without a lambda penalty
     ce_nats, pbpt, step_tokens = accumulate_gradients(run, lam)
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], max_norm)
@@ -208,8 +212,19 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
 
 
 def current_lambda(run: Run) -> float:
+    """A fixed lambda is scaled by S-SCU's reg_factor; a PI-controlled one follows S*/reg_factor instead."""
     pi = run.controllers.get("pi")
-    return 0.0 if pi is None else pi.lam * run.state.reg_factor
+    if pi is None:
+        return 0.0
+    return pi.lam * run.state.reg_factor if pi.fixed else pi.lam
+
+
+def regularization_acts_on(run: Run) -> str:
+    """What S-SCU's reg_factor changes in this run (docs/sscu.md)."""
+    pi = run.controllers.get("pi")
+    if pi is not None:
+        return "lambda" if pi.fixed else "pi_target"
+    return "weight_decay" if run.cfg.training.weight_decay > 0 else "nothing"
 
 
 def apply(run: Run, action: Action) -> None:
@@ -229,6 +244,8 @@ def record_step(run: Run, res: StepResult, lam_used: float, lr: float, dt: float
         step=st.step, data_bpt=data_bpt, param_bpt=res.param_bpt or 0.0, tokens=res.tokens, lr=lr,
         grad_norm=res.grad_norm, wall_time=dt,
     )
+    if pi is not None and not pi.fixed:  # so the PI loop holds S-SCU's regularization instead of undoing it
+        pi.config.target_s = regularized_target(run.cfg.scu.target_s, st.reg_factor)
     action = merge([c.step(telemetry) for c in run.controllers.values()])
     apply(run, action)
     lam = current_lambda(run)
@@ -247,6 +264,7 @@ def record_step(run: Run, res: StepResult, lam_used: float, lr: float, dt: float
         "s_hat": pi.s_hat if pi else None,
         "lambda": lam,
         "lambda_used": lam_used,
+        "target_s": pi.config.target_s if pi else None,  # S*, divided by S-SCU's reg_factor when S-SCU runs
         "integral": pi.integral if pi else None,
         "at_bound": bound,
         "lr": lr,
@@ -308,6 +326,20 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
         run.accelerator.unwrap_model(run.model).save_pretrained(run.out)
     (run.out / "config.yaml").write_text(dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", metadata(run, status))
+    write_sscu_files(run)
+
+
+def write_sscu_files(run: Run) -> None:
+    """S-SCU's actions, summary and settings next to metadata.json (when S-SCU runs)."""
+    sscu = run.controllers.get("sscu")
+    if sscu is None:
+        return
+    files = sscu.outputs(
+        final_lr=run.state.last.get("lr"), regularization=regularization_acts_on(run),
+        training=run.cfg.training.model_dump(mode="json"),
+    )
+    for name, content in files.items():
+        atomic_write_json(run.out / name, content)
 
 
 class _StopOnSignal:
@@ -367,6 +399,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             st.last = row
             if run.accelerator.is_main_process:
                 run.metrics.append(row)
+                for reason in row.get("reasons", []):
+                    bar.write(reason)
             bar.update(1)
             bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), run))
             if st.step % t.checkpoint_every == 0:
@@ -386,7 +420,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
 def progress_text(row: dict[str, Any], tokens_per_s: float, run: Run) -> str:
     parts = [f"bpt {row['data_bpt']:.3f}"]
     if row["s"] is not None:
-        parts.append(f"S {100 * row['s']:.2f}%/{100 * run.cfg.scu.target_s:g}%")
+        parts.append(f"S {100 * row['s']:.2f}%/{100 * row['target_s']:g}%")
         flag = {"min": " @MIN", "max": " @MAX"}.get(row["at_bound"], "")
         parts.append(f"λ {row['lambda']:.3g}{flag}")
     parts.append(f"{tokens_per_s:,.0f} tok/s")

@@ -21,6 +21,13 @@ OVERRIDES = {
     "val_data": "data.val_data",
     "seed": "training.seed",
 }
+# --controller -> config overrides: the PI lambda loop (scu), S-SCU (sscu, docs/sscu.md), or both
+CONTROLLERS = {
+    "pi": {"sscu.enabled": False},
+    "simplified": {"sscu.enabled": True, "scu.enabled": False},
+    "both": {"sscu.enabled": True},
+}
+TEST_RUN_STEPS = 100
 
 
 def register(sub: Any) -> None:
@@ -29,7 +36,13 @@ def register(sub: Any) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--output", help="run directory (adapter, metadata.json, metrics.jsonl, checkpoint)")
     where.add_argument("--adapter-out", dest="output", help="same as --output")
-    p.add_argument("--steps", type=int)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int)
+    length.add_argument("--test-run", action="store_true", help=f"train {TEST_RUN_STEPS} steps on the configured data")
+    p.add_argument(
+        "--controller", choices=sorted(CONTROLLERS),
+        help="pi: PI lambda control only; simplified: S-SCU alone (no lambda penalty); both (default: as the config says)",
+    )
     p.add_argument("--target-s", type=float)
     p.add_argument("--lambda-init", type=float)
     p.add_argument("--lambda-min", type=float)
@@ -45,7 +58,11 @@ def register(sub: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    return load_config(args.config, {key: getattr(args, flag) for flag, key in OVERRIDES.items()})
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
+    overrides.update(CONTROLLERS.get(args.controller, {}))
+    if args.test_run:
+        overrides["training.steps"] = TEST_RUN_STEPS
+    return load_config(args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,6 +88,9 @@ def summary(meta: dict, out: str) -> str:
                 f"  warning: lambda sat at a bound for {100 * (sat['at_min'] + sat['at_max']):.0f}% of steps "
                 "(target unreachable within [lambda_min, lambda_max]; widen the bounds or change target_s)"
             )
+    sscu = meta["controllers"].get("sscu")
+    if sscu is not None:
+        lines.append(f"  S-SCU: {len(sscu['decisions'])} actions; reasons in {out}/scu_training_metrics.json")
     if meta.get("val_bpt") is not None:
         lines.append(f"  held-out BPT = {meta['val_bpt']:.4f}")
     if meta["nan_skips"]:

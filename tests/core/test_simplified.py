@@ -301,3 +301,17 @@ def test_sscu_config_section_is_validated_in_one_line():
         build_config({"sscu": {"wavlet": "db4"}})
     with pytest.raises(ScuError, match="sscu: unknown wavelet 'db44'"):
         build_config({"sscu": {"wavelet": "db44"}})
+
+
+def test_outputs_hold_every_action_the_summary_and_the_settings():
+    ctrl = SimplifiedController(SimplifiedConfig(), grad_accum=2)
+    feed(ctrl, trend(N, -0.004), stable_grads(N))
+    files = ctrl.outputs(final_lr=1e-3, regularization="pi_target", training={"steps": 50})
+    assert set(files) == {"scu_training_metrics.json", "scu_training_summary.json", "simple_training_config.json"}
+    (action,) = files["scu_training_metrics.json"]["actions"]
+    assert action["action"] == "slow_stable" and action["batch_adjustment"] == 1.0 and action["grad_accum"] == 2
+    summary = files["scu_training_summary.json"]
+    assert summary["final_lr"] == 1e-3 and summary["regularization_acts_on"] == "pi_target"
+    settings = files["simple_training_config.json"]
+    assert settings["sscu"]["base_grad_accum"] == 2 and [r["name"] for r in settings["sscu"]["rules"]] == [r.name for r in RULES]
+    json.dumps(files)
