@@ -54,8 +54,8 @@ class LoraSection(Section):
 class ScuSection(Section):
     enabled: bool = True
     target_s: float = 0.05
-    kp: float = 1.0
-    ki: float = 0.02
+    kp: float = 2.0
+    ki: float = 0.04
     deadband: float = 0.0
     lambda_init: float = 1.0
     lambda_min: float = 1e-4

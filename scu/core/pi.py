@@ -32,8 +32,8 @@ MAX_LOG_ERROR = 10.0  # |log(S_hat/S*)| cap, so S = 0 at step 0 cannot produce -
 @dataclass
 class PIConfig:
     target_s: float = 0.05
-    kp: float = 1.0
-    ki: float = 0.02
+    kp: float = 2.0
+    ki: float = 0.04
     deadband: float = 0.0
     lambda_init: float = 1.0
     lambda_min: float = 1e-4

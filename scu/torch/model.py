@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -82,4 +83,6 @@ def add_lora(model: nn.Module, lora_cfg: Any, gradient_checkpointing: bool = Fal
         init_lora_weights=lora_cfg.init,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
