@@ -60,7 +60,7 @@ class SimplifiedConfig:
     cv_unstable: float = 0.6  # gradient-norm CV above this is unstable
     spike_factor: float = 3.0  # a gradient norm above this times the window median is a spike
     spike_count: int = 1  # spikes in the window that trigger the spike rules
-    entropy_low: float = 0.4  # below: fluctuations concentrated at one scale
+    entropy_low: float = 0.5  # below: fluctuations concentrated at one or two scales
     entropy_high: float = 0.9  # above: fluctuations spread across all scales
     # step sizes (multipliers applied by the rules)
     lr_increase: float = 1.2
