@@ -186,8 +186,6 @@ def mlx_to_peft_tensors(cfg: dict[str, Any], weights: dict[str, torch.Tensor], w
 def _new_peft_config(modules: list[str], r: int, scale: float, dropout: float, base: str | None) -> dict[str, Any]:
     """A PEFT LoraConfig that targets exactly `modules`: leaf names plus layers_to_transform when the
     modules are every listed block times the same keys, an anchored regex otherwise."""
-    from peft import LoraConfig
-
     in_blocks = [LAYER_RE.match(m) for m in modules]
     by_layer: dict[int, set[str]] = {}
     for m in in_blocks:
@@ -207,11 +205,17 @@ def _new_peft_config(modules: list[str], r: int, scale: float, dropout: float, b
     else:
         targets = "^(?:" + "|".join(re.escape(m) for m in modules) + ")$"
         layers = {}
-    config = LoraConfig(
-        r=r, lora_alpha=scale * r, lora_dropout=dropout, target_modules=targets, base_model_name_or_path=base,
-        task_type="CAUSAL_LM", **layers,
+    return peft_config_dict(
+        r=r, lora_alpha=scale * r, lora_dropout=dropout, target_modules=targets, base_model_name_or_path=base, **layers
     )
-    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+
+
+def peft_config_dict(**lora_kwargs: Any) -> dict[str, Any]:
+    """A causal-LM `peft.LoraConfig` as the JSON-ready dict PEFT writes to adapter_config.json."""
+    from peft import LoraConfig
+
+    config = LoraConfig(task_type="CAUSAL_LM", **lora_kwargs).to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
 
 
 def _prepare_out(out_dir: Path, src: Path) -> None:

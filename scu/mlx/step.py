@@ -4,7 +4,8 @@ lambda, the learning rate and the clipping norm enter the compiled functions as 
 values (the learning rate through the optimizer's state), so the controller can change
 them every step without a retrace. Gradient accumulation runs the first k-1 micro-batches
 through `accumulate` (cross-entropy only) and the last through `finish`, which adds the
-penalty once per optimizer step, clips and updates. The gradient applied is
+penalty once per optimizer step and clips. After the step's single host sync, `update`
+applies the gradient unless the loss or its norm is NaN/inf. The gradient applied is
 
     d/dtheta [ sum_tokens CE_nats / n_tokens + lam * ParamBPT * ln 2 ]
 
@@ -13,6 +14,7 @@ i.e. token-weighted over the whole step, the same objective as the PyTorch backe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,17 +33,14 @@ def ce_sum(model: nn.Module, batch: mx.array) -> mx.array:
 
 
 def objective(
-    model: nn.Module, batch: mx.array, inv_tokens: mx.array, lam: mx.array, penalty: LoraPenalty | None, regularize: bool
+    model: nn.Module, batch: mx.array, inv_tokens: mx.array, lam: mx.array, penalty: LoraPenalty | None
 ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
     """(loss to differentiate, (CE nats summed over the batch, ParamBPT)) for the last micro-batch."""
     ce = ce_sum(model, batch)
-    loss = ce * inv_tokens
     if penalty is None:
-        return loss, (ce, mx.array(0.0))
-    if regularize:
-        reg, bpt = penalty.loss_term(lam)
-        return loss + reg, (ce, bpt)
-    return loss, (ce, mx.stop_gradient(penalty.param_bpt()))
+        return ce * inv_tokens, (ce, mx.array(0.0))
+    reg, bpt = penalty.loss_term(lam)
+    return ce * inv_tokens + reg, (ce, bpt)
 
 
 def clip_by_global_norm(grads: dict, max_norm: mx.array) -> tuple[dict, mx.array]:
@@ -54,18 +53,19 @@ def clip_by_global_norm(grads: dict, max_norm: mx.array) -> tuple[dict, mx.array
 
 @dataclass
 class StepResult:
-    """Lazy ``mx.array`` results of one optimizer step; evaluate them together (one host sync)."""
+    """What one optimizer step measured, read back in the step's single host sync."""
 
-    ce_nats_sum: mx.array
-    param_bpt: mx.array
-    grad_norm: mx.array
+    data_nats: float  # summed CE over the step's tokens
+    param_bpt: float | None
+    grad_norm: float
+    tokens: int
 
 
 class TrainStep:
     """Compiled micro-batch accumulation and update for a model with mlx-lm LoRA layers.
 
-    `regularize=False` keeps the penalty out of the loss (a plain LoRA baseline) but still
-    measures ParamBPT; `penalty=None` measures nothing, for overhead comparisons.
+    `penalty=None` trains plain LoRA and measures no ParamBPT (`scu.enabled: false`).
+    A step whose loss or gradient norm is NaN/inf is measured but not applied.
     `traces` counts how many times the Python bodies were traced by ``mx.compile``.
     """
 
@@ -74,16 +74,15 @@ class TrainStep:
         model: nn.Module,
         optimizer: optim.Optimizer,
         penalty: LoraPenalty | None,
-        regularize: bool = True,
-        compile: bool = True,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
+        self.measures = penalty is not None
         self.traces = 0
         optimizer.init(model.trainable_parameters())  # a lazily created state would change shape: a retrace
         state = [model.state, optimizer.state, mx.random.state]
         ce_grad = nn.value_and_grad(model, ce_sum)
-        obj_grad = nn.value_and_grad(model, partial(objective, penalty=penalty, regularize=regularize))
+        obj_grad = nn.value_and_grad(model, partial(objective, penalty=penalty))
 
         def accumulate(batch, acc):
             self.traces += 1
@@ -100,13 +99,15 @@ class TrainStep:
                 grads = tree_map(lambda g, a: g + a * inv_tokens, grads, acc[1])
                 ce = ce + acc[0]
             grads, norm = clip_by_global_norm(grads, max_norm)
-            optimizer.update(model, grads)
-            return ce, bpt, norm
+            return mx.stack([ce, bpt, norm]), grads
 
-        if compile:
-            accumulate = mx.compile(accumulate, inputs=state, outputs=state)
-            finish = mx.compile(finish, inputs=state, outputs=state)
-        self._accumulate, self._finish = accumulate, finish
+        def update(grads):
+            self.traces += 1
+            optimizer.update(model, grads)
+
+        self._accumulate = mx.compile(accumulate, inputs=state, outputs=state)
+        self._finish = mx.compile(finish, inputs=state, outputs=state)
+        self._update = mx.compile(update, inputs=state, outputs=state)
 
     def __call__(self, micro_batches: list[mx.array], lam: float, max_grad_norm: float) -> StepResult:
         """One optimizer step over `micro_batches` ([B, T] int arrays) at this lambda and clip norm."""
@@ -115,7 +116,10 @@ class TrainStep:
         for b in micro_batches[:-1]:
             acc = self._accumulate(b, acc)
         inv = mx.array(1.0 / n_tokens, dtype=mx.float32)
-        ce, bpt, norm = self._finish(
+        measured, grads = self._finish(
             micro_batches[-1], acc, inv, mx.array(lam, dtype=mx.float32), mx.array(max_grad_norm, dtype=mx.float32)
         )
-        return StepResult(ce, bpt, norm)
+        data_nats, bpt, norm = measured.tolist()  # the step's single host sync
+        if math.isfinite(data_nats) and math.isfinite(norm):
+            self._update(grads)
+        return StepResult(data_nats, bpt if self.measures else None, norm, n_tokens)

@@ -20,6 +20,7 @@ OVERRIDES = {
     "train_data": "data.train_data",
     "val_data": "data.val_data",
     "seed": "training.seed",
+    "backend": "model.backend",
 }
 # --controller -> config overrides: the PI lambda loop (scu), S-SCU (sscu, docs/sscu.md), or both
 CONTROLLERS = {
@@ -53,6 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--train-data")
     p.add_argument("--val-data")
     p.add_argument("--seed", type=int)
+    p.add_argument("--backend", choices=["torch", "mlx"], help="training backend (default: model.backend, torch)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.set_defaults(func=run)
 
@@ -66,9 +68,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from scu.torch.loop import train
-
     cfg = config_from_args(args)
+    if cfg.model.backend == "mlx":
+        from scu.mlx.loop import train
+    else:
+        from scu.torch.loop import train
     out = args.output or "runs/latest"
     meta = train(cfg, out, resume=args.resume)
     print(summary(meta, out))

@@ -32,3 +32,25 @@ def tiny_lora_model(rank: int = 4, scale: float = 2.0, keys: list[str] | None = 
 def batch() -> mx.array:
     mx.random.seed(1)
     return mx.random.randint(0, VOCAB, (2, 17))
+
+
+@pytest.fixture
+def mlx_cfg(tiny_base, pydoc_txt):
+    """A small valid MLX training config on the tiny HF-format base; dotted overrides, e.g. scu__target_s=0.1."""
+    from scu.config.schema import build_config
+
+    def make(**overrides):
+        data = {
+            "model": {"base_model": str(tiny_base), "backend": "mlx"},
+            "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+            "scu": {"target_s": 0.05},
+            "training": {"learning_rate": 2e-3, "batch_size": 4, "block_size": 64, "steps": 20,
+                         "warmup_steps": 2, "checkpoint_every": 1000},
+            "data": {"train_data": str(pydoc_txt)},
+        }
+        for key, value in overrides.items():
+            section, name = key.split("__")
+            data[section][name] = value
+        return build_config(data)
+
+    return make

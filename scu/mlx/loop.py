@@ -1,0 +1,181 @@
+"""The SCU training loop on MLX (mlx-lm models and LoRA layers).
+
+The same run as `scu.torch.loop`, step for step: the same config, data packing and block order,
+learning-rate schedule, controllers (scu.core), metrics rows, metadata.json, progress bar,
+checkpoint cadence and NaN handling. Only the model, the step and the files that hold tensors
+are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json`.
+
+    micro-batches -> compiled CE (+ lambda * ParamBPT * ln2) -> clip -> one host sync
+    -> update (skipped on NaN) -> StepTelemetry -> controllers -> next step's lambda, LR, ...
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from tqdm.auto import tqdm
+
+from scu import ScuError
+from scu.config.schema import Config, dump_config
+from scu.core.bits import LN2
+from scu.data.corpus import TrainData, load_train_val
+from scu.mlx.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from scu.mlx.model import add_lora, load_base, peft_provenance, save_adapter
+from scu.mlx.penalty import LoraPenalty
+from scu.mlx.step import TrainStep, ce_sum
+from scu.report.records import MetricsLog, atomic_write_json
+from scu.torch.loop import (
+    MAX_CONSECUTIVE_NAN,
+    BlockOrder,
+    RunState,
+    _StopOnSignal,
+    build_controllers,
+    current_lambda,
+    metadata,
+    progress_text,
+    record_step,
+    scheduled_lr,
+)
+
+
+@dataclass
+class MlxRun:
+    """The attributes `scu.torch.loop`'s record_step/metadata/progress_text read, plus MLX's own."""
+
+    cfg: Config
+    out: Path
+    model: nn.Module
+    tokenizer: Any
+    data: TrainData
+    tokens_per_epoch: int
+    penalty: LoraPenalty | None
+    optimizer: optim.Optimizer
+    controllers: dict[str, Any]
+    order: BlockOrder
+    state: RunState
+    metrics: MetricsLog
+    adapter_config: dict[str, Any]
+    step: TrainStep | None = None
+
+
+def setup(cfg: Config, out: Path, resume: bool = False) -> MlxRun:
+    """Load and validate everything before the output directory is touched."""
+    out = Path(out)
+    has_run = (out / CHECKPOINT).exists() or (out / "metadata.json").exists()
+    if has_run and not resume:
+        raise ScuError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
+    if resume and not (out / CHECKPOINT).exists():
+        raise ScuError(f"no MLX checkpoint in {out} to resume from; drop --resume to start a new run")
+    t = cfg.training
+    model, tokenizer, _ = load_base(cfg.model)
+    data = load_train_val(cfg.data, tokenizer, t.block_size, t.seed)
+    tokens_per_epoch = cfg.data.tokens_per_epoch or data.tokens_per_epoch
+    adapter_config = add_lora(model, cfg.lora, t.seed, cfg.model.gradient_checkpointing)
+    leaves = sorted({k.rsplit(".", 1)[-1] for k in adapter_config["lora_parameters"]["keys"]})
+    adapter_config |= {
+        "model": cfg.model.base_model,
+        "peft_config": peft_provenance(cfg.lora.model_copy(update={"targets": leaves}), cfg.model.base_model),
+    }
+    penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
+    optimizer = optim.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay, bias_correction=True)
+    run = MlxRun(
+        cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, build_controllers(cfg),
+        BlockOrder(len(data.train), t.seed), RunState(grad_accum=t.gradient_accumulation),
+        MetricsLog(out / "metrics.jsonl"), adapter_config,
+    )
+    if resume:
+        load_checkpoint(run)
+    run.step = TrainStep(model, optimizer, penalty)
+    return run
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The random key for one step (LoRA dropout): a function of (seed, step), so a resume draws the same."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def train_step(run: MlxRun, lam: float, lr: float):
+    """One optimizer step over grad_accum micro-batches from the deterministic block order."""
+    st, t = run.state, run.cfg.training
+    run.optimizer.learning_rate = lr
+    mx.random.seed(step_seed(t.seed, st.step + 1))
+    micro = []
+    for _ in range(st.grad_accum):
+        micro.append(mx.array(run.data.train[run.order.indices(st.cursor, t.batch_size)]))
+        st.cursor += t.batch_size
+    return run.step(micro, lam, t.max_grad_norm * st.grad_clip_factor)
+
+
+def block_bpt(model: nn.Module, blocks: np.ndarray, batch_size: int = 16) -> float:
+    """Held-out bits per token over packed blocks, token-weighted (as scu.eval.bpt.block_bpt)."""
+    was_training = model.training
+    model.eval()
+    nats = 0.0
+    for i in range(0, len(blocks), batch_size):
+        nats += ce_sum(model, mx.array(blocks[i : i + batch_size])).item()
+    model.train(was_training)
+    return nats / (blocks.shape[0] * (blocks.shape[1] - 1)) / LN2
+
+
+def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
+    if adapter:
+        save_adapter(run.model, run.adapter_config, run.out)
+    (run.out / "config.yaml").write_text(dump_config(run.cfg))
+    atomic_write_json(run.out / "metadata.json", {**metadata(run, status), "backend": "mlx"})
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune under SCU control on MLX; returns metadata.json's content."""
+    run = setup(cfg, Path(out), resume)
+    t, st = cfg.training, run.state
+    run.out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=t.steps, initial=st.step, desc="scu train (mlx)", disable=not progress, dynamic_ncols=True)
+    status = "completed"
+    run.model.train()
+    with _StopOnSignal() as sig:
+        while st.step < t.steps:
+            lam = current_lambda(run)
+            lr = scheduled_lr(st.step + 1, t) * st.lr_factor
+            t0 = time.perf_counter()
+            res = train_step(run, lam, lr)
+            dt = time.perf_counter() - t0
+            st.step += 1
+            bar.update(1)
+            if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
+                st.nan_skips += 1
+                st.consecutive_nan += 1
+                if st.consecutive_nan >= MAX_CONSECUTIVE_NAN:
+                    save_checkpoint(run)
+                    write_outputs(run, "failed: NaN loss", adapter=False)
+                    raise ScuError(
+                        f"loss was NaN/inf for {MAX_CONSECUTIVE_NAN} steps in a row at step {st.step}; "
+                        "lower training.learning_rate or use fp32 (model.dtype)"
+                    )
+                continue
+            st.consecutive_nan = 0
+            row = record_step(run, res, lam, lr, dt)
+            if t.eval_every and st.step % t.eval_every == 0 and run.data.val is not None:
+                row["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
+            st.last = row
+            run.metrics.append(row)
+            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), run))
+            if st.step % t.checkpoint_every == 0:
+                save_checkpoint(run)
+                write_outputs(run, "running", adapter=False)
+            if sig.requested:
+                status = "interrupted"
+                break
+    bar.close()
+    if status == "completed" and run.data.val is not None and "val_bpt" not in st.last:
+        st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
+    save_checkpoint(run)
+    write_outputs(run, status, adapter=True)
+    return {**metadata(run, status), "backend": "mlx"}
