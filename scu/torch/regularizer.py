@@ -60,9 +60,14 @@ def lora_pairs(model: nn.Module, keep_init: bool) -> list[LoraPair]:
     return pairs
 
 
-def _gram_dot(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
-    """<B1 A1, B2 A2>_F computed as sum((B1^T B2) o (A1 A2^T)): two r x r products."""
-    return ((B1.t() @ B2) * (A1 @ A2.t())).sum()
+@dataclass
+class _Group:
+    """LoRA pairs of one shape, evaluated together: a handful of batched ops instead of a few per module."""
+
+    pairs: list[LoraPair]
+    scale_sq: Tensor  # [G]
+    A0: Tensor | None  # [G, r, in], stacked initial factors
+    B0: Tensor | None  # [G, out, r]
 
 
 class LoraPenalty:
@@ -73,22 +78,31 @@ class LoraPenalty:
             raise ScuError("tokens_per_epoch must be > 0; check data.tokens_per_epoch")
         self.prior, self.sigma, self.tokens_per_epoch = prior, sigma, tokens_per_epoch
         self.pairs = lora_pairs(model, keep_init=(prior == "factors"))
+        by_shape: dict[tuple, list[LoraPair]] = {}
+        for p in self.pairs:
+            by_shape.setdefault((tuple(p.A.shape), tuple(p.B.shape), p.A0 is not None), []).append(p)
+        self.groups = []
+        for (_, _, has_init), pairs in by_shape.items():
+            scale_sq = torch.tensor([p.scale**2 for p in pairs], device=pairs[0].A.device)
+            A0 = torch.stack([p.A0.float() for p in pairs]) if has_init else None
+            B0 = torch.stack([p.B0.float() for p in pairs]) if has_init else None
+            self.groups.append(_Group(pairs, scale_sq, A0, B0))
+
+    def _group_sq_norm(self, g: _Group) -> Tensor:
+        A = torch.stack([p.A for p in g.pairs]).float()  # [G, r, in]
+        B = torch.stack([p.B for p in g.pairs]).float()  # [G, out, r]
+        if self.prior == "raw":
+            return A.pow(2).sum() + B.pow(2).sum()
+        if self.prior == "factors":
+            return (A - g.A0).pow(2).sum() + (B - g.B0).pow(2).sum()
+        if g.A0 is not None:  # delta from a non-zero init (PiSSA/OLoRA): B A - B0 A0 = [B, -B0] @ [A; A0]
+            A, B = torch.cat([A, g.A0], 1), torch.cat([B, -g.B0], 2)
+        gram = (B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))  # [G, r, r]: ||B A||^2 = sum of entries
+        return (g.scale_sq * gram.sum((1, 2))).sum()
 
     def sq_norm(self) -> Tensor:
         """||theta - theta0||^2 under the prior, as one differentiable scalar."""
-        terms = []
-        for p in self.pairs:
-            A, B = p.A.float(), p.B.float()
-            if self.prior == "raw":
-                terms.append(A.pow(2).sum() + B.pow(2).sum())
-            elif self.prior == "factors":
-                terms.append((A - p.A0).pow(2).sum() + (B - p.B0).pow(2).sum())
-            elif p.B0 is None:  # delta from zero: ||s B A||^2
-                terms.append(p.scale**2 * _gram_dot(B, A, B, A))
-            else:  # delta from a non-zero init (PiSSA/OLoRA): B A - B0 A0 = [B, -B0] @ [A; A0], rank 2r
-                Bc, Ac = torch.cat([B, -p.B0.float()], 1), torch.cat([A, p.A0.float()], 0)
-                terms.append(p.scale**2 * _gram_dot(Bc, Ac, Bc, Ac))
-        return torch.stack(terms).sum()
+        return torch.stack([self._group_sq_norm(g) for g in self.groups]).sum()
 
     def __call__(self) -> Tensor:
         return param_bpt(self.sq_norm(), self.sigma, self.tokens_per_epoch)
