@@ -173,7 +173,7 @@ class ThermalController:
         stop = False
         if temp is not None and temp >= c.pause_temperature_celsius:
             self._pause()
-            reasons.append(f"thermal pause: {temp:.1f} C >= hard limit {c.pause_temperature_celsius:.1f} C")
+            reasons.append(f"thermal: pause at {temp:.1f} C (hard limit {c.pause_temperature_celsius:g} C)")
         elif self.window_s >= 1.0 / c.control_frequency - 1e-9:  # tolerate float sums of step times
             stop = self._control(reasons)
 
@@ -205,23 +205,27 @@ class ThermalController:
         budget_factor = f * c.power_budget_watts / power if power else None
         over_power = power is not None and power > c.power_budget_watts
         over_temp = temp is not None and temp > c.max_temperature_celsius
+        causes = []
         if over_power or over_temp:
             new = f
             if over_power:
                 new = min(new, budget_factor)
-                reasons.append(f"over power budget: {power:.1f} W > {c.power_budget_watts:.1f} W")
+                causes.append(f"{power:.1f} W over the {c.power_budget_watts:g} W budget")
             if over_temp:
                 band = c.pause_temperature_celsius - c.max_temperature_celsius
                 overshoot = min(1.0, (temp - c.max_temperature_celsius) / band)
                 new = min(new, f * (1.0 - c.temperature_gain * overshoot))
-                reasons.append(f"over temperature: {temp:.1f} C > {c.max_temperature_celsius:.1f} C")
+                causes.append(f"{temp:.1f} C over {c.max_temperature_celsius:g} C")
         else:
             new = min(1.0, f + c.recovery_rate)
             if budget_factor is not None:
                 new = min(new, budget_factor)
         self.factor = min(1.0, max(c.min_factor, new))
-        if f >= 1.0 > self.factor:
+        if f >= 1.0 > self.factor:  # report transitions only, not every control period
             self.throttle_events += 1
+            reasons.append(f"thermal: throttling to {self.factor:.2f} ({'; '.join(causes)})")
+        elif f < 1.0 <= self.factor:
+            reasons.append("thermal: back to full speed")
         stop = self._efficiency_check(reasons)
         self._reset_window()
         return stop
@@ -234,7 +238,8 @@ class ThermalController:
         self.below_target = self.below_target + 1 if efficiency < target else 0
         if self.below_target >= self.config.efficiency_patience:
             reasons.append(
-                f"efficiency {efficiency:.3g} bits/J below target {target:.3g} for {self.below_target} control periods"
+                f"thermal: stop, {efficiency:.3g} bits/J below the {target:.3g} bits/J target "
+                f"for {self.below_target} control periods"
             )
             return True
         return False

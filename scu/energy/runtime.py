@@ -72,13 +72,12 @@ class ThermalRun:
         self._mark: Mark | None = None
 
     # -- loop hooks -----------------------------------------------------------------------
-    def start(self, out: str | Path, background: bool = True) -> None:
-        """Zero the energy integrals now; on resume, keep the rows up to the restored step."""
+    def start(self, out: str | Path, step: int = 0, background: bool = True) -> None:
+        """Zero the energy integrals now; on resume from `step`, keep the rows up to it."""
         self.out = Path(out)
         path = self.out / METRICS_FILE
-        if path.exists():
-            saved = json.loads(path.read_text())["steps"]
-            self.rows = [r for r in saved if r["step"] <= self.controller.step_count]
+        if step and path.exists():
+            self.rows = [r for r in json.loads(path.read_text())["steps"] if r["step"] <= step]
         self._mark = self.sampler.start() if background else self.sampler.mark()
 
     def step(self, telemetry: StepTelemetry) -> Action:
@@ -118,15 +117,19 @@ class ThermalRun:
         """Block until the controller lets training resume; the pause's energy is kept apart."""
         clock = self.sensor.clock
         began = clock()
-        while self.controller.cool(self.sampler.latest_temperature()):
+        temperature = self.sampler.latest_temperature()
+        while self.controller.cool(temperature):
             if clock() - began >= self.config.max_pause_s:
                 action.stop = True
                 action.reasons.append(
-                    f"thermal pause longer than {self.config.max_pause_s:g} s: still above "
-                    f"{self.config.resume_temperature_celsius:g} C (or no temperature reading); stopping"
+                    f"thermal: stop, paused {self.config.max_pause_s:g} s without cooling to "
+                    f"{self.config.resume_temperature_celsius:g} C (or without a temperature reading)"
                 )
                 break
             self.sleep(self.config.pause_poll_s)
+            temperature = self.sampler.latest_temperature()
+        else:
+            action.reasons.append(f"thermal: resumed at {temperature:.1f} C after {clock() - began:.0f} s")
         after = self.sampler.mark()
         pause = Interval.between(self._mark, after)
         self._mark = after
@@ -143,9 +146,9 @@ class ThermalRun:
         atomic_write_json(self.out / ANALYSIS_FILE, self.analysis())
 
     def close(self) -> None:
+        """Stop sampling and release the sensor (write() the outputs first)."""
         self.sampler.stop()
         self.sensor.close()
-        self.write()
 
     # -- results --------------------------------------------------------------------------
     def analysis(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from scu.core.pi import PIConfig, PIController
 from scu.core.simplified import SimplifiedController, regularized_target
 from scu.core.telemetry import Action, StepTelemetry, merge
 from scu.data.corpus import TrainData, load_train_val
+from scu.energy.runtime import ThermalRun
 from scu.eval.bpt import block_bpt, cross_entropy_sum
 from scu.report.records import MetricsLog, atomic_write_json, package_versions
 from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
@@ -154,6 +155,8 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
         build_controllers(cfg), BlockOrder(len(data.train), cfg.training.seed),
         RunState(grad_accum=cfg.training.gradient_accumulation), MetricsLog(out / "metrics.jsonl"),
     )
+    if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
+        run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, cfg.training.gradient_accumulation)
     if resume:
         load_checkpoint(run)
     return run
@@ -276,6 +279,8 @@ def record_step(run: Run, res: StepResult, lam_used: float, lr: float, dt: float
     }
     if action.reasons:
         row["reasons"] = action.reasons
+    if action.stop:
+        row["stop"] = True
     return row
 
 
@@ -327,6 +332,8 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
     (run.out / "config.yaml").write_text(dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", metadata(run, status))
     write_sscu_files(run)
+    if "thermal" in run.controllers:
+        run.controllers["thermal"].write()
 
 
 def write_sscu_files(run: Run) -> None:
@@ -372,6 +379,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     )
     status = "completed"
     run.model.train()
+    thermal = run.controllers.get("thermal")
+    if thermal is not None:
+        thermal.start(run.out, st.step)
     with _StopOnSignal() as sig:
         while st.step < t.steps:
             lam = current_lambda(run)
@@ -409,11 +419,16 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             if sig.requested:
                 status = "interrupted"
                 break
+            if row.get("stop"):
+                status = "stopped by a controller"
+                break
     bar.close()
     if status == "completed" and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
     save_checkpoint(run)
     write_outputs(run, status, adapter=True)
+    if thermal is not None:
+        thermal.close()
     return metadata(run, status)
 
 

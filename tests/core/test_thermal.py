@@ -22,26 +22,31 @@ def tel(power=None, temp=None, energy=None, data_bpt=3.0, param_bpt=0.0, wall_ti
                          power_watts=power, temperature_celsius=temp, energy_joules=energy)  # fmt: skip
 
 
-def run(c: ThermalController, power, temp, seconds: float, slept: list[float] | None = None) -> list[float]:
-    """Feed `seconds` of computing steps at constant readings; return the factor after each step."""
+def run(c: ThermalController, power, temp, seconds: float, slept=None, reasons=None) -> list[float]:
+    """Feed `seconds` of computing steps at constant readings; return the factor after each step
+    (and collect the requested sleeps and the reasons given)."""
     out = []
     for _ in range(round(seconds / STEP_S)):
-        sleep_s = c.step(tel(power, temp)).sleep_s
+        action = c.step(tel(power, temp))
         out.append(c.factor)
         if slept is not None:
-            slept.append(sleep_s)
+            slept.append(action.sleep_s)
+        if reasons is not None:
+            reasons.extend(action.reasons)
     return out
 
 
 def test_over_budget_plateau_lowers_the_factor_then_it_recovers_smoothly():
     c = ThermalController(ThermalConfig(power_budget_watts=20.0, recovery_rate=0.05))
     assert run(c, 15.0, 50.0, 3) == [1.0] * 30  # under budget: untouched
-    slept = []
-    plateau = run(c, 40.0, 50.0, 5, slept)
+    slept, reasons = [], []
+    plateau = run(c, 40.0, 50.0, 5, slept, reasons)
     assert plateau[-1] < 1.0 and min(plateau) >= c.config.min_factor
     assert sum(slept) > 0  # the default actuator paces
     assert c.throttle_events == 1
-    after = run(c, 10.0, 50.0, 30)
+    assert reasons == ["thermal: throttling to 0.50 (40.0 W over the 20 W budget)"]  # transitions only
+    after = run(c, 10.0, 50.0, 30, reasons=reasons)
+    assert reasons[1:] == ["thermal: back to full speed"]
     steps = [b - a for a, b in zip([plateau[-1]] + after, after)]
     assert all(0.0 <= d <= 0.05 + 1e-12 for d in steps)  # a ramp, never a jump
     assert after[-1] == 1.0
@@ -76,7 +81,7 @@ def test_hard_limit_pauses_until_the_resume_threshold():
     run(c, 10.0, 60.0, 1)
     action = c.step(tel(10.0, 86.0))
     assert c.paused and c.pause_events == 1 and c.factor == 0.5
-    assert any("thermal pause" in r for r in action.reasons)
+    assert action.reasons == ["thermal: pause at 86.0 C (hard limit 85 C)"]
     assert c.cool(80.0) and c.cool(None) and c.cool(70.5)  # still too hot, or unknown
     assert not c.cool(69.0)
     assert not c.paused

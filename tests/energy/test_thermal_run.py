@@ -49,6 +49,7 @@ def simulate(run: ThermalRun, clock: SimClock, until: float, out: Path) -> list[
         action = run.step(t)
         times.append(clock.now - run.rows[-1]["paused_s"])  # when the step ended
         clock.sleep(action.sleep_s)  # the loop applies pacing
+    run.write()
     run.close()
     for row, end in zip(run.rows, times):
         row["t_end"] = end
@@ -72,7 +73,8 @@ def test_factor_drops_below_one_while_over_budget(replayed):
     assert all(r["control_factor"] == 1.0 for r in before)
     assert plateau and all(r["control_factor"] < 1.0 for r in plateau)
     assert all(r["power_watts"] == pytest.approx(35.0) for r in plateau if r["t_end"] - r["duration_s"] > 20.01)
-    assert any("over power budget" in reason for r in plateau for reason in r["reasons"])
+    said = [reason for r in rows if 20 <= r["t_end"] <= 60 for reason in r["reasons"]]
+    assert said == ["thermal: throttling to 0.57 (35.0 W over the 20 W budget)"]  # once, when it starts
 
 
 def test_pause_above_hard_limit_and_resume_below_threshold(replayed):
@@ -84,6 +86,7 @@ def test_pause_above_hard_limit_and_resume_below_threshold(replayed):
     resumed_at = p["t_end"] + p["paused_s"]
     assert COOLED_AT <= resumed_at <= COOLED_AT + run.config.pause_poll_s  # polled once a second
     assert not [r for r in rows if p["t_end"] < r["t_end"] < resumed_at]  # no training while hot
+    assert p["reasons"][0].startswith("thermal: pause at") and p["reasons"][1].startswith("thermal: resumed at 69.")
     assert all(r["temperature_celsius"] < 85.0 for r in rows if r is not p)
 
 
@@ -119,11 +122,10 @@ def test_outputs_account_for_every_joule_of_the_trace(replayed):
 def test_resume_keeps_rows_up_to_the_checkpoint(replayed, tmp_path: Path):
     run, rows, out, trace = replayed
     state = run.state_dict()
-    state["controller"]["step_count"] = 100  # as if the checkpoint had been taken at step 100
     clock = SimClock()
     again = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
     again.load_state_dict(state)
-    again.start(out, background=False)
+    again.start(out, step=100, background=False)  # as if the checkpoint had been taken at step 100
     assert [r["step"] for r in again.rows] == list(range(1, 101))
     assert again.pause_s == run.pause_s
 
@@ -152,5 +154,5 @@ def test_a_pause_that_never_cools_stops_the_run(tmp_path: Path):
     run.start(tmp_path, background=False)
     clock.sleep(COMPUTE_S)
     action = run.step(StepTelemetry(step=1, data_bpt=4.0, param_bpt=0.0, tokens=10, lr=1e-3, wall_time=COMPUTE_S))
-    assert action.stop and "longer than 30 s" in action.reasons[-1]
+    assert action.stop and "paused 30 s without cooling" in action.reasons[-1]
     assert 30.0 <= run.pause_s <= 31.0
