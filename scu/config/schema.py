@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from scu import ScuError
+from scu.core.equilibrium import EquilibriumConfig
 from scu.core.simplified import SimplifiedConfig
 from scu.energy.runtime import TscuConfig
 
@@ -129,6 +130,7 @@ class Config(Section):
     data: DataSection = DataSection()
     sscu: SimplifiedConfig = SimplifiedConfig()  # S-SCU rules (docs/sscu.md); validated by its __post_init__
     tscu: TscuConfig = TscuConfig()  # T-SCU power/temperature control (docs/tscu.md)
+    equilibrium: EquilibriumConfig = EquilibriumConfig()  # λ-equilibrium detector and auto-stop (docs/evaluation.md)
 
     @model_validator(mode="after")
     def _no_weight_decay_under_scu(self) -> "Config":

@@ -25,6 +25,8 @@ class StepTelemetry:
     power_watts: float | None = None
     temperature_celsius: float | None = None
     energy_joules: float | None = None
+    lam: float | None = None  # regularization weight this step was trained with (None: no penalty)
+    target_s: float | None = None  # the S* that lambda was controlled toward (None: lambda not controlled)
 
     @property
     def s(self) -> float:

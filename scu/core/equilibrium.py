@@ -1,0 +1,157 @@
+"""λ-equilibrium: the step at which the controller has found the regularization the data supports.
+
+The scaling guide's stopping rule, on telemetry only. Over the last `window` optimizer steps
+(at least 100) all of these must hold:
+
+1. λ is stable: the least-squares trend of λ over the window changes it by at most
+   `lambda_tolerance`, relative to its mean (the guide's absolute "Δλ < 0.001" made relative,
+   so it means the same at λ = 0.01 and at λ = 5);
+2. S is on target: the window's mean S is within `s_tolerance` (5%) of S*, relative;
+3. the loss has plateaued or is rising: the least-squares trend of the training DataBPT
+   falls by at most `loss_tolerance` of its mean over the window.
+
+None of this reads the PI deadband: the detector fires just the same with deadband 0, where the
+PI integrator never rests. It fires once, at the first step where all three hold, and with
+`auto_stop` that step's Action asks the loop to stop. With per-step loss noise of relative size
+σ, the fitted loss trend has a standard error of about σ·sqrt(12 / window); a noisier run needs a
+longer window or a looser `loss_tolerance` (docs/evaluation.md has the measurements).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from scu.core.simplified import loss_improvement
+from scu.core.telemetry import Action, StepTelemetry
+
+MIN_WINDOW = 100  # the guide's "over 100+ steps"
+
+
+@dataclass
+class EquilibriumConfig:
+    """The `equilibrium:` config section."""
+
+    auto_stop: bool = False  # end training at the equilibrium step and save the adapter there (scu train --auto-stop)
+    window: int = MIN_WINDOW  # steps over which all three conditions must hold
+    lambda_tolerance: float = 0.05  # largest relative change of λ's trend over the window
+    s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
+    loss_tolerance: float = 0.01  # largest relative loss drop over the window that still counts as a plateau
+
+    def __post_init__(self) -> None:
+        if self.window < MIN_WINDOW:
+            raise ValueError(f"window must be >= {MIN_WINDOW} steps (the guide's rule), got {self.window}")
+        for name in ("lambda_tolerance", "s_tolerance", "loss_tolerance"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Signals:
+    """The three measurements over one full window."""
+
+    step: int
+    lambda_change: float  # relative change of λ's least-squares trend over the window (signed)
+    s_error: float  # (mean S - S*) / S*
+    loss_change: float  # relative change of the loss trend over the window (negative: falling)
+
+    def holds(self, c: EquilibriumConfig) -> dict[str, bool]:
+        return {
+            "lambda_stable": abs(self.lambda_change) <= c.lambda_tolerance,
+            "s_on_target": abs(self.s_error) <= c.s_tolerance,
+            "loss_plateau": -self.loss_change <= c.loss_tolerance,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"λ trend {100 * self.lambda_change:+.2f}%, S {100 * self.s_error:+.2f}% off target, "
+            f"loss trend {100 * self.loss_change:+.2f}% over the window"
+        )
+
+
+class EquilibriumDetector:
+    """Watches λ (as used by each step), S and its target, and the training loss; fires once."""
+
+    def __init__(self, config: EquilibriumConfig) -> None:
+        self.config = config
+        n = config.window
+        self.lams: deque[float] = deque(maxlen=n)
+        self.s_errors: deque[float] = deque(maxlen=n)
+        self.losses: deque[float] = deque(maxlen=n)
+        self.equilibrium_step: int | None = None
+        self.signals: Signals | None = None  # the last measurement (at the equilibrium step once fired)
+
+    def step(self, telemetry: StepTelemetry) -> Action:
+        if self.equilibrium_step is not None:
+            return Action()
+        if telemetry.lam is None or telemetry.target_s is None or not math.isfinite(telemetry.data_bpt):
+            self._reset()  # a step without a controlled λ breaks the window
+            return Action()
+        self.lams.append(float(telemetry.lam))
+        self.s_errors.append(telemetry.s / telemetry.target_s - 1.0)
+        self.losses.append(float(telemetry.data_bpt))
+        if len(self.lams) < self.config.window:
+            return Action()
+        self.signals = self.measure(telemetry.step)
+        if not all(self.signals.holds(self.config).values()):
+            return Action()
+        self.equilibrium_step = telemetry.step
+        reason = f"SCU Step {telemetry.step}: λ-equilibrium ({self.signals.describe()})"
+        if self.config.auto_stop:
+            reason += "; stopping (auto-stop)"
+        return Action(stop=self.config.auto_stop, reasons=[reason])
+
+    def measure(self, step: int) -> Signals:
+        return Signals(
+            step=step,
+            lambda_change=-loss_improvement(list(self.lams)),
+            s_error=float(np.mean(self.s_errors)),
+            loss_change=-loss_improvement(list(self.losses)),
+        )
+
+    def _reset(self) -> None:
+        self.lams.clear()
+        self.s_errors.clear()
+        self.losses.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lams": list(self.lams),
+            "s_errors": list(self.s_errors),
+            "losses": list(self.losses),
+            "equilibrium_step": self.equilibrium_step,
+            "signals": None if self.signals is None else vars(self.signals).copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reset()
+        self.lams.extend(float(v) for v in state["lams"])
+        self.s_errors.extend(float(v) for v in state["s_errors"])
+        self.losses.extend(float(v) for v in state["losses"])
+        self.equilibrium_step = None if state["equilibrium_step"] is None else int(state["equilibrium_step"])
+        self.signals = None if state["signals"] is None else Signals(**state["signals"])
+
+
+def telemetry_from_rows(rows: Iterable[dict[str, Any]]) -> Iterable[StepTelemetry]:
+    """metrics.jsonl rows as the telemetry the loop measured (for replaying a finished run)."""
+    for r in rows:
+        if r.get("data_bpt") is None:
+            continue
+        yield StepTelemetry(
+            step=int(r["step"]), data_bpt=float(r["data_bpt"]), param_bpt=float(r.get("param_bpt") or 0.0),
+            tokens=0, lr=float(r.get("lr") or 0.0), lam=r.get("lambda_used"), target_s=r.get("target_s"),
+        )
+
+
+def replay(rows: Iterable[dict[str, Any]], config: EquilibriumConfig | None = None) -> EquilibriumDetector:
+    """Run the detector over a finished run's metrics rows; `.equilibrium_step` says where it would fire."""
+    detector = EquilibriumDetector(config or EquilibriumConfig())
+    for telemetry in telemetry_from_rows(rows):
+        detector.step(telemetry)
+        if detector.equilibrium_step is not None:
+            break
+    return detector
