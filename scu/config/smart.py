@@ -243,8 +243,9 @@ class MemoryEstimate:
         return self.weights + self.adapter + self.activations + self.logits + self.runtime
 
     def describe(self) -> str:
+        unit, scale = ("GB", GB) if self.total >= GB else ("MB", 1e6)
         parts = ("weights", "adapter", "activations", "logits", "runtime")
-        return " + ".join(f"{p} {getattr(self, p) / GB:.2f}" for p in parts) + f" = {self.total / GB:.2f} GB"
+        return " + ".join(f"{p} {getattr(self, p) / scale:.2f}" for p in parts) + f" = {self.total / scale:.2f} {unit}"
 
 
 def estimate_memory(
