@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from scu import ScuError
+from scu.core.pi import PIConfig
 from scu.core.equilibrium import EquilibriumConfig
 from scu.core.simplified import SimplifiedConfig
 from scu.energy.runtime import TscuConfig
@@ -53,18 +54,20 @@ class LoraSection(Section):
 
 
 class ScuSection(Section):
+    """The controller's defaults live in one place, scu.core.pi.PIConfig (measured: docs/method.md)."""
+
     enabled: bool = True
-    target_s: float = 0.05
-    kp: float = 2.0
-    ki: float = 0.04
-    deadband: float = 0.0
-    lambda_init: float = 1.0
-    lambda_min: float = 1e-4
-    lambda_max: float = 10.0
+    target_s: float = PIConfig.target_s
+    kp: float = PIConfig.kp
+    ki: float = PIConfig.ki
+    deadband: float = PIConfig.deadband
+    lambda_init: float = PIConfig.lambda_init
+    lambda_min: float = PIConfig.lambda_min
+    lambda_max: float = PIConfig.lambda_max
     prior_sigma: float = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
-    law: Literal["pi", "guide"] = "pi"
-    ema_alpha: float = 0.1
+    law: Literal["pi", "guide"] = PIConfig.law
+    ema_alpha: float = PIConfig.ema_alpha
 
     @field_validator("target_s")
     @classmethod
