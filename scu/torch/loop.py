@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2, nats_to_bits
+from scu.core.equilibrium import EquilibriumDetector
 from scu.core.pi import PIConfig, PIController
 from scu.core.simplified import SimplifiedController, regularized_target
 from scu.core.telemetry import Action, StepTelemetry, merge
@@ -107,6 +108,8 @@ def build_controllers(cfg: Config) -> dict[str, Any]:
         controllers["pi"] = PIController(pi_config(cfg))
     if cfg.sscu.enabled:
         controllers["sscu"] = SimplifiedController(cfg.sscu, cfg.training.gradient_accumulation)
+    if cfg.scu.enabled and cfg.scu.lambda_min < cfg.scu.lambda_max:  # equilibrium needs a controlled lambda
+        controllers["equilibrium"] = EquilibriumDetector(cfg.equilibrium)
     return controllers
 
 
@@ -243,13 +246,17 @@ def apply(run: Run, action: Action) -> None:
 def record_step(run: Run, res: StepResult, lam_used: float, lr: float, dt: float) -> dict[str, Any]:
     st, pi = run.state, run.controllers.get("pi")
     data_bpt = nats_to_bits(res.data_nats / res.tokens)
-    telemetry = StepTelemetry(
-        step=st.step, data_bpt=data_bpt, param_bpt=res.param_bpt or 0.0, tokens=res.tokens, lr=lr,
-        grad_norm=res.grad_norm, wall_time=dt,
-    )
     if pi is not None and not pi.fixed:  # so the PI loop holds S-SCU's regularization instead of undoing it
         pi.config.target_s = regularized_target(run.cfg.scu.target_s, st.reg_factor)
+    telemetry = StepTelemetry(
+        step=st.step, data_bpt=data_bpt, param_bpt=res.param_bpt or 0.0, tokens=res.tokens, lr=lr,
+        grad_norm=res.grad_norm, wall_time=dt, lam=lam_used if pi else None,
+        target_s=pi.config.target_s if pi is not None and not pi.fixed else None,
+    )
     action = merge([c.step(telemetry) for c in run.controllers.values()])
+    equilibrium = run.controllers.get("equilibrium")
+    if equilibrium is not None and st.equilibrium_step is None:
+        st.equilibrium_step = equilibrium.equilibrium_step
     apply(run, action)
     lam = current_lambda(run)
     st.lambda_lo = lam if st.lambda_lo is None else min(st.lambda_lo, lam)
@@ -420,10 +427,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 status = "interrupted"
                 break
             if row.get("stop"):
-                status = "stopped by a controller"
+                status = "stopped at equilibrium" if st.equilibrium_step == st.step else "stopped by a controller"
                 break
     bar.close()
-    if status == "completed" and run.data.val is not None and "val_bpt" not in st.last:
+    if status != "interrupted" and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
     save_checkpoint(run)
     write_outputs(run, status, adapter=True)
