@@ -193,3 +193,23 @@ class ThermalRun:
         self.controller.load_state_dict(state["controller"])
         self.pause_s = state["pause_s"]
         self.pause_energy_joules = state["pause_energy_joules"]
+
+
+def _fmt(value: float | None, spec: str, unit: str) -> str | None:
+    return None if value is None else f"{value:{spec}}{unit}"
+
+
+def tscu_summary(out: str | Path) -> str:
+    """One line for the end of `scu train`, from tscu_analysis.json."""
+    a = json.loads((Path(out) / ANALYSIS_FILE).read_text())
+    if a["sensor"] == "unavailable":
+        return f"  T-SCU: no power/temperature sensor ({a['sensor_detail']['reason']}); its figures are null"
+    parts = [
+        _fmt(a["total_energy_joules"], ".4g", " J"),
+        _fmt(a["avg_power_watts"], ".1f", " W avg"),
+        _fmt(a["avg_temperature_celsius"], ".1f", " C avg"),
+        _fmt(a["bits_per_joule"], ".3g", " bits/J"),
+        f"{a['throttle_events']} throttle event(s)",
+        f"{a['pause_events']} pause(s) ({a['paused_s']:.0f} s)" if a["pause_events"] else None,
+    ]
+    return f"  T-SCU [{a['sensor']}]: " + ", ".join(p for p in parts if p)

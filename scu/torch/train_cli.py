@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from scu import ScuError
 from scu.config.schema import load_config
+from scu.energy.runtime import tscu_summary
 
 # flag -> dotted config key
 OVERRIDES = {
@@ -21,13 +23,15 @@ OVERRIDES = {
     "val_data": "data.val_data",
     "seed": "training.seed",
     "backend": "model.backend",
+    "power_budget": "tscu.power_budget_watts",
+    "max_temp": "tscu.max_temperature_celsius",
+    "power_trace": "tscu.power_trace",
 }
-# --controller -> config overrides: the PI lambda loop (scu), S-SCU (sscu, docs/sscu.md), or both
-CONTROLLERS = {
-    "pi": {"sscu.enabled": False},
-    "simplified": {"sscu.enabled": True, "scu.enabled": False},
-    "both": {"sscu.enabled": True},
-}
+THERMAL_FLAGS = ("power_budget", "max_temp", "power_trace")
+# --controller: the controllers that run, comma-separated; the others are switched off. scu (or pi): the PI
+# lambda loop; simplified: S-SCU (docs/sscu.md); thermal: T-SCU (docs/tscu.md); both = scu,simplified
+CONTROLLERS = {"scu": "scu.enabled", "pi": "scu.enabled", "simplified": "sscu.enabled", "thermal": "tscu.enabled"}
+CONTROLLER_ALIASES = {"both": ("scu", "simplified")}
 TEST_RUN_STEPS = 100
 
 
@@ -41,9 +45,13 @@ def register(sub: Any) -> None:
     length.add_argument("--steps", type=int)
     length.add_argument("--test-run", action="store_true", help=f"train {TEST_RUN_STEPS} steps on the configured data")
     p.add_argument(
-        "--controller", choices=sorted(CONTROLLERS),
-        help="pi: PI lambda control only; simplified: S-SCU alone (no lambda penalty); both (default: as the config says)",
+        "--controller", type=controller_switches, metavar="NAME[,NAME]",
+        help="controllers to run, e.g. scu,thermal: scu|pi (PI lambda loop), simplified (S-SCU, no lambda penalty "
+        "alone), thermal (T-SCU power/temperature), both (= scu,simplified); default: as the config says",
     )
+    p.add_argument("--power-budget", type=float, metavar="W", help="T-SCU power budget in watts")
+    p.add_argument("--max-temp", type=float, metavar="C", help="T-SCU temperature limit in degrees Celsius")
+    p.add_argument("--power-trace", metavar="CSV", help="T-SCU: replay this time,watts,celsius trace instead of a sensor")
     p.add_argument("--target-s", type=float)
     p.add_argument("--lambda-init", type=float)
     p.add_argument("--lambda-min", type=float)
@@ -59,12 +67,29 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def controller_switches(text: str) -> dict[str, bool]:
+    """--controller scu,thermal -> {"scu.enabled": True, "sscu.enabled": False, "tscu.enabled": True}."""
+    names = [m for n in text.split(",") if n.strip() for m in CONTROLLER_ALIASES.get(n.strip(), (n.strip(),))]
+    unknown = [n for n in names if n not in CONTROLLERS]
+    if unknown or not names:
+        choices = ", ".join([*CONTROLLERS, *CONTROLLER_ALIASES])
+        raise argparse.ArgumentTypeError(f"unknown controller {(unknown or [text])[0]!r}; use a comma-separated list of {choices}")
+    on = {CONTROLLERS[n] for n in names}
+    return {key: key in on for key in CONTROLLERS.values()}
+
+
 def config_from_args(args: argparse.Namespace):
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
-    overrides.update(CONTROLLERS.get(args.controller, {}))
+    overrides.update(args.controller or {})
     if args.test_run:
         overrides["training.steps"] = TEST_RUN_STEPS
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    given = [f"--{flag.replace('_', '-')}" for flag in THERMAL_FLAGS if getattr(args, flag) is not None]
+    if given and not cfg.tscu.enabled:
+        raise ScuError(f"{given[0]} sets the thermal controller, which is off; add --controller thermal (or scu,thermal)")
+    if cfg.tscu.enabled and cfg.model.backend == "mlx":
+        raise ScuError("the thermal controller runs with the torch backend only; use --backend torch or drop thermal")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or "runs/latest"
     meta = train(cfg, out, resume=args.resume)
     print(summary(meta, out))
+    if cfg.tscu.enabled:
+        print(tscu_summary(out))
     return 130 if meta["status"] == "interrupted" else 0
 
 
