@@ -43,6 +43,7 @@ from scu.torch.loop import (
     progress_text,
     record_step,
     scheduled_lr,
+    write_sscu_files,
 )
 
 
@@ -125,11 +126,18 @@ def block_bpt(model: nn.Module, blocks: np.ndarray, batch_size: int = 16) -> flo
     return nats / (blocks.shape[0] * (blocks.shape[1] - 1)) / LN2
 
 
+def mlx_metadata(run: MlxRun, status: str) -> dict[str, Any]:
+    return {**metadata(run, status), "backend": "mlx"}
+
+
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
     (run.out / "config.yaml").write_text(dump_config(run.cfg))
-    atomic_write_json(run.out / "metadata.json", {**metadata(run, status), "backend": "mlx"})
+    atomic_write_json(run.out / "metadata.json", mlx_metadata(run, status))
+    write_sscu_files(run)
+    if "thermal" in run.controllers:
+        run.controllers["thermal"].write()
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -140,6 +148,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     bar = tqdm(total=t.steps, initial=st.step, desc="scu train (mlx)", disable=not progress, dynamic_ncols=True)
     status = "completed"
     run.model.train()
+    thermal = run.controllers.get("thermal")
+    if thermal is not None:
+        thermal.start(run.out, st.step)
     with _StopOnSignal() as sig:
         while st.step < t.steps:
             lam = current_lambda(run)
@@ -166,6 +177,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 row["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
             st.last = row
             run.metrics.append(row)
+            for reason in row.get("reasons", []):
+                bar.write(reason)
             bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), run))
             if st.step % t.checkpoint_every == 0:
                 save_checkpoint(run)
@@ -173,9 +186,14 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
             if sig.requested:
                 status = "interrupted"
                 break
+            if row.get("stop"):
+                status = "stopped by a controller"
+                break
     bar.close()
     if status == "completed" and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
     save_checkpoint(run)
     write_outputs(run, status, adapter=True)
-    return {**metadata(run, status), "backend": "mlx"}
+    if thermal is not None:
+        thermal.close()
+    return mlx_metadata(run, status)

@@ -44,7 +44,7 @@ def mlx_cfg(tiny_base, pydoc_txt):
             "model": {"base_model": str(tiny_base), "backend": "mlx"},
             "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
             "scu": {"target_s": 0.05},
-            "training": {"learning_rate": 2e-3, "batch_size": 4, "block_size": 64, "steps": 20,
+            "training": {"learning_rate": 2e-3, "batch_size": 2, "block_size": 32, "steps": 20,
                          "warmup_steps": 2, "checkpoint_every": 1000},
             "data": {"train_data": str(pydoc_txt)},
         }

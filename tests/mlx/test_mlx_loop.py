@@ -41,27 +41,27 @@ def test_fixed_lambda_shrinks_the_learned_change(mlx_cfg, tmp_path):
 
 def test_ctrl_c_checkpoints_and_resume_reproduces_lambda_trajectory(mlx_cfg, tmp_path, monkeypatch):
     # dropout on, so the per-step random keys must also line up after the resume
-    cfg = mlx_cfg(training__steps=24, training__gradient_accumulation=2, training__checkpoint_every=5, lora__dropout=0.1,
+    cfg = mlx_cfg(training__steps=12, training__gradient_accumulation=2, training__checkpoint_every=4, lora__dropout=0.1,
                   scu__prior="factors")
     loop.train(cfg, tmp_path / "full", progress=False)
 
     real_record = loop.record_step
 
-    def interrupt_at_step_11(run, *a, **k):
+    def interrupt_at_step_6(run, *a, **k):
         row = real_record(run, *a, **k)
-        if run.state.step == 11:
+        if run.state.step == 6:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
         return row
 
-    monkeypatch.setattr(loop, "record_step", interrupt_at_step_11)
+    monkeypatch.setattr(loop, "record_step", interrupt_at_step_6)
     meta = loop.train(cfg, tmp_path / "cut", progress=False)
-    assert meta["status"] == "interrupted" and meta["steps"] == 11
+    assert meta["status"] == "interrupted" and meta["steps"] == 6
     assert (tmp_path / "cut" / CHECKPOINT).exists() and (tmp_path / "cut" / "adapters.safetensors").exists()
     monkeypatch.setattr(loop, "record_step", real_record)
 
     loop.train(cfg, tmp_path / "cut", resume=True, progress=False)
     full, resumed = rows(tmp_path / "full"), rows(tmp_path / "cut")
-    assert [r["step"] for r in resumed] == list(range(1, 25))
+    assert [r["step"] for r in resumed] == list(range(1, 13))
     assert [r["lambda"] for r in resumed] == [r["lambda"] for r in full]
     assert [r["data_bpt"] for r in resumed] == [r["data_bpt"] for r in full]
     assert [r["param_bpt"] for r in resumed] == [r["param_bpt"] for r in full]
