@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, help="take the longest prefix of whole documents with at most this many tokens")
     p.add_argument("--val-max-tokens", type=int, help="the same cap for the --val source")
     p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes for datasets.map (default: %(default)s)")
-    p.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it whole")
+    p.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it whole (on by itself with --max-tokens)")
     p.add_argument("--seed", type=int, default=TrainingSection().seed, help="seed of the train/validation split (default: %(default)s)")
     p.add_argument("--text-field", help="column holding the text (default: text, or the named dataset's)")
     p.add_argument("--subset", help="hub dataset configuration (default: the named dataset's)")

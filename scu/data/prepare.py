@@ -328,8 +328,11 @@ def prepare(
         if v is not None and v < 1:
             raise ScuError(f"{flag} must be >= 1 (got {v})")
     _check_out(out, overwrite)
-    train_source = resolve_source(dataset, text_field, subset, streaming, join_articles)
-    val_source = resolve_source(val, text_field, subset, streaming, join_articles) if val is not None else None
+    # a token budget on a hub dataset streams it: a 1 GB subset of C4 should not download all of C4
+    train_source = resolve_source(dataset, text_field, subset, streaming or max_tokens is not None, join_articles)
+    val_source = None
+    if val is not None:
+        val_source = resolve_source(val, text_field, subset, streaming or val_max_tokens is not None, join_articles)
     tok = load_tokenizer(tokenizer)
 
     out.parent.mkdir(parents=True, exist_ok=True)

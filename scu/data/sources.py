@@ -83,7 +83,10 @@ def resolve_source(
     """
     path = Path(spec).expanduser()
     if path.exists():
-        return _local_source(spec, path.resolve(), text_field or "text", join_articles)
+        return _local_source(spec, path.resolve(), text_field or "text", join_articles, "train")
+    base, _, split = spec.rpartition(":")
+    if base and Path(base).expanduser().is_dir():  # a save_to_disk folder with a split: PATH:SPLIT
+        return _local_source(spec, Path(base).expanduser().resolve(), text_field or "text", join_articles, split)
     if spec.endswith(_SUFFIXES) or spec.startswith((".", "/", "~")):
         raise ScuError(f"data file not found: {spec}; check the path (or pass a hub dataset name)")
     name, _, split = spec.partition(":")
@@ -103,7 +106,7 @@ def resolve_source(
     return source
 
 
-def _local_source(spec: str, path: Path, text_field: str, articles: bool) -> Source:
+def _local_source(spec: str, path: Path, text_field: str, articles: bool, split: str) -> Source:
     if path.is_file():
         if not path.name.endswith(_SUFFIXES):
             raise ScuError(f"unsupported data file type for {path}; use .txt, .jsonl, .json(.gz), .parquet or a folder of them")
@@ -111,7 +114,7 @@ def _local_source(spec: str, path: Path, text_field: str, articles: bool) -> Sou
     if (path / "prep.json").exists():
         raise ScuError(f"{path} is already a prepared (tokenized) directory; pass it to `scu train` as data.train_data")
     if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return Source(spec=spec, kind="saved", path=path, text_field=text_field, articles=articles)
+        return Source(spec=spec, kind="saved", path=path, split=split, text_field=text_field, articles=articles)
     files = tuple(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(_SUFFIXES) and not p.name.startswith(".")))
     if not files:
         raise ScuError(f"{path} holds no .txt, .jsonl, .json(.gz) or .parquet files; point --dataset at a data file or folder")

@@ -56,8 +56,12 @@ def test_jsonl_parquet_and_folder_give_the_same_documents(tmp_path: Path) -> Non
 def test_saved_dataset_and_missing_column(tmp_path: Path) -> None:
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b", "", "c d"]})}).save_to_disk(str(tmp_path / "ds"))
+    splits = {"train": datasets.Dataset.from_dict({"text": ["a b", "", "c d"]}), "test": datasets.Dataset.from_dict({"text": ["e"]})}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "ds"))
     assert list(iter_documents(resolve_source(str(tmp_path / "ds")))) == ["a b", "c d"]
+    assert list(iter_documents(resolve_source(f"{tmp_path / 'ds'}:test"))) == ["e"]
+    with pytest.raises(ScuError, match="no split 'dev'"):
+        list(iter_documents(resolve_source(f"{tmp_path / 'ds'}:dev")))
     with pytest.raises(ScuError, match="--text-field"):
         list(iter_documents(resolve_source(str(tmp_path / "ds"), text_field="content")))
 
