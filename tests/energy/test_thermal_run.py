@@ -20,6 +20,7 @@ from scu.core.telemetry import StepTelemetry
 from scu.energy.base import Unavailable
 from scu.energy.replay import ReplaySensor, Trace
 from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE, ThermalRun, TscuConfig
+from scu.energy.simulate import SimClock, replay_run
 
 TRACE = "time,watts,celsius\n0,12,50\n20,12,60\n20.001,35,60\n60,35,60\n60.001,12,60\n100,12,60\n105,12,92\n140,12,55\n400,12,55\n"
 COOLED_AT = 105 + 22 * 35 / 37
@@ -27,43 +28,12 @@ END = 220.0
 COMPUTE_S = 0.2
 
 
-class SimClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def simulate(run: ThermalRun, clock: SimClock, until: float, out: Path) -> list[dict]:
-    """A training loop on the simulated clock: compute, measure + control, pace."""
-    run.start(out, background=False)
-    step, times = 0, []
-    while clock.now < until:
-        clock.sleep(COMPUTE_S)
-        step += 1
-        t = StepTelemetry(step=step, data_bpt=4.0 - 0.001 * step, param_bpt=0.0, tokens=100, lr=1e-3, wall_time=COMPUTE_S)
-        action = run.step(t)
-        times.append(clock.now - run.rows[-1]["paused_s"])  # when the step ended
-        clock.sleep(action.sleep_s)  # the loop applies pacing
-    run.write()
-    run.close()
-    for row, end in zip(run.rows, times):
-        row["t_end"] = end
-    return run.rows
-
-
 @pytest.fixture
 def replayed(tmp_path: Path):
     trace = tmp_path / "trace.csv"
     trace.write_text(TRACE)
-    clock = SimClock()
-    run = ThermalRun(TscuConfig(enabled=True), tokens_per_epoch=10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
-    rows = simulate(run, clock, END, tmp_path / "run")
-    return run, rows, tmp_path / "run", trace
+    run = replay_run(trace, TscuConfig(enabled=True), END, tmp_path / "run", COMPUTE_S, 10_000, lambda step: 4.0 - 0.001 * step)
+    return run, run.rows, tmp_path / "run", trace
 
 
 def test_factor_drops_below_one_while_over_budget(replayed):
@@ -133,7 +103,12 @@ def test_resume_keeps_rows_up_to_the_checkpoint(replayed, tmp_path: Path):
 def test_no_sensor_reports_unavailable_with_null_figures(tmp_path: Path):
     clock = SimClock()
     run = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=Unavailable("no sensor here", clock=clock), sleep=clock.sleep)
-    rows = simulate(run, clock, 5.0, tmp_path)
+    run.start(tmp_path, background=False)
+    for step in range(1, 21):
+        clock.sleep(COMPUTE_S)
+        run.step(StepTelemetry(step=step, data_bpt=4.0 - 0.01 * step, param_bpt=0.0, tokens=10, lr=1e-3, wall_time=COMPUTE_S))
+    run.write()
+    rows = run.rows
     assert all(r["control_factor"] == 1.0 and r["paused_s"] == 0.0 for r in rows)
     for key in ("power_watts", "temperature_celsius", "energy_joules", "bits_per_joule", "landauer_efficiency"):
         assert all(r[key] is None for r in rows)
