@@ -1,0 +1,137 @@
+"""Recovery after compression: distil the dense teacher into the factorized student.
+
+The loss is the per-token KL(teacher || student) averaged over tokens, plus `nll_weight` times the
+mean next-token NLL. Both terms are per-token means, so the NLL weight means what it says whatever
+the batch or sequence length (a KL summed over tokens would be hundreds of times larger than the
+NLL and silently switch the NLL term off).
+
+Two modes:
+- kd:   train every decoder linear layer (the factors, and any layer left dense), with attention
+        layers at `attn_lr_mult` times the learning rate of the MLP layers (10x in the published recipe);
+- lora: freeze everything, train LoRA adapters on the factors (peft), then merge them in, which
+        leaves the compressed shapes unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from scu import ScuError
+from scu.vac.compress import all_linears, is_attention
+from scu.vac.modeling_vac import FactorizedLinear
+from scu.vac.profile import decoder_layers
+
+MODES = ("kd", "lora", "none")
+
+
+@dataclass
+class RecoverSpec:
+    mode: str = "kd"
+    steps: int = 200
+    lr: float = 3e-4
+    attn_lr_mult: float = 10.0
+    nll_weight: float = 1.0
+    batch_size: int = 8
+    lora_rank: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ScuError(f"unknown --recover {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.steps < 1 or self.lr <= 0 or self.nll_weight < 0 or self.attn_lr_mult <= 0:
+            raise ScuError("recovery needs steps >= 1, lr > 0, attention lr multiplier > 0 and nll weight >= 0")
+
+
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, input_ids: torch.Tensor, nll_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean per-token KL(teacher || student) + nll_weight * mean per-token NLL of the next token."""
+    s = F.log_softmax(student_logits[:, :-1].float(), dim=-1)
+    t = F.log_softmax(teacher_logits[:, :-1].float(), dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1).mean()
+    nll = F.nll_loss(s.reshape(-1, s.shape[-1]), input_ids[:, 1:].reshape(-1))
+    return kl + nll_weight * nll, {"kl": kl.item(), "nll": nll.item()}
+
+
+def factor_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """Trainable linear layers of the compressed decoder: both factors of each FactorizedLinear and any dense one."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, FactorizedLinear):
+            if module.int8:
+                raise ScuError("recovery must run before int8 quantization")
+            out[f"{name}.down"], out[f"{name}.up"] = module.down, module.up
+    out.update(all_linears(model))
+    return out
+
+
+def _param_groups(named: dict[str, nn.Parameter], spec: RecoverSpec) -> list[dict]:
+    attn = [p for n, p in named.items() if is_attention(n)]
+    other = [p for n, p in named.items() if not is_attention(n)]
+    return [
+        {"params": attn, "lr": spec.lr * spec.attn_lr_mult, "base_lr": spec.lr * spec.attn_lr_mult},
+        {"params": other, "lr": spec.lr, "base_lr": spec.lr},
+    ]
+
+
+def recover(
+    student: nn.Module, teacher: nn.Module, blocks: torch.Tensor, spec: RecoverSpec, verbose: bool = False
+) -> tuple[nn.Module, list[dict]]:
+    """Train the student toward the teacher on calibration `blocks` [n, T]; returns (student, loss history)."""
+    spec.validate()
+    if spec.mode == "none":
+        return student, []
+    decoder_layers(student)  # fails early on an unsupported architecture
+    modules = factor_modules(student)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    if spec.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=spec.lora_rank, lora_alpha=2 * spec.lora_rank, lora_dropout=0.0, target_modules=list(modules))
+        model = get_peft_model(student, lora)
+        named = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        for p in named.values():
+            p.requires_grad_(True)
+    else:
+        model = student
+        named = {}
+        for name, module in modules.items():
+            for pname, p in module.named_parameters():
+                p.requires_grad_(True)
+                named[f"{name}.{pname}"] = p
+    groups = _param_groups(named, spec)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    teacher.eval()
+    model.train()
+    gen = torch.Generator().manual_seed(spec.seed)
+    warmup = max(1, spec.steps // 20)
+    history = []
+    for step in range(spec.steps):
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * scale
+        ids = blocks[torch.randint(0, len(blocks), (spec.batch_size,), generator=gen)]
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids).logits
+        loss, parts = kd_loss(model(input_ids=ids).logits, t_logits, ids, spec.nll_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history.append({"step": step + 1, "loss": loss.item(), **parts})
+        if verbose and (step + 1) % max(1, spec.steps // 10) == 0:
+            print(f"recover {spec.mode}: step {step + 1}/{spec.steps} kl={parts['kl']:.4f} nll={parts['nll']:.4f}",
+                  file=sys.stderr, flush=True)
+    model.eval()
+    if spec.mode == "lora":
+        student = model.merge_and_unload()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return student, history
