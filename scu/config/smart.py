@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from scu import ScuError
-from scu.config.registry import find_scale
+from scu.config.registry import Scale, find_scale
 from scu.config.schema import ALL_PROJECTIONS, Config, ModelSection, ScuSection, TrainingSection, build_config
 
 Task = Literal["general", "code", "math", "domain"]
@@ -330,6 +330,20 @@ class Suggestion:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Hardware:
+    batch: int
+    accum: int
+    block_size: int
+    dtype: str
+    quant: str | None
+    checkpointing: bool
+    memory: MemoryEstimate
+
+
+LAWS = {"pi": "position-form PI on log lambda", "guide": "the reference's velocity law"}
+
+
 def suggest(
     model: str | None = None,
     *,
@@ -350,6 +364,8 @@ def suggest(
         raise ScuError("give exactly one of --model (id or path) and --params N")
     if tokens is not None and data is not None:
         raise ScuError("give --tokens or --data, not both (--data counts the tokens itself)")
+    if tokens is not None and tokens < 1:
+        raise ScuError(f"--tokens must be a positive token count (got {tokens}), e.g. --tokens 50M")
     if task not in TASK_ADJUSTMENTS:
         raise ScuError(f"unknown task {task!r}; use one of {', '.join(TASK_ADJUSTMENTS)}")
     if data is not None and model is None:
@@ -364,67 +380,84 @@ def suggest(
     reasons: list[str] = []
     warnings: list[str] = []
 
-    # Model size and category.
     info = inspect_model(model, trust_remote_code) if model is not None else model_from_params(int(params))
     category = category_of(info.size)
-    low, high = _category_bounds(category)
-    if info.params != info.size:
-        counted = f"{info.params:,} parameters, {info.size:,} without the untied output head"
-    else:
-        counted = f"{info.size:,} parameters"
-    reasons.append(f"size: {counted} ({info.source}) -> {category} ({low}-{high})")
-
-    # Dataset size.
+    counted = f"{info.params:,} parameters" + (f", {info.size:,} without the untied output head" if info.params != info.size else "")
+    reasons.append(f"size: {counted} ({info.source}) -> {category} ({_category_range(category)})")
     if data is not None:
         tokens = count_tokens(data, model, text_field)
         reasons.append(f"dataset: {int(tokens):,} tokens in {data} (counted with the model's tokenizer, one EOS per document)")
-    if tokens is not None and tokens < 1:
-        raise ScuError(f"--tokens must be positive (got {tokens}); check --data or --tokens")
 
-    # S*: category (or registered family), dataset and task adjustments, floor.
     scale = find_scale(model, info.model_type, family, scales_file)
-    base = dict((n, s) for n, _, s in CATEGORIES)[category]
+    target = _target_s(category, scale, tokens, task, reasons, warnings)
+    rank, alpha = LORA[category]
+    spread = " (guide: r 16-32, alpha 32-64; the low end, as in its validated 3B and 7B runs)" if category == "large" else ""
+    reasons.append(f"lora: {category} -> r {rank}, alpha {alpha}{spread}")
+    reasons.append(_targets_line(info))
+    gains = _pi_gains(scale, symptoms, reasons)
+    hw = _hardware(info, rank, vram_gb, block_size, reasons, warnings)
+    steps, warmup = _steps(tokens, hw.batch * hw.accum * hw.block_size, reasons)
+
+    if data is None:
+        warnings.append("no --data: set data.train_data in the written config before training")
+    if model is None:
+        warnings.append("no --model: set model.base_model in the written config before training")
+    config = build_config({
+        "model": {"base_model": model or "your-model-id", "dtype": hw.dtype, "load_in_4bit": hw.quant == "4bit",
+                  "gradient_checkpointing": hw.checkpointing, "trust_remote_code": trust_remote_code},
+        "lora": {"rank": rank, "alpha": alpha, "targets": list(info.targets)},
+        "scu": {"target_s": target, **gains},
+        "training": {"batch_size": hw.batch, "gradient_accumulation": hw.accum, "block_size": hw.block_size,
+                     "steps": steps, "warmup_steps": warmup, "weight_decay": 0.0},
+        "data": {"train_data": data or "path/to/train.jsonl", "text_field": text_field},
+    })
+    return Suggestion(config, category, info, None if tokens is None else int(tokens), hw.memory, reasons, warnings)
+
+
+def _target_s(category: str, scale: Scale | None, tokens: float | None, task: str,
+              reasons: list[str], warnings: list[str]) -> float:
+    """S*: the category's (or a registered family's), then the dataset and task adjustments, then the floor."""
+    target = dict((n, s) for n, _, s in CATEGORIES)[category]
     if scale is not None:
         reasons.append(f"S*: model family {scale.name!r} (registry) -> {_pct(scale.s_target)} "
-                       f"instead of {category}'s {_pct(base)}")
-        base = scale.s_target
+                       f"instead of {category}'s {_pct(target)}")
+        target = scale.s_target
     else:
-        reasons.append(f"S*: {category} -> {_pct(base)}")
-    target = base
+        reasons.append(f"S*: {category} -> {_pct(target)}")
     if tokens is None:
         reasons.append("dataset adjustment: none (size unknown; pass --tokens or --data)")
     else:
-        delta, why = next(((d, w) for bound, d, w in DATA_ADJUSTMENTS if tokens < bound),
-                          (0.0, "> 100M tokens: standard" if tokens > 100e6 else "10M-100M tokens: the guide lists none"))
+        standard = "> 100M tokens: standard" if tokens > 100e6 else "10M-100M tokens: the guide lists none"
+        delta, why = next(((d, w) for bound, d, w in DATA_ADJUSTMENTS if tokens < bound), (0.0, standard))
         target += delta
         reasons.append(f"dataset adjustment: {_count(tokens)} tokens, {why} -> {delta * 100:+.1f}%")
-    task_delta = TASK_ADJUSTMENTS[task]
-    target += task_delta
-    reasons.append(f"task adjustment: {task} -> {task_delta * 100:+.1f}%")
+    target += TASK_ADJUSTMENTS[task]
+    reasons.append(f"task adjustment: {task} -> {TASK_ADJUSTMENTS[task] * 100:+.1f}%")
     if target < S_FLOOR - 1e-12:
         warnings.append(f"S* {_pct(target)} is below the floor {_pct(S_FLOOR)}; using {_pct(S_FLOOR)}")
         reasons.append(f"floor: {_pct(target)} < {_pct(S_FLOOR)} (smallest S* the guide recommends) -> {_pct(S_FLOOR)}")
         target = S_FLOOR
     target = round(target, 6)
     reasons.append(f"S* = {_pct(target)}")
+    return target
 
-    # LoRA.
-    rank, alpha = LORA[category]
-    spread = " (guide: r 16-32, alpha 32-64; the low end, as in its validated 3B and 7B runs)" if category == "large" else ""
-    reasons.append(f"lora: {category} -> r {rank}, alpha {alpha}{spread}")
+
+def _targets_line(info: ModelInfo) -> str:
     mapped = ", ".join(f"{r} -> {'/'.join(n)}" for r, n in info.roles.items())
     covered = {part for role in info.roles for part in FUSED.get(role, (role,))}
     missing = [r for r in GUIDE_ROLES if r not in covered]
-    where = "Llama names (no architecture to read)" if model is None else f"read from {info.model_type}'s modules"
-    reasons.append(f"lora targets: {mapped} ({where})" + (f"; no {', '.join(missing)} projection" if missing else ""))
+    where = "Llama names (no architecture to read)" if info.name is None else f"read from {info.model_type}'s modules"
+    return f"lora targets: {mapped} ({where})" + (f"; no {', '.join(missing)} projection" if missing else "")
 
-    # PI gains: the engine's defaults, a registered family's gains, then the troubleshooting factors.
-    defaults = ScuSection()
-    gains = {"kp": defaults.kp, "ki": defaults.ki}
+
+def _pi_gains(scale: Scale | None, symptoms: Sequence[str], reasons: list[str]) -> dict[str, float]:
+    """The engine's defaults (read from the schema), a registered family's gains, then the troubleshooting."""
+    d = ScuSection()
+    gains = {"kp": d.kp, "ki": d.ki}
     reasons.append(
-        f"PI: the engine's measured defaults (law {defaults.law!r}: position-form PI on log lambda; kp {defaults.kp}, "
-        f"ki {defaults.ki}, deadband {defaults.deadband}, lambda in [{defaults.lambda_min:g}, {defaults.lambda_max:g}]); "
-        "not the guide's 0.8/0.15/0.003/[1e-4, 2.0], which belong to the reference's law that oscillates (docs/method.md)"
+        f"PI: the engine's measured defaults (law {d.law!r}: {LAWS[d.law]}; kp {d.kp:g}, ki {d.ki:g}, deadband "
+        f"{d.deadband:g}, lambda in [{d.lambda_min:g}, {d.lambda_max:g}]); not the guide's 0.8/0.15/0.003/[1e-4, 2.0], "
+        "which belong to the reference's law that oscillates (docs/method.md)"
     )
     if scale is not None and (scale.kp is not None or scale.ki is not None):
         gains.update({k: v for k, v in (("kp", scale.kp), ("ki", scale.ki)) if v is not None})
@@ -433,38 +466,42 @@ def suggest(
         key, factor, why = SYMPTOM_FACTORS[symptom]
         gains[key] = round(gains[key] * factor, 6)
         reasons.append(f"PI: {why} (x{factor:.3g}) -> {key} {gains[key]:g}")
+    return gains
 
-    # Block size, batch, memory, weight format.
+
+def _hardware(info: ModelInfo, rank: int, vram_gb: float | None, block_size: int | None,
+              reasons: list[str], warnings: list[str]) -> _Hardware:
+    """Block size, batch by VRAM, and the cheapest weight format whose estimate fits."""
     if block_size is None:
         block_size = min(GUIDE_BLOCK_SIZE, info.max_positions or GUIDE_BLOCK_SIZE)
         cap = f", capped by the model's {info.max_positions} positions" if block_size < GUIDE_BLOCK_SIZE else ""
         reasons.append(f"block size: {block_size} (the guide's template{cap})")
-    train_defaults = TrainingSection()
     if vram_gb is None:
         _, batch, accum = BATCH_BY_VRAM[-1]
         dtype, quant, checkpointing, device = ModelSection().dtype, None, False, "cpu"
         reasons.append(f"batch: {batch} x {accum} (no --vram: the guide's smallest row; {dtype} weights, the "
                        "schema's default; pass --vram GB to size both for a GPU)")
     else:
-        row = next((r for r in BATCH_BY_VRAM if vram_gb >= r[0]), BATCH_BY_VRAM[-1])
-        batch, accum = row[1], row[2]
-        smallest = f" (below the smallest row, {row[0]:g} GB)" if vram_gb < row[0] else ""
-        reasons.append(f"batch: {vram_gb:g} GB VRAM -> {batch} x {accum} (guide row {row[0]:g} GB{'+' if row[0] == 40 else ''}){smallest}")
+        low, batch, accum = next((r for r in BATCH_BY_VRAM if vram_gb >= r[0]), BATCH_BY_VRAM[-1])
+        row = f"{low:g} GB{'+' if low == BATCH_BY_VRAM[0][0] else ''}"
+        below = f", below its {low:g} GB" if vram_gb < low else ""
+        reasons.append(f"batch: {vram_gb:g} GB VRAM -> {batch} x {accum} (guide row {row}{below})")
         dtype, device = "bf16", "cuda"
         # Cheapest change first: bf16, then 4-bit weights (the guide's table), then checkpointing.
         for quant, checkpointing in ((None, False), ("4bit", False), ("4bit", True)):
             if estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing).total <= vram_gb * GB:
                 break
     memory = estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing, device=device)
-    weights = quant or dtype
-    reasons.append(f"memory: {weights} weights, batch {batch} x {block_size} tokens"
+    reasons.append(f"memory: {quant or dtype} weights, batch {batch} x {block_size} tokens"
                    f"{', gradient checkpointing' if checkpointing else ''}: {memory.describe()}")
     if vram_gb is not None and memory.total > vram_gb * GB:
         warnings.append(f"estimated {memory.total / GB:.1f} GB exceeds --vram {vram_gb:g} GB even with 4-bit weights and "
                         "gradient checkpointing; lower --block-size or use a larger GPU")
+    return _Hardware(batch, accum, block_size, dtype, quant, checkpointing, memory)
 
-    # Steps and warm-up.
-    per_step = batch * accum * block_size
+
+def _steps(tokens: float | None, per_step: int, reasons: list[str]) -> tuple[int, int]:
+    """About one epoch within the guide's validated 500-1500 steps; 10% warm-up."""
     if tokens is None:
         steps = MAX_STEPS
         reasons.append(f"steps: {steps} (the guide's template; dataset size unknown)")
@@ -474,27 +511,13 @@ def suggest(
         reasons.append(f"steps: one epoch is {epoch} steps of {per_step:,} tokens -> {steps} "
                        f"(kept within the guide's validated {MIN_STEPS}-{MAX_STEPS})")
     warmup = max(1, round(WARMUP_FRACTION * steps))
-    reasons.append(f"warm-up: {warmup} steps (10%, as in the guide's template); learning rate: the schema's {train_defaults.learning_rate:g}")
-
-    if data is None:
-        warnings.append("no --data: set data.train_data in the written config before training")
-    if model is None:
-        warnings.append("no --model: set model.base_model in the written config before training")
-    config = build_config({
-        "model": {"base_model": model or "your-model-id", "dtype": dtype,
-                  "load_in_4bit": quant == "4bit", "gradient_checkpointing": checkpointing,
-                  "trust_remote_code": trust_remote_code},
-        "lora": {"rank": rank, "alpha": alpha, "targets": list(info.targets)},
-        "scu": {"target_s": target, **gains},
-        "training": {"batch_size": batch, "gradient_accumulation": accum, "block_size": block_size,
-                     "steps": steps, "warmup_steps": warmup, "weight_decay": 0.0},
-        "data": {"train_data": data or "path/to/train.jsonl", "text_field": text_field},
-    })
-    return Suggestion(config, category, info, None if tokens is None else int(tokens), memory, reasons, warnings)
+    reasons.append(f"warm-up: {warmup} steps (10%, as in the guide's template); "
+                   f"learning rate: the schema's {TrainingSection().learning_rate:g}")
+    return steps, warmup
 
 
-def _category_bounds(category: str) -> tuple[str, str]:
+def _category_range(category: str) -> str:
     names = [n for n, _, _ in CATEGORIES]
     i = names.index(category)
     low = _count(CATEGORIES[i][1]) if i else "0"
-    return low, (_count(CATEGORIES[i + 1][1]) if i + 1 < len(CATEGORIES) else "")
+    return f"{low}-{_count(CATEGORIES[i + 1][1])}" if i + 1 < len(CATEGORIES) else f"{low}+"

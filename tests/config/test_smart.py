@@ -281,6 +281,7 @@ def test_data_tokens_are_counted_with_the_models_tokenizer(tiny_base, pydoc_txt)
         (dict(params=1e9, vram_gb=0), "--vram must be positive"),
         (dict(params=1e9, symptoms=["slow"]), "unknown symptom"),
         (dict(params=0), "--params must be a positive"),
+        (dict(params=1e9, tokens=0), "--tokens must be a positive"),
     ],
 )
 def test_bad_input_is_a_one_line_user_error(kwargs, message):
