@@ -1,0 +1,277 @@
+"""SCU in Hugging Face trainers and in any PyTorch loop.
+
+`SCU` is the small API for your own loop (three lines):
+
+    scu = SCU(model, tokens_per_epoch, {"target_s": 0.05})
+    loss = loss + scu.penalty()                    # in the first micro-batch of each optimizer step
+    log(scu.step(ce_sum_nats, n_tokens))           # after optimizer.step(): this rank's summed CE and token count
+
+`SCUTrainer` / `SCUSFTTrainer` do the same inside `transformers.Trainer` / `trl.SFTTrainer`:
+the penalty is added in `compute_loss` with the weight that survives the trainer's own
+gradient-accumulation scaling, lambda moves once per optimizer step (`on_step_end`), the
+numbers go through `Trainer.log` (so `report_to` sees them), and every `save_model` (final
+save and each checkpoint) writes metadata.json plus the controller state that
+`resume_from_checkpoint` reads back.
+
+Across processes (DDP, FSDP2) each rank adds the full penalty; DDP's and FSDP2's gradient
+averaging then leaves exactly lambda * dpenalty. Per step, one all-reduce sums the CE nats,
+token counts and sharded penalty parts, so lambda is computed from identical inputs on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+
+from scu import ScuError
+from scu.config.schema import Config, ScuSection, build_config
+from scu.core.bits import LN2, info_ratio
+from scu.core.pi import PIController
+from scu.report.records import atomic_write_json, package_versions
+from scu.torch.distributed import all_reduce_sum_, check_layout, world_size
+from scu.torch.loop import pi_config
+from scu.torch.regularizer import LoraPenalty
+
+STATE_FILE = "scu_state.json"
+INIT_FILE = "scu_init.safetensors"
+LOGGED = ("data_bpt", "param_bpt", "s")
+
+
+def scu_section(config: ScuSection | dict[str, Any] | None) -> ScuSection:
+    """The `scu:` section of the training config, from a dict of its keys (validated, one-line errors)."""
+    if isinstance(config, ScuSection):
+        return config
+    return build_config({"scu": dict(config or {})}).scu
+
+
+class SCU:
+    """PI-controlled lambda * ParamBPT penalty for one PEFT model, stepped once per optimizer step."""
+
+    def __init__(self, model: nn.Module, tokens_per_epoch: int, config: ScuSection | dict[str, Any] | None = None) -> None:
+        check_layout(model)
+        self.config = scu_section(config)
+        self.tokens_per_epoch = tokens_per_epoch
+        self.regularizer = LoraPenalty(model, self.config.prior, self.config.prior_sigma, tokens_per_epoch)
+        self.controller = PIController(pi_config(Config(scu=self.config)))
+        self._parts: tuple[Tensor, Tensor] | None = None
+        self.lambda_range: list[float] = [self.controller.lam, self.controller.lam]
+        self.last: dict[str, float] = {}
+
+    @property
+    def lam(self) -> float:
+        return self.controller.lam
+
+    def penalty(self, weight: float = 1.0) -> Tensor:
+        """lambda * ParamBPT * ln 2 (nats) times `weight`, differentiable. Once per optimizer step."""
+        replicated, local = self.regularizer.parts()
+        self._parts = (replicated.detach(), local.detach())
+        return (self.lam * LN2 * weight) * self.regularizer.bpt(replicated + local)
+
+    def step(self, data_nats: Tensor | float, tokens: Tensor | int) -> dict[str, float]:
+        """Close the optimizer step: one all-reduce of (CE nats, tokens, sharded penalty part), one host sync,
+        then the PI update. Returns this step's data_bpt, param_bpt, s and the lambda for the next step."""
+        if self._parts is None:
+            raise ScuError("SCU.step() was called without SCU.penalty() in this optimizer step; "
+                           "add scu.penalty() to the loss of the step's first micro-batch")
+        replicated, local = self._parts
+        self._parts = None
+        as64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=replicated.device).reshape(())  # noqa: E731
+        summed = torch.stack([as64(data_nats), as64(tokens), as64(local), as64(replicated)])
+        all_reduce_sum_(summed[:3])  # the replicated part is already global: never summed over ranks
+        nats, n, local_sum, rep = summed.tolist()
+        if n <= 0:
+            raise ScuError("an optimizer step had no tokens in the loss (all labels -100); check the data collator")
+        data_bpt = nats / n / LN2
+        param_bpt = float(self.regularizer.bpt(rep + local_sum))
+        s = info_ratio(data_bpt, param_bpt)
+        lam_used = self.lam
+        lam = self.controller.update(s)
+        self.lambda_range = [min(self.lambda_range[0], lam), max(self.lambda_range[1], lam)]
+        self.last = {"data_bpt": data_bpt, "param_bpt": param_bpt, "s": s, "lambda": lam, "lambda_used": lam_used,
+                     "s_hat": self.controller.s_hat, "tokens": int(n)}
+        return dict(self.last)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controller": self.controller.state_dict(), "lambda_range": self.lambda_range, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.lambda_range = list(state["lambda_range"])
+        self.last = dict(state["last"])
+
+    def metadata(self, **run: Any) -> dict[str, Any]:
+        """metadata.json: the run's SCU settings and where the controller stands; `run` adds caller facts."""
+        return {
+            **run,
+            "target_s": self.config.target_s,
+            "final_s": self.last.get("s"),
+            "final_s_hat": self.controller.s_hat,
+            "final_lambda": self.lam,
+            "lambda_range": self.lambda_range,
+            "final_data_bpt": self.last.get("data_bpt"),
+            "final_param_bpt": self.last.get("param_bpt"),
+            "prior": {"type": self.config.prior, "sigma": self.config.prior_sigma},
+            "tokens_per_epoch": self.tokens_per_epoch,
+            "controller_steps": self.controller.step_count,
+            "world_size": world_size(),
+            "scu": self.config.model_dump(mode="json"),
+            "controllers": {"pi": self.controller.state_dict()},
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+        }
+
+    def save(self, directory: str | Path, **run: Any) -> None:
+        """Write metadata.json, the controller state and the penalty's initial values (call on rank 0 only)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        atomic_write_json(directory / STATE_FILE, self.state_dict())
+        init = self.regularizer.init_state()
+        if init:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{INIT_FILE}.")
+            os.close(fd)
+            try:
+                save_file(init, tmp)
+                os.replace(tmp, directory / INIT_FILE)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        atomic_write_json(directory / "metadata.json", self.metadata(**run))
+
+    def load(self, directory: str | Path) -> None:
+        """Restore what `save` wrote (every rank), so lambda continues its trajectory."""
+        import json
+
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / STATE_FILE).exists():
+            raise ScuError(f"{directory} has no {STATE_FILE} (saved without SCU); resume from a checkpoint of an SCU run")
+        self.load_state_dict(json.loads((directory / STATE_FILE).read_text()))
+        init = directory / INIT_FILE
+        self.regularizer.load_init_state(load_file(init) if init.exists() else {})
+
+
+def count_label_tokens(dataset: Any) -> int:
+    """Tokens that enter the loss in one epoch: labels != -100 after the shift, else all but the first of each row."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "labels" in columns:
+        return sum(sum(1 for t in row[1:] if t != -100) for row in dataset["labels"])
+    if "input_ids" in columns:
+        return sum(max(len(row) - 1, 0) for row in dataset["input_ids"])
+    raise ScuError("cannot count the training tokens per epoch (no input_ids/labels column); pass tokens_per_epoch=")
+
+
+def _predicted_tokens(inputs: dict[str, Any], shifts: bool) -> Tensor:
+    """This micro-batch's loss tokens, counted the way Trainer counts num_items_in_batch."""
+    if "shift_labels" in inputs:
+        labels = inputs["shift_labels"]
+    elif "labels" in inputs:
+        labels = inputs["labels"][..., 1:] if shifts else inputs["labels"]
+    else:
+        raise ScuError("SCU needs `labels` in the training batches to measure DataBPT; use a collator that adds them")
+    return labels.ne(-100).sum()
+
+
+class _StepEnd(TrainerCallback):
+    def __init__(self, trainer: "SCUTrainerMixin") -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._scu_step_end()
+
+
+class SCUTrainerMixin:
+    """Adds SCU to a `transformers.Trainer` subclass. Extra keyword arguments:
+    `scu` (the scu: config keys, or a ScuSection) and `tokens_per_epoch` (default: counted from train_dataset)."""
+
+    def __init__(self, *args: Any, scu: ScuSection | dict[str, Any] | None = None, tokens_per_epoch: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if tokens_per_epoch is None:
+            tokens_per_epoch = count_label_tokens(self.train_dataset)
+        self.scu = SCU(self.model, tokens_per_epoch, scu)
+        self._scu_nats: Tensor | float = 0.0
+        self._scu_tokens: Tensor | int = 0
+        self._scu_penalized = False  # the penalty of the current optimizer step is in the loss
+        self._scu_layout_checked = False
+        self._scu_window: list[dict[str, float]] = []  # steps since the last log
+        self.add_callback(_StepEnd(self))
+
+    def _scu_loss_is_scaled(self, num_items_in_batch: Any) -> bool:
+        """The rule Trainer.training_step uses to decide whether it divides the loss by the accumulation steps."""
+        if self.loss_is_scaled_for_ga is not None:
+            return self.loss_is_scaled_for_ga
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not self._scu_layout_checked:  # the wrapped model (FSDP1 / ZeRO-3 wrap only in train())
+            check_layout(model)
+            self._scu_layout_checked = True
+        tokens = _predicted_tokens(inputs, getattr(self, "_loss_shifts_labels", True))
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss = result[0] if return_outputs else result
+        scaled = self._scu_loss_is_scaled(num_items_in_batch)
+        if scaled and num_items_in_batch is not None:
+            # loss = CE_sum / num_items_in_batch, times the process count when the count spans all ranks
+            spread = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
+            nats = loss.detach() * (num_items_in_batch / spread)
+        else:  # a per-micro-batch mean
+            nats = loss.detach() * tokens
+        self._scu_nats = self._scu_nats + nats.float()
+        self._scu_tokens = self._scu_tokens + tokens
+        if not self._scu_penalized:
+            # Trainer divides an unscaled loss by the accumulation steps; the penalty must reach the step whole
+            loss = loss + self.scu.penalty(1.0 if scaled else float(self.current_gradient_accumulation_steps))
+            self._scu_penalized = True
+        return (loss, *result[1:]) if return_outputs else loss
+
+    def _scu_step_end(self) -> None:
+        self._scu_window.append(self.scu.step(self._scu_nats, self._scu_tokens))
+        self._scu_nats, self._scu_tokens, self._scu_penalized = 0.0, 0, False
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._scu_window and "loss" in logs:  # a training log: means since the last one, and the current lambda
+            window = self._scu_window
+            logs.update({k: sum(r[k] for r in window) / len(window) for k in LOGGED})
+            logs["lambda"] = window[-1]["lambda"]
+            window.clear()
+        super().log(logs, *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            directory = Path(output_dir or self.args.output_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            status = "completed" if self.state.max_steps and self.state.global_step >= self.state.max_steps else "running"
+            base = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "_name_or_path", None)
+            self.scu.save(directory, status=status, base_model=base, steps=self.state.global_step,
+                          steps_planned=self.state.max_steps)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self.scu.load(resume_from_checkpoint)
+
+
+class SCUTrainer(SCUTrainerMixin, Trainer):
+    """`transformers.Trainer` with the SCU penalty and PI-controlled lambda."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SCUSFTTrainer":  # built on first use: importing trl is slow and optional for SCUTrainer users
+        from trl import SFTTrainer
+
+        cls = type("SCUSFTTrainer", (SCUTrainerMixin, SFTTrainer),
+                   {"__module__": __name__, "__doc__": "`trl.SFTTrainer` with the SCU penalty and PI-controlled lambda."})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

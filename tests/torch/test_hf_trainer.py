@@ -1,0 +1,156 @@
+"""SCUTrainer / SCUSFTTrainer: the gradient is CE + lambda * dpenalty under every accumulation convention,
+DataBPT is the token-weighted CE, the numbers reach Trainer.log, metadata.json on every save, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hf_common import (
+    Capture, penalty_share, reference_gradients, tiny_peft, token_dataset, trainer_args,
+)
+from transformers import TrainerCallback
+
+from scu import ScuError
+from scu.torch.hf import SCUTrainer
+
+FIXED = {"lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0}
+
+
+def _check_step(trainer, cap, rows, step, **reference):
+    ref_grads, data_bpt = reference_gradients(tiny_peft(), cap.params[step], rows, cap.lam[step],
+                                              trainer.scu.tokens_per_epoch, **reference)
+    got = cap.grads[step]
+    assert set(got) == set(ref_grads) and len(got) == 12
+    for name, g in got.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=2e-4, atol=1e-7)
+    # the penalty is a visible part of the gradient, so leaving it out (or scaling it wrongly) fails
+    largest = max(g.abs().max().item() for g in got.values())
+    assert penalty_share(tiny_peft(), cap.params[step], cap.lam[step], trainer.scu.tokens_per_epoch) > 0.05 * largest
+    logged = next(r for r in trainer.state.log_history if r.get("step") == step)
+    assert logged["data_bpt"] == pytest.approx(data_bpt, rel=1e-5)
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_trainer_gradient_is_ce_gradient_plus_lambda_dpenalty(tmp_path, accumulation):
+    ds = token_dataset()
+    cap = Capture({2})
+    trainer = SCUTrainer(
+        model=tiny_peft(), train_dataset=ds, callbacks=[cap], scu=FIXED,
+        args=trainer_args(tmp_path, per_device_train_batch_size=4 // accumulation, gradient_accumulation_steps=accumulation),
+    )
+    cap.scu = trainer.scu
+    assert trainer.model_accepts_loss_kwargs  # the num_items_in_batch convention (loss already scaled for GA)
+    trainer.train()
+    _check_step(trainer, cap, ds.select(range(4, 8)), 2)  # B moved off 0 in step 1: the penalty gradient is non-zero
+
+
+def test_trainer_gradient_when_trainer_divides_the_loss_by_accumulation_steps(tmp_path):
+    """A model that ignores num_items_in_batch: Trainer divides each micro-batch mean by the accumulation steps."""
+    ds = token_dataset()
+    cap = Capture({2})
+    trainer = SCUTrainer(model=tiny_peft(), train_dataset=ds, callbacks=[cap], scu=FIXED,
+                         args=trainer_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2))
+    cap.scu = trainer.scu
+    trainer.model_accepts_loss_kwargs = False
+    trainer.train()
+    ref_grads, _ = reference_gradients(tiny_peft(), cap.params[2], ds.select(range(4, 8)), cap.lam[2],
+                                       trainer.scu.tokens_per_epoch, micro_batches=2, token_weighted=False)
+    for name, g in cap.grads[2].items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=2e-4, atol=1e-7)
+
+
+def test_sft_trainer_gradient_and_data_bpt(tmp_path, tiny_base):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig
+
+    from scu.torch.hf import SCUSFTTrainer
+
+    def model():
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        return get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), lora)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    ds = token_dataset(vocab=len(tokenizer))
+    cap = Capture({2})
+    common = trainer_args(tmp_path).to_dict()
+    args = SFTConfig(**{**{k: common[k] for k in ("output_dir", "report_to", "use_cpu", "logging_steps", "save_strategy",
+                                                   "disable_tqdm", "train_sampling_strategy", "lr_scheduler_type", "seed")},
+                        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "max_steps": 2,
+                        "learning_rate": 1e-2, "max_grad_norm": 0.0, "bf16": False})  # TRL defaults to bf16 autocast
+    trainer = SCUSFTTrainer(model=model(), args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[cap],
+                            scu=FIXED)
+    cap.scu = trainer.scu
+    trainer.train()
+    ref_grads, data_bpt = reference_gradients(model(), cap.params[2], ds.select(range(4, 8)), cap.lam[2],
+                                              trainer.scu.tokens_per_epoch)
+    logged = next(r for r in trainer.state.log_history if r.get("step") == 2)
+    assert logged["data_bpt"] == pytest.approx(data_bpt, rel=1e-5)
+    for name, g in cap.grads[2].items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=2e-4, atol=1e-7)
+    assert "mean_token_accuracy" in logged  # TRL's own metrics still flow through the same log
+
+
+class Seen(TrainerCallback):
+    """What a report_to integration receives: the logs passed to on_log."""
+
+    def __init__(self) -> None:
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def test_logs_reach_report_to_and_metadata_is_written_on_every_save(tmp_path):
+    seen = Seen()
+    trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), callbacks=[seen], scu={"target_s": 0.02},
+                         args=trainer_args(tmp_path, max_steps=6, logging_steps=2, save_strategy="steps", save_steps=3))
+    trainer.train()
+    trainer.save_model()
+    training_logs = [r for r in seen.logs if "loss" in r]
+    assert len(training_logs) == 3
+    for r in training_logs:
+        assert {"data_bpt", "param_bpt", "s", "lambda"} <= set(r)
+        assert r["s"] == pytest.approx(r["param_bpt"] / (r["param_bpt"] + r["data_bpt"]), rel=0.5)  # means of 2 steps
+    assert training_logs[-1]["lambda"] == trainer.scu.lam
+    for directory in (tmp_path / "checkpoint-3", tmp_path / "checkpoint-6", tmp_path):
+        meta = json.loads((directory / "metadata.json").read_text())
+        assert meta["target_s"] == 0.02 and meta["prior"]["type"] == "delta"
+        assert (directory / "scu_state.json").exists()
+    assert json.loads((tmp_path / "checkpoint-3" / "metadata.json").read_text())["steps"] == 3
+    final = json.loads((tmp_path / "metadata.json").read_text())
+    assert final["status"] == "completed" and final["final_lambda"] == trainer.scu.lam
+
+
+def test_resume_from_checkpoint_reproduces_lambda_trajectory(tmp_path):
+    def run(out, resume=None):
+        args = trainer_args(out, max_steps=8, save_strategy="steps", save_steps=4, train_sampling_strategy="random",
+                            learning_rate=3e-3)
+        trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), args=args, scu={"target_s": 0.1})
+        trainer.train(resume_from_checkpoint=resume)
+        return {r["step"]: r["lambda"] for r in trainer.state.log_history if "lambda" in r}
+
+    full = run(tmp_path / "full")
+    assert len(set(full.values())) == 8  # lambda moves every step (inside its bounds)
+    import shutil
+
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "cut" / "checkpoint-4")
+    resumed = run(tmp_path / "cut", resume=str(tmp_path / "cut" / "checkpoint-4"))
+    assert resumed == full  # steps 1-4 from the checkpoint's trainer_state.json, 5-8 trained after the resume
+
+
+def test_resume_refuses_a_checkpoint_without_scu_state(tmp_path):
+    trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), args=trainer_args(tmp_path, max_steps=4))
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(ScuError, match="scu_state.json"):
+        trainer.scu.load(tmp_path / "checkpoint-2")
+
+
+def test_refuses_deepspeed_zero3_parameters(tmp_path):
+    model = tiny_peft()
+    next(model.parameters()).ds_numel = 0  # what ZeRO-3 partitioning attaches to every parameter
+    with pytest.raises(ScuError, match="ZeRO-3"):
+        SCUTrainer(model=model, train_dataset=token_dataset(), args=trainer_args(tmp_path))
