@@ -88,6 +88,21 @@ def test_outputs_match_the_pytorch_backend_and_the_adapter_loads_in_mlx_lm(mlx_c
     assert np.abs(np.array(model(ids)) - trained).max() <= 1e-5 * np.abs(trained).max()
     assert isinstance(generate(model, tokenizer, prompt="def ", max_tokens=5), str)
 
+    # and `scu export --to peft` hands the same trained change to PyTorch
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from scu.mlx.convert import export_adapter
+
+    peft_dir = export_adapter(tmp_path / "mlx", "peft", tmp_path / "peft")
+    assert (peft_dir / "metadata.json").exists()
+    assert json.loads((peft_dir / "adapter_config.json").read_text())["lora_alpha"] == cfg.lora.alpha
+    pt = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), peft_dir).eval()
+    with torch.no_grad():
+        pt_logits = pt(torch.from_numpy(np.array(ids))).logits.numpy()
+    assert np.abs(pt_logits - trained).max() <= 1e-4 * np.abs(trained).max()
+
 
 def test_cli_trains_with_backend_mlx(mlx_cfg, tmp_path, tiny_base, pydoc_txt):
     from scu.cli import main
