@@ -487,8 +487,9 @@ def _hardware(info: ModelInfo, rank: int, vram_gb: float | None, block_size: int
         below = f", below its {low:g} GB" if vram_gb < low else ""
         reasons.append(f"batch: {vram_gb:g} GB VRAM -> {batch} x {accum} (guide row {row}{below})")
         dtype, device = "bf16", "cuda"
-        # Cheapest change first: bf16, then 4-bit weights (the guide's table), then checkpointing.
-        for quant, checkpointing in ((None, False), ("4bit", False), ("4bit", True)):
+        # Exact changes first: bf16, then checkpointing (slower, same numbers), then 4-bit weights
+        # (the guide's table; changes the base model's numerics), then both.
+        for quant, checkpointing in ((None, False), (None, True), ("4bit", False), ("4bit", True)):
             if estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing).total <= vram_gb * GB:
                 break
     memory = estimate_memory(info, rank, batch, block_size, dtype, quant, checkpointing, device=device)

@@ -217,9 +217,12 @@ def test_memory_grows_with_block_batch_and_dtype():
     assert estimate_memory(info, 16, 2, 1024, "bf16", gradient_checkpointing=True).activations < 0.2 * base.activations
 
 
-def test_weight_format_steps_down_until_it_fits_and_warns_when_nothing_does():
+def test_memory_savers_are_added_until_it_fits_and_a_warning_when_nothing_does():
     roomy = suggest(params=1e9, vram_gb=80)
     assert (roomy.config.model.dtype, roomy.config.model.load_in_4bit) == ("bf16", False)
+    assert not roomy.config.model.gradient_checkpointing
+    exact = suggest(params=1e9, vram_gb=24)  # checkpointing before 4-bit: same numbers, only slower
+    assert exact.config.model.gradient_checkpointing and not exact.config.model.load_in_4bit
     tight = suggest(params=7e9, vram_gb=24)
     assert tight.config.model.load_in_4bit and tight.memory.total <= 24 * GB
     too_big = suggest(params=13e9, vram_gb=8)
