@@ -20,6 +20,10 @@ COMMANDS = [
     "scu.data.cli",
     "scu.vac.compress_cli",
     "scu.vac.eval_ppl_cli",
+    "scu.eval.cli",
+    "scu.report.plots",
+    "scu.report.validate",
+    "scu.report.doctor",
 ]
 
 

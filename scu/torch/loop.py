@@ -34,6 +34,7 @@ from scu.core.telemetry import Action, StepTelemetry, merge
 from scu.data.corpus import TrainData, load_train_val
 from scu.energy.runtime import ThermalRun
 from scu.eval.bpt import block_bpt, cross_entropy_sum
+from scu.report.card import write_model_card
 from scu.report.records import MetricsLog, atomic_write_json, package_versions
 from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from scu.torch.model import add_lora, load_model, load_tokenizer
@@ -338,6 +339,8 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
         run.accelerator.unwrap_model(run.model).save_pretrained(run.out)
     (run.out / "config.yaml").write_text(dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", metadata(run, status))
+    if adapter:
+        write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
     write_sscu_files(run)
     if "thermal" in run.controllers:
         run.controllers["thermal"].write()

@@ -26,6 +26,7 @@ OVERRIDES = {
     "power_budget": "tscu.power_budget_watts",
     "max_temp": "tscu.max_temperature_celsius",
     "power_trace": "tscu.power_trace",
+    "auto_stop": "equilibrium.auto_stop",
 }
 THERMAL_FLAGS = ("power_budget", "max_temp", "power_trace")
 # --controller: the controllers that run, comma-separated; the others are switched off. scu (or pi): the PI
@@ -64,6 +65,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--backend", choices=["torch", "mlx"], help="training backend (default: model.backend, torch)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    p.add_argument(
+        "--auto-stop", action="store_true", default=None,
+        help="end training at the λ-equilibrium step and save the adapter there (equilibrium.auto_stop)",
+    )
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished adapter directory to this Hugging Face repo")
     p.set_defaults(func=run)
 
 
@@ -99,10 +105,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         from scu.torch.loop import train
     out = args.output or "runs/latest"
+    if args.push_to_hub:
+        from scu.report.card import push_to_hub, require_token
+
+        require_token(out)
     meta = train(cfg, out, resume=args.resume)
     print(summary(meta, out))
     if cfg.tscu.enabled:
         print(tscu_summary(out))
+    if args.push_to_hub and meta["status"] != "interrupted":
+        print(f"pushed to {push_to_hub(out, args.push_to_hub)}")
     return 130 if meta["status"] == "interrupted" else 0
 
 
@@ -122,6 +134,8 @@ def summary(meta: dict, out: str) -> str:
     sscu = meta["controllers"].get("sscu")
     if sscu is not None:
         lines.append(f"  S-SCU: {len(sscu['decisions'])} actions; reasons in {out}/scu_training_metrics.json")
+    if meta.get("equilibrium_step") is not None:
+        lines.append(f"  λ-equilibrium at step {meta['equilibrium_step']} (docs/evaluation.md)")
     if meta.get("val_bpt") is not None:
         lines.append(f"  held-out BPT = {meta['val_bpt']:.4f}")
     if meta["nan_skips"]:
