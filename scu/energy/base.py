@@ -34,6 +34,7 @@ class Sensor:
     for a transient failure: a failed quantity is None in that reading."""
 
     name = "sensor"
+    live = True  # False: nothing to sample, so no background thread
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.clock = clock
@@ -53,6 +54,7 @@ class Unavailable(Sensor):
     """No sensor: every reading is None, so every derived figure is null."""
 
     name = "unavailable"
+    live = False
 
     def __init__(self, reason: str, clock: Clock = time.monotonic) -> None:
         super().__init__(clock)

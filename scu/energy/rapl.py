@@ -13,6 +13,7 @@ another interface, so neither is added. Temperature comes from the CPU's hwmon d
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class Zone:
     path: Path
     name: str
     max_range_uj: int
+    fd: int  # energy_uj, kept open: a pread is several times cheaper than open/read/close
     last_uj: int = 0
     total_uj: int = 0  # energy since the sensor was opened, wrap-arounds included
 
@@ -43,6 +45,11 @@ class Zone:
 
 def _read_int(path: Path) -> int:
     return int(path.read_text().strip())
+
+
+def _pread_int(fd: int) -> int:
+    """Re-read a sysfs attribute through an open descriptor (offset 0 regenerates it)."""
+    return int(os.pread(fd, 64, 0))
 
 
 def _zone_name(path: Path) -> str:
@@ -69,7 +76,8 @@ def find_zones(root: Path) -> list[Zone]:
     zones = []
     for p in chosen:
         try:
-            start = _read_int(p / "energy_uj")
+            fd = os.open(p / "energy_uj", os.O_RDONLY)
+            start = _pread_int(fd)
             max_range = _read_int(p / "max_energy_range_uj")
         except PermissionError:
             raise SensorUnavailable(
@@ -78,7 +86,7 @@ def find_zones(root: Path) -> list[Zone]:
             ) from None
         except (OSError, ValueError) as e:
             raise SensorUnavailable(f"RAPL: cannot read {p}: {e}") from None
-        zones.append(Zone(path=p, name=_zone_name(p), max_range_uj=max_range, last_uj=start))
+        zones.append(Zone(path=p, name=_zone_name(p), max_range_uj=max_range, fd=fd, last_uj=start))
     return zones
 
 
@@ -101,13 +109,14 @@ class RaplSensor(Sensor):
         self.root = Path(root)
         self.zones = find_zones(self.root)
         self.temperature_inputs = find_cpu_temperatures(Path(hwmon_root))
+        self._temperature_fds = [os.open(path, os.O_RDONLY) for path in self.temperature_inputs]
 
     def read(self) -> Reading:
         t = self.clock()
         energy: float | None = 0.0
         for zone in self.zones:
             try:
-                zone.advance(_read_int(zone.path / "energy_uj"))
+                zone.advance(_pread_int(zone.fd))
             except (OSError, ValueError):
                 energy = None
                 continue
@@ -117,9 +126,9 @@ class RaplSensor(Sensor):
 
     def _temperature(self) -> float | None:
         values = []
-        for path in self.temperature_inputs:
+        for fd in self._temperature_fds:
             try:
-                values.append(_read_int(path) / 1000.0)
+                values.append(_pread_int(fd) / 1000.0)
             except (OSError, ValueError):
                 continue
         return max(values) if values else None
@@ -130,3 +139,8 @@ class RaplSensor(Sensor):
             "zones": [f"{z.path.name} ({z.name})" for z in self.zones],
             "temperature_inputs": len(self.temperature_inputs),
         }
+
+    def close(self) -> None:
+        for fd in [z.fd for z in self.zones] + self._temperature_fds:
+            os.close(fd)
+        self.zones, self._temperature_fds = [], []

@@ -131,11 +131,12 @@ class Sampler:
             self.sample()
 
     def start(self) -> Mark:
-        """Take the first reading (the zero of every integral) and start the thread."""
+        """Take the first reading (the zero of every integral) and start the thread (for a live sensor)."""
         first = self.mark()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="scu-energy-sampler", daemon=True)
-        self._thread.start()
+        if self.sensor.live:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="scu-energy-sampler", daemon=True)
+            self._thread.start()
         return first
 
     def stop(self) -> None:

@@ -54,6 +54,7 @@ def test_unavailable_sensor_gives_null_figures_and_never_fails():
     assert isinstance(sensor, Unavailable) and sensor.describe()["reason"].startswith("disabled")
     sampler = Sampler(sensor, period_s=0.01)
     m0 = sampler.start()
+    assert sampler._thread is None  # nothing to sample: no thread
     time.sleep(0.05)
     step = Interval.between(m0, sampler.mark())
     sampler.stop()
