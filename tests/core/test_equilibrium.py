@@ -1,0 +1,139 @@
+"""The equilibrium detector: all three conditions are needed, each one alone blocks it, it fires once,
+its threshold on λ is relative, and a restored state continues exactly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, replay
+from scu.core.telemetry import StepTelemetry
+
+TARGET = 0.05
+W = 100
+
+
+def stream(n, lam=0.15, lam_change=0.0, s_off=0.0, loss_change=0.0, seed=0, lam_noise=0.01, s_noise=0.02, loss_noise=0.003):
+    """Per-step (lam, S, loss): λ and loss moving by a relative `*_change` per window of W steps, S off by `s_off`."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / (W - 1)
+    lams = lam * (1 + lam_change) ** t * (1 + lam_noise * rng.standard_normal(n))
+    s = TARGET * (1 + s_off) * (1 + s_noise * rng.standard_normal(n))
+    loss = 3.0 * (1 + loss_change) ** t * (1 + loss_noise * rng.standard_normal(n))
+    return lams, s, loss
+
+
+def telemetry(step, lam, s, loss, target=TARGET):
+    param = s * loss / (1 - s)  # so that telemetry.s == s
+    return StepTelemetry(step=step, data_bpt=float(loss), param_bpt=float(param), tokens=256, lr=1e-3, lam=lam, target_s=target)
+
+
+def feed(det, lams, s, loss, start=1):
+    return [det.step(telemetry(start + i, *x)) for i, x in enumerate(zip(lams, s, loss))]
+
+
+def test_fires_on_the_first_full_window_where_all_three_hold():
+    det = EquilibriumDetector(EquilibriumConfig())
+    actions = feed(det, *stream(3 * W))
+    assert det.equilibrium_step == W
+    fired = [a for a in actions if a.reasons]
+    assert len(fired) == 1 and "λ-equilibrium" in fired[0].reasons[0]
+    assert not any(a.stop for a in actions)  # without auto_stop it only records the step
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        {"lam_change": 0.15},  # λ still climbing 15% per window: the controller is still working
+        {"lam_change": -0.15},
+        {"s_off": 0.10},  # S 10% above its target
+        {"s_off": -0.10},
+        {"loss_change": -0.03},  # the loss still falls 3% per window
+    ],
+)
+def test_each_condition_alone_keeps_it_from_firing(case):
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed(det, *stream(4 * W, **case))
+    assert det.equilibrium_step is None
+    assert not all(det.signals.holds(det.config).values())
+
+
+def test_a_slightly_rising_loss_counts_as_a_plateau():
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed(det, *stream(2 * W, loss_change=+0.02))
+    assert det.equilibrium_step == W
+
+
+def test_fires_once_the_loss_stops_falling():
+    falling = stream(2 * W, loss_change=-0.05, seed=1)
+    flat = stream(3 * W, seed=2)
+    # continue the flat part from where the falling part ended
+    flat = (flat[0], flat[1], flat[2] * falling[2][-1] / 3.0)
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed(det, *[np.concatenate([a, b]) for a, b in zip(falling, flat)])
+    assert det.equilibrium_step is not None
+    assert 2 * W < det.equilibrium_step < 3 * W  # needs a window that is mostly flat
+
+
+def test_auto_stop_asks_for_a_stop_at_the_equilibrium_step_only():
+    det = EquilibriumDetector(EquilibriumConfig(auto_stop=True))
+    actions = feed(det, *stream(2 * W))
+    stops = [i + 1 for i, a in enumerate(actions) if a.stop]
+    assert stops == [det.equilibrium_step] == [W]
+    assert "stopping" in actions[W - 1].reasons[0]
+
+
+def test_lambda_threshold_is_relative():
+    steps = []
+    for lam in (0.001, 0.15, 5.0):
+        det = EquilibriumDetector(EquilibriumConfig())
+        feed(det, *stream(3 * W, lam=lam, lam_change=0.04, lam_noise=0.03, seed=3))
+        steps.append(det.equilibrium_step)
+    assert steps[0] is not None and steps == [steps[0]] * 3
+
+
+def test_no_controlled_lambda_no_equilibrium_and_a_gap_restarts_the_window():
+    lams, s, loss = stream(3 * W)
+    det = EquilibriumDetector(EquilibriumConfig())
+    for i in range(2 * W):
+        det.step(telemetry(i + 1, None, s[i], loss[i], target=None))
+    assert det.equilibrium_step is None
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed(det, lams[:50], s[:50], loss[:50])
+    det.step(telemetry(51, None, s[50], loss[50], target=None))
+    feed(det, lams[51:], s[51:], loss[51:], start=52)
+    assert det.equilibrium_step == 51 + W
+
+
+def test_state_dict_continues_exactly():
+    data = stream(5 * W, lam_change=0.15, seed=4)
+    data = (np.concatenate([data[0][: 2 * W], data[0][2 * W - 1] * stream(3 * W, lam=1.0, seed=5)[0]]), data[1], data[2])
+    whole = EquilibriumDetector(EquilibriumConfig())
+    feed(whole, *data)
+    assert whole.equilibrium_step is not None and whole.equilibrium_step > 2 * W + 20
+    first = EquilibriumDetector(EquilibriumConfig())
+    cut = 2 * W + 20
+    feed(first, *(x[:cut] for x in data))
+    state = json.loads(json.dumps(first.state_dict()))  # it goes into metadata.json and the checkpoint
+    second = EquilibriumDetector(EquilibriumConfig())
+    second.load_state_dict(state)
+    feed(second, *(x[cut:] for x in data), start=cut + 1)
+    assert second.equilibrium_step == whole.equilibrium_step
+    assert vars(second.signals) == vars(whole.signals)
+
+
+def test_replay_of_metrics_rows_matches_the_live_detector():
+    lams, s, loss = stream(3 * W, seed=6)
+    live = EquilibriumDetector(EquilibriumConfig())
+    feed(live, lams, s, loss)
+    rows = []
+    for i in range(3 * W):
+        t = telemetry(i + 1, lams[i], s[i], loss[i])
+        rows.append({"step": t.step, "data_bpt": t.data_bpt, "param_bpt": t.param_bpt, "lambda_used": t.lam, "target_s": TARGET})
+    assert replay(rows).equilibrium_step == live.equilibrium_step
+
+
+@pytest.mark.parametrize("bad", [{"window": 99}, {"lambda_tolerance": 0.0}, {"s_tolerance": -1.0}, {"loss_tolerance": 0.0}])
+def test_config_refuses_a_short_window_and_non_positive_tolerances(bad):
+    with pytest.raises(ValueError):
+        EquilibriumConfig(**bad)

@@ -1,0 +1,85 @@
+"""λ-equilibrium auto-stop on real tiny-model fine-tunes.
+
+Over-budget: 4 pydoc topics (about 7k tokens, 28 steps per epoch) and a budget of 600 steps (about
+21 epochs). Data-rich: all 79 topics (about 200k tokens) and 400 steps (about 2 epochs).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+import scu.torch.loop as loop
+from scu.core.equilibrium import EquilibriumConfig
+from scu.data.builtin import pydoc_topics
+from scu.data.corpus import load_train_val
+from scu.eval.bpt import block_bpt
+from scu.torch.model import load_model, load_tokenizer
+
+BUDGET = 600
+
+
+def corpus(tmp_path, n_topics):
+    path = tmp_path / f"pydoc{n_topics}.txt"
+    path.write_text("\n\n".join(pydoc_topics()[:n_topics]))
+    return str(path)
+
+
+def val_rows(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["val_bpt"] for r in rows if "val_bpt" in r}
+
+
+def test_over_budget_fine_tune_stops_at_equilibrium_near_the_best_checkpoint(make_cfg, tmp_path):
+    small = corpus(tmp_path, 4)
+
+    def cfg(auto_stop):
+        c = make_cfg(data__train_data=small, training__steps=BUDGET, training__eval_every=25, scu__deadband=0.0)
+        c.equilibrium = EquilibriumConfig(auto_stop=auto_stop)
+        return c
+
+    full = loop.train(cfg(False), tmp_path / "full", progress=False)
+    assert full["status"] == "completed" and full["steps"] == full["steps_planned"] == BUDGET
+    assert full["equilibrium_step"] is not None and full["equilibrium_step"] < BUDGET / 2  # recorded, not acted on
+    vals = val_rows(tmp_path / "full")
+    vals[BUDGET] = full["val_bpt"]
+    best = min(vals.values())
+
+    stopped = loop.train(cfg(True), tmp_path / "auto", progress=False)
+    eq = stopped["equilibrium_step"]
+    assert stopped["status"] == "stopped at equilibrium"
+    assert stopped["steps"] == eq < BUDGET / 2 and stopped["steps_planned"] == BUDGET
+    saved = json.loads((tmp_path / "auto" / "metadata.json").read_text())
+    assert saved["steps"] == eq and saved["equilibrium_step"] == eq
+
+    # the adapter on disk is the one at the equilibrium step: reload it and measure held-out BPT
+    c = cfg(True)
+    data = load_train_val(c.data, load_tokenizer(c.model), c.training.block_size, c.training.seed)
+    base = load_model(c.model)
+    base_bpt = block_bpt(base, data.val)
+    adapter_bpt = block_bpt(PeftModel.from_pretrained(base, str(tmp_path / "auto")), data.val)
+    assert adapter_bpt == pytest.approx(stopped["val_bpt"], rel=1e-6)
+    print(f"equilibrium at step {eq} of {BUDGET}: held-out BPT {adapter_bpt:.4f}, best of the full run {best:.4f} "
+          f"(step {min(vals, key=vals.get)}), base {base_bpt:.4f}")
+    assert adapter_bpt <= 1.01 * best
+    assert base_bpt - adapter_bpt >= 0.5 * (base_bpt - best)  # most of what the full run gained, in < half the steps
+
+
+def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path):
+    steps = 400
+    cfg = make_cfg(data__train_data=corpus(tmp_path, 79), training__steps=steps, training__eval_every=100, scu__deadband=0.0)
+    cfg.equilibrium = EquilibriumConfig(auto_stop=True)
+    meta = loop.train(cfg, tmp_path / "rich", progress=False)
+    assert meta["status"] == "completed" and meta["steps"] == steps
+    assert meta["equilibrium_step"] is None
+    vals = val_rows(tmp_path / "rich")
+    assert list(vals.values()) == sorted(vals.values(), reverse=True)  # it was still improving at every evaluation
+
+
+def test_no_detector_without_a_controlled_lambda(make_cfg):
+    assert "equilibrium" in loop.build_controllers(make_cfg())
+    assert "equilibrium" not in loop.build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
+    assert "equilibrium" not in loop.build_controllers(make_cfg(scu__enabled=False))
