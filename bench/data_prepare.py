@@ -14,7 +14,9 @@ Throughput: in one process (imports excluded), arms interleaved per repeat:
   npK     prepare(..., num_proc=K): read, tokenize with datasets.map, hash, split, pack, save_to_disk
 Reported: tokens/s per arm (median over repeats) and the median of per-repeat ratios to plain.
 
-    python bench/data_prepare.py                 # writes bench/results/data_prepare.json
+    python bench/data_prepare.py                                  # bench/results/data_prepare.json
+    python bench/data_prepare.py --skip-throughput --out bench/results/data_prepare_memory.json
+    python bench/data_prepare.py --skip-memory --single-thread --mb 20 --out bench/results/data_prepare_1thread.json
 """
 
 from __future__ import annotations
@@ -174,9 +176,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--single-thread", action="store_true",
+                    help="TOKENIZERS_PARALLELISM=false in every arm: one core per process, to see --num-proc scaling")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data_prepare.json")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.single_thread:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     from scu.data.text import load_documents
     from scu.models.tiny import train_tokenizer
@@ -194,6 +200,7 @@ def main() -> None:
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "machine": {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},
             "tokenizer": {"kind": "byte-level BPE (scu.models.tiny.train_tokenizer)", "vocab_size": args.vocab_size},
+            "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "default (all cores within a batch)"),
             "block_size": args.block_size,
             "corpora": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in built.items()},
             "memory": None if args.skip_memory else memory(tmp, corpora, tok_dir, args.block_size, args.num_proc),

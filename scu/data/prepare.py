@@ -125,6 +125,10 @@ class _Chunk:
     draws: np.ndarray
     chars: np.ndarray
 
+    def head(self, n: int) -> "_Chunk":
+        """The first n documents."""
+        return _Chunk(self.ids[: int(self.lengths[:n].sum())], self.lengths[:n], self.keys[:n], self.draws[:n], self.chars[:n])
+
     def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Flattened ids, lengths, keys and character counts of the documents where mask is True."""
         token_mask = np.repeat(mask, self.lengths)
@@ -258,8 +262,7 @@ class _Reader:
                 fits = np.cumsum(cost) <= self.max_tokens - self.tokens
                 if not fits.all():
                     keep = int(fits.sum())
-                    chunk = _Chunk(chunk.ids[: int(chunk.lengths[:keep].sum())], chunk.lengths[:keep], chunk.keys[:keep], chunk.draws[:keep], chunk.chars[:keep])
-                    cost = cost[:keep]
+                    chunk, cost = chunk.head(keep), cost[:keep]
                     self.truncated = True
             self.documents += len(chunk.lengths)
             self.tokens += int(cost.sum())
@@ -339,6 +342,10 @@ def prepare(
     workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    # K worker processes tokenize on one thread each (K processes = K cores), without the fork warning
+    single_thread = num_proc > 1 and "TOKENIZERS_PARALLELISM" not in os.environ
+    if single_thread:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         info = _run(train_source, val_source, tok, tokenizer, workdir, block_size, val_fraction, max_tokens, val_max_tokens,
                     num_proc, seed, refuse_overlap, progress, chunk_chars)
@@ -354,6 +361,8 @@ def prepare(
         _move_into_place(staged, out)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if single_thread:
+            del os.environ["TOKENIZERS_PARALLELISM"]
         if bars_were_on:
             datasets.enable_progress_bars()
     return info
