@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from scu import ScuError
 
@@ -29,6 +30,16 @@ def check_layout(model: nn.Module) -> None:
         raise ScuError(
             "DeepSpeed ZeRO-3 parameters are empty outside forward, so the SCU penalty cannot be computed; "
             "use ZeRO stage 1 or 2, DDP, or FSDP2"
+        )
+
+
+def check_loop_layout(model: nn.Module) -> None:
+    """`scu train` keeps whole parameters on every rank: its clipping, checkpoints and adapter files assume it."""
+    check_layout(model)
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise ScuError(
+            "scu train runs in one process or under DDP (torchrun / accelerate launch without FSDP); "
+            "for FSDP2 use scu.torch.hf.SCUTrainer or the SCU loop API (docs/integrations.md)"
         )
 
 

@@ -37,6 +37,7 @@ from scu.eval.bpt import block_bpt, cross_entropy_sum
 from scu.report.card import write_model_card
 from scu.report.records import MetricsLog, atomic_write_json, package_versions
 from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
 from scu.torch.regularizer import LoraPenalty
 
@@ -154,6 +155,7 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    check_loop_layout(model)  # refuses FSDP / ZeRO-3 layouts this loop cannot measure or checkpoint
     run = Run(
         cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator,
         build_controllers(cfg), BlockOrder(len(data.train), cfg.training.seed),

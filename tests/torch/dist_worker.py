@@ -20,6 +20,7 @@ from hf_common import Capture, tiny_peft, token_dataset, trainer_args
 from transformers import TrainerCallback
 
 from scu import ScuError
+from scu.torch.distributed import check_loop_layout
 from scu.torch.hf import SCU, SCUTrainer
 
 STEPS, CHECK_STEP, ACCUMULATION = 4, 3, 2
@@ -92,12 +93,9 @@ def custom_loop(model, world: int, rank: int, micro_batch: int = 2) -> dict:
     return {"rows": rows, "grads": grads}
 
 
-def fsdp1_refusal() -> str:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    wrapped = FullyShardedDataParallel(tiny_peft(), use_orig_params=True, device_id=torch.device("cpu"))
+def refusal(check, *args) -> str:
     try:
-        SCU(wrapped, tokens_per_epoch=100)
+        check(*args)
     except ScuError as e:
         return str(e)
     return "accepted"
@@ -107,7 +105,7 @@ def main(mode: str, out: Path) -> None:
     if mode == "trainer":
         result = trainer_run(out, per_device_batch=2)
     else:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
         dist.init_process_group("gloo")
         model = fsdp_model()
@@ -115,8 +113,9 @@ def main(mode: str, out: Path) -> None:
             fully_shard(layer)
         fully_shard(model)
         lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+        fsdp1 = FullyShardedDataParallel(tiny_peft(), use_orig_params=True, device_id=torch.device("cpu"))
         result = {**custom_loop(model, dist.get_world_size(), dist.get_rank()), "wrapped": type(lora_a).__name__,
-                  "fsdp1": fsdp1_refusal()}
+                  "fsdp1": refusal(SCU, fsdp1, 100), "scu_train": refusal(check_loop_layout, model)}
     rank = dist.get_rank()
     torch.save(result, out / f"rank{rank}.pt")
     dist.barrier()

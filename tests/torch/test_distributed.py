@@ -66,6 +66,7 @@ def test_fsdp2_custom_loop_matches_one_process(tmp_path):
     r0, r1 = ranks(tmp_path)
     assert r0["wrapped"] == "DTensor"  # the parameters really were sharded
     assert r0["fsdp1"].startswith("FSDP1") and r1["fsdp1"].startswith("FSDP1")  # refused, with the reason
+    assert "SCUTrainer" in r0["scu_train"]  # scu train's loop refuses FSDP2 and points to what supports it
     ref = custom_loop(fsdp_model(), world=1, rank=0, micro_batch=4)
     assert len(ref["grads"]) == 19  # 12 LoRA factors, 6 DoRA magnitudes, the lm_head copy (modules_to_save)
     compare(r0, r1, ref)
