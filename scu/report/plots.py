@@ -4,6 +4,7 @@
     lambda.png   λ(t) on a log scale, with the bounds
     bpt.png      DataBPT(t) (per step, faint; 25-step mean, bold; held-out BPT as points) and ParamBPT(t)
     overview.png the four panels together
+    tscu.png     power, temperature, T-SCU control factor, bits per joule (runs with T-SCU; docs/tscu.md)
 
 The λ-equilibrium step (metadata.json) is a dotted vertical line in every panel. Rendering uses
 matplotlib's Agg canvas directly, so no display is needed.
@@ -22,6 +23,7 @@ import numpy as np
 
 from scu import ScuError
 from scu.core.equilibrium import EquilibriumConfig
+from scu.energy.figures import TSCU_PANELS, has_tscu, with_tscu
 from scu.report.records import MetricsLog
 
 SMOOTH = 25  # steps in the running mean of the per-step DataBPT
@@ -62,6 +64,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunRecord:
     rows = MetricsLog(d / "metrics.jsonl").read()
     if not rows:
         raise ScuError(f"{d} has no metrics.jsonl rows; pass a `scu train` run directory")
+    rows = with_tscu(d, rows)
     meta_path = d / "metadata.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return RunRecord(name or d.resolve().name, rows, meta)
@@ -155,9 +158,9 @@ def _finish(ax: Any, runs: list[RunRecord]) -> None:
         ax.legend(handles, labels, fontsize=7, loc="best")
 
 
-PANELS = {"s": draw_s, "lambda": draw_lambda, "data_bpt": draw_data_bpt, "param_bpt": draw_param_bpt}
+PANELS = {"s": draw_s, "lambda": draw_lambda, "data_bpt": draw_data_bpt, "param_bpt": draw_param_bpt, **TSCU_PANELS}
 FILES = {"s.png": ["s"], "lambda.png": ["lambda"], "bpt.png": ["data_bpt", "param_bpt"],
-         "overview.png": ["s", "lambda", "data_bpt", "param_bpt"]}
+         "overview.png": ["s", "lambda", "data_bpt", "param_bpt"], "tscu.png": list(TSCU_PANELS)}
 
 
 def plot_runs(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
@@ -171,6 +174,8 @@ def plot_runs(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
     title = runs[0].name if len(runs) == 1 else " vs ".join(r.name for r in runs)
     written = []
     for filename, panels in FILES.items():
+        if filename == "tscu.png" and not any(has_tscu(r) for r in runs):
+            continue
         rows, cols = (1, len(panels)) if len(panels) < 4 else (2, 2)
         fig = Figure(figsize=(6.5 * cols, 4.2 * rows), layout="constrained")
         FigureCanvasAgg(fig)
