@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--search", action="store_true", help="evolutionary search over order, Fisher exponent, allocation")
     p.add_argument("--budget", type=int, default=12, help="search budget in candidate evaluations")
     p.add_argument("--int8", action="store_true", help="store the factors as int8 with per-channel scales")
+    p.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"],
+                   help="store the floating-point weights in this dtype (e.g. bfloat16 next to --int8 factors)")
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--eval-seq-len", type=int, default=None, help="eval window length (default: --seq-len)")
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"eval ppl {report['eval_ppl']['ppl']:.3f} (dense {report['eval_ppl_dense']['ppl']:.3f})", file=sys.stderr)
     report["seconds"] = time.time() - start
     base = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-    save_compressed(model, tokenizer, out, report, base, args.max_shard_size)
+    dtype = getattr(torch, args.save_dtype) if args.save_dtype else None
+    save_compressed(model, tokenizer, out, report, base, args.max_shard_size, dtype)
     print(out)
     return 0
 

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from scu.vac.compress import all_linears, unique_param_count
-from scu.vac.modeling_vac import FactorizedLinear
-from scu.vac.profile import decoder_layers
+from scu.vac.profile import decoder_layers, is_factorized
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -71,7 +70,7 @@ def linear_flops_params(model: nn.Module) -> int:
     """Multiply-accumulates per token spent in linear layers (decoder layers and output head)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, FactorizedLinear):
+        if is_factorized(module):
             total += module.rank * (module.in_features + module.out_features)
     total += sum(m.in_features * m.out_features for m in all_linears(model).values())
     head = model.get_output_embeddings()

@@ -16,13 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 import transformers
 from torch import nn
 
 from scu import ScuError
 from scu.report.records import atomic_write_json, atomic_write_text
 from scu.vac import modeling_vac
-from scu.vac.modeling_vac import FactorizedLinear
+from scu.vac.profile import is_factorized
 
 MODELING_FILE = "modeling_vac.py"
 
@@ -46,23 +47,40 @@ def modeling_source(model: nn.Module) -> str:
 
 
 def factorized_ranks(model: nn.Module) -> dict[str, int]:
-    return {name: m.rank for name, m in model.named_modules() if isinstance(m, FactorizedLinear)}
+    return {name: m.rank for name, m in model.named_modules() if is_factorized(m)}
 
 
 def quantize_int8(model: nn.Module) -> None:
     """Store every factor as int8 with per-output-channel scales (in place)."""
     for m in model.modules():
-        if isinstance(m, FactorizedLinear):
+        if is_factorized(m):
             m.to_int8()
 
 
+def cast_floats(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast every floating-point tensor to `dtype` (in place), except int8 layers' scales, which stay float32."""
+    for module in model.modules():
+        if type(module).__name__ == "Int8Linear":
+            continue
+        for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
+    model.config.dtype = dtype
+
+
 def save_compressed(
-    model: nn.Module, tokenizer, out: str | Path, report: dict, base_model: str, max_shard_size: str = "2GB"
+    model: nn.Module, tokenizer, out: str | Path, report: dict, base_model: str, max_shard_size: str = "2GB",
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write the compressed `model` (its factorized layers as they are, int8 or not) to `out`."""
+    """Write the compressed `model` (its factorized layers as they are, int8 or not) to `out`.
+
+    `dtype` casts the floating-point weights first (in place), e.g. bfloat16 next to int8 factors.
+    """
     out = check_output_dir(out)
+    if dtype is not None:
+        cast_floats(model, dtype)
     ranks = factorized_ranks(model)
-    int8 = any(m.int8 for m in model.modules() if isinstance(m, FactorizedLinear))
+    int8 = any(m.int8 for m in model.modules() if is_factorized(m))
     source = modeling_source(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))

@@ -20,7 +20,11 @@ from torch import nn
 
 from scu import ScuError
 from scu.vac.factorize import LinearStats
-from scu.vac.modeling_vac import FactorizedLinear
+
+
+def is_factorized(module: nn.Module) -> bool:
+    """A FactorizedLinear, from scu or from the modeling file a saved model was loaded with (another class object)."""
+    return type(module).__name__ == "FactorizedLinear" and hasattr(module, "rank")
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -43,7 +47,7 @@ def layer_linears(model: nn.Module, index: int) -> dict[str, nn.Linear]:
     """Full name -> dense nn.Linear for every linear layer inside decoder layer `index`."""
     prefix = layer_prefix(model, index)
     layer = decoder_layers(model)[index]
-    factored = {n for n, m in layer.named_modules() if isinstance(m, FactorizedLinear)}
+    factored = {n for n, m in layer.named_modules() if is_factorized(m)}
     return {
         f"{prefix}.{n}": m
         for n, m in layer.named_modules()

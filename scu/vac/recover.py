@@ -24,8 +24,7 @@ from torch.nn import functional as F
 
 from scu import ScuError
 from scu.vac.compress import all_linears, is_attention
-from scu.vac.modeling_vac import FactorizedLinear
-from scu.vac.profile import decoder_layers
+from scu.vac.profile import decoder_layers, is_factorized
 
 MODES = ("kd", "lora", "none")
 
@@ -63,7 +62,7 @@ def factor_modules(model: nn.Module) -> dict[str, nn.Linear]:
     """Trainable linear layers of the compressed decoder: both factors of each FactorizedLinear and any dense one."""
     out = {}
     for name, module in model.named_modules():
-        if isinstance(module, FactorizedLinear):
+        if is_factorized(module):
             if module.int8:
                 raise ScuError("recovery must run before int8 quantization")
             out[f"{name}.down"], out[f"{name}.up"] = module.down, module.up

@@ -1,0 +1,85 @@
+"""`scu compress` and `scu eval-ppl` end to end on the tiny base, and their refusals."""
+
+import json
+
+import pytest
+import torch
+
+from scu.cli import main
+from scu.data.builtin import pydoc_topics, stdlib_code
+from scu.vac.compress import CompressSpec
+from scu.vac.recover import RecoverSpec, recover
+from scu.vac.search import evolve
+
+
+@pytest.fixture
+def texts(tmp_path):
+    calib, evaluation = tmp_path / "calib.txt", tmp_path / "eval.txt"
+    calib.write_text("\n\n".join(pydoc_topics()[:30]))
+    evaluation.write_text("\n\n".join(stdlib_code(20_000)))
+    return calib, evaluation
+
+
+def test_compress_refuses_calibration_that_contains_evaluation_text(tiny_base, texts, tmp_path, capsys):
+    calib, evaluation = texts
+    leaky = tmp_path / "leaky.txt"
+    leaky.write_text(calib.read_text() + "\n\n" + evaluation.read_text().split("\n\n")[2])
+    out = tmp_path / "out"
+    code = main(["compress", "--model", str(tiny_base), "--method", "svd", "--ratio", "1.5",
+                 "--calib", str(leaky), "--eval", str(evaluation), "--out", str(out)])
+    assert code == 2
+    assert "also occur in the calibration text" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_compress_then_eval_ppl(tiny_base, texts, tmp_path):
+    calib, evaluation = texts
+    out = tmp_path / "out"
+    code = main(["compress", "--model", str(tiny_base), "--method", "vac", "--ratio", "1.5", "--calib", str(calib),
+                 "--eval", str(evaluation), "--out", str(out), "--calib-samples", "6", "--seq-len", "64",
+                 "--recover", "kd", "--recover-steps", "3", "--int8", "--save-dtype", "bfloat16"])
+    assert code == 0
+    report = json.loads((out / "compress_report.json").read_text())
+    assert abs(report["result"]["linear_ratio"] / 1.5 - 1) <= 0.01
+    assert report["int8"] and report["recover"]["mode"] == "kd"
+    row_path = tmp_path / "row.json"
+    code = main(["eval-ppl", "--model", str(out), "--data", str(evaluation), "--seq-len", "64", "--json", str(row_path),
+                 "--rounds", "1", "--prefill-len", "32", "--decode-tokens", "4"])
+    assert code == 0
+    row = json.loads(row_path.read_text())
+    for key in ("ppl", "bpt", "tokens", "params", "disk_bytes", "prefill_tok_s", "decode_tok_s",
+                "baseline_params", "prefill_speedup", "predicted_prefill_flop_ratio"):
+        assert key in row
+    assert row["ppl"] == pytest.approx(report["eval_ppl"]["ppl"], rel=0.02)  # bf16 storage of the rest
+    assert row["params"] < row["baseline_params"] and row["disk_bytes"] < row["baseline_disk_bytes"]
+    assert row["predicted_prefill_flop_ratio"] > 1
+
+
+def test_search_candidates_all_hit_the_ratio_and_never_see_eval_data(fresh, calib):
+    heldout = calib[-2:]
+    model, best, history = evolve(fresh, calib[:-2], heldout, CompressSpec(method="vac", ratio=1.6), budget=3,
+                                  population=2, verbose=False)
+    assert len(history) == 3
+    assert all(abs(c.result.linear_ratio / 1.6 - 1) <= 0.01 for c in history)
+    assert best.heldout_nll == min(c.heldout_nll for c in history)
+    assert history[0].spec.order == "front" and history[0].spec.fisher_exponent == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("mode", ["kd", "lora"])
+def test_recovery_moves_the_student_toward_the_teacher_and_keeps_the_shapes(fresh, calib, mode):
+    from scu.vac.compress import compress
+    from scu.vac.io import factorized_ranks
+    from scu.vac.recover import kd_loss
+
+    student, teacher = fresh(), fresh()
+    compress(student, calib, CompressSpec(method="svd", ratio=2.0))
+    ranks = factorized_ranks(student)
+
+    def kl():
+        with torch.no_grad():
+            return kd_loss(student(input_ids=calib).logits, teacher(input_ids=calib).logits, calib, 0.0)[1]["kl"]
+
+    before = kl()
+    student, history = recover(student, teacher, calib, RecoverSpec(mode=mode, steps=15, lr=2e-4, nll_weight=0.0, batch_size=4))
+    assert factorized_ranks(student) == ranks
+    assert kl() < before
