@@ -1,0 +1,34 @@
+"""Both integration examples run offline on the tiny test base and leave a complete SCU run behind."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["hf_trainer", "trl_sft"])
+def test_example_runs_offline(name, tiny_base, tmp_path, capsys):
+    out = tmp_path / name
+    size = "--block-size" if name == "hf_trainer" else "--max-length"
+    last = load(name).main(["--output", str(out), "--base-model", str(tiny_base), "--steps", "10",
+                            "--batch-size", "4", size, "64", "--target-s", "0.02"])
+    assert {"data_bpt", "param_bpt", "s", "lambda"} <= set(last) and last["param_bpt"] > 0
+    assert "-> " + str(out) in capsys.readouterr().out
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["status"] == "completed" and meta["steps"] == 10 and meta["base_model"] == str(tiny_base)
+    assert meta["final_lambda"] == last["lambda"]
+    assert (out / "adapter_model.safetensors").exists()
+    for checkpoint in ("checkpoint-5", "checkpoint-10"):
+        assert (out / checkpoint / "scu_state.json").exists() and (out / checkpoint / "metadata.json").exists()
