@@ -162,6 +162,8 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
         RunState(grad_accum=cfg.training.gradient_accumulation), MetricsLog(out / "metrics.jsonl"),
     )
     if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
+        if accelerator.num_processes > 1:
+            raise ScuError("T-SCU runs in one process only (ranks would pace and pause independently); drop --controller thermal")
         run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, cfg.training.gradient_accumulation)
     if resume:
         load_checkpoint(run)
