@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,9 +103,11 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     if args.adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, args.adapter[0], adapter_name=names[0])
-        for name, d in zip(names[1:], args.adapter[1:]):
-            model.load_adapter(d, adapter_name=name)
+        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, args.adapter[0], adapter_name=names[0])
+            for name, d in zip(names[1:], args.adapter[1:]):
+                model.load_adapter(d, adapter_name=name)
     model.eval()
     stride = args.stride or args.block_size
     scores = {}
