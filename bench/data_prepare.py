@@ -5,7 +5,7 @@ seed until it reaches --mb megabytes; it is written to a temporary directory and
 The tokenizer is a byte-level BPE trained on the shared files (--vocab-size, default 32000, the size of
 Llama-2's), so tokens per character are realistic.
 
-Memory: `scu data prepare` runs as a subprocess on a quarter of the corpus and on the whole of it; the
+Memory: `scu data prepare` runs as a subprocess on half of the corpus and on the whole of it; the
 main process's RSS and the process tree's PSS are sampled every 50 ms. Bounded memory means the peak does not grow with the corpus.
 For contrast, the in-memory path (load_documents -> tokenize_documents -> pack) runs the same way.
 
@@ -14,9 +14,9 @@ Throughput: in one process (imports excluded), arms interleaved per repeat:
   npK     prepare(..., num_proc=K): read, tokenize with datasets.map, hash, split, pack, save_to_disk
 Reported: tokens/s per arm (median over repeats) and the median of per-repeat ratios to plain.
 
-    python bench/data_prepare.py                                  # bench/results/data_prepare.json
     python bench/data_prepare.py --skip-throughput --out bench/results/data_prepare_memory.json
-    python bench/data_prepare.py --skip-memory --single-thread --mb 20 --out bench/results/data_prepare_1thread.json
+    python bench/data_prepare.py --skip-memory --mb 20 --out bench/results/data_prepare_throughput.json
+    python bench/data_prepare.py --skip-memory --mb 20 --single-thread --out bench/results/data_prepare_throughput_1thread.json
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--single-thread", action="store_true",
                     help="TOKENIZERS_PARALLELISM=false in every arm: one core per process, to see --num-proc scaling")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "data_prepare.json")
+    ap.add_argument("--out", type=Path, required=True, help="results JSON, e.g. bench/results/data_prepare_memory.json")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     if args.single_thread:
@@ -193,8 +193,8 @@ def main() -> None:
         t0 = time.perf_counter()
         train_tokenizer([d for f in FILES for d in load_documents(SHARED / f)], args.vocab_size).save_pretrained(tok_dir)
         print(f"tokenizer: vocab {args.vocab_size}, trained in {time.perf_counter() - t0:.1f} s", flush=True)
-        corpora = {"quarter": tmp / "quarter.txt", "full": tmp / "full.txt"}
-        built = {"quarter": build_corpus(corpora["quarter"], args.mb / 4), "full": build_corpus(corpora["full"], args.mb)}
+        corpora = {"half": tmp / "half.txt", "full": tmp / "full.txt"}
+        built = {"half": build_corpus(corpora["half"], args.mb / 2), "full": build_corpus(corpora["full"], args.mb)}
         print(json.dumps(built), flush=True)
         result = {
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

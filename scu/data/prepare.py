@@ -14,6 +14,7 @@ documents are removed (and counted).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ from scu.report.records import atomic_write_json, package_versions
 
 PREP_FILE = "prep.json"
 FORMAT = "scu-prepared/1"
-CHUNK_CHARS = 16 << 20  # characters of text tokenized per datasets.map call
+CHUNK_CHARS = 4 << 20  # characters of text per datasets.map call: sets the memory peak (docs/data.md)
 SPLIT_RULE = (
     "a document goes to validation iff int(sha1(f'{seed}:{normalized_hash(doc)}')[:16], 16) / 2**64 < val_fraction; "
     "exact duplicates (same normalized hash) therefore always share a side"
@@ -346,6 +347,9 @@ def prepare(
     single_thread = num_proc > 1 and "TOKENIZERS_PARALLELISM" not in os.environ
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if num_proc > 1:  # forked workers then do not copy the parent's pages by touching them in GC passes
+        gc.collect()
+        gc.freeze()
     try:
         info = _run(train_source, val_source, tok, tokenizer, workdir, block_size, val_fraction, max_tokens, val_max_tokens,
                     num_proc, seed, refuse_overlap, progress, chunk_chars)
@@ -363,6 +367,8 @@ def prepare(
         shutil.rmtree(workdir, ignore_errors=True)
         if single_thread:
             del os.environ["TOKENIZERS_PARALLELISM"]
+        if num_proc > 1:
+            gc.unfreeze()
         if bars_were_on:
             datasets.enable_progress_bars()
     return info
