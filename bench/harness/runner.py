@@ -1,0 +1,282 @@
+"""One fine-tune of the harness, driven step by step through the product's loop (scu.torch.loop).
+
+The harness calls the loop's own `setup`, `train_step` and `record_step`, so every arm trains exactly as
+`scu train` would with the same config; around those calls it adds what `scu train` does not do:
+held-out evaluations at intervals, validation early stopping with a restored best checkpoint, the
+held-out BPT at the step where auto-stop fires (the run then continues to the budget, which it may:
+the detector only observes), and a mid-run switch of the training data.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scu.config.schema import build_config
+from scu.core.tracking import tracking
+from scu.eval.bpt import block_bpt
+from scu.torch.loop import BlockOrder, Run, current_lambda, record_step, scheduled_lr, setup, train_step
+from scu.torch.regularizer import LoraPenalty
+
+from bench.scu_overhead import timed_step
+
+PATIENCE = 3  # validation evaluations without improvement before early stopping (the issue's rule)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One arm at one seed and one training-set size. `config` is merged into the harness's base config."""
+
+    arm: str
+    seed: int
+    size: str  # key of the training slice in the data manifest
+    config: dict[str, Any] = field(default_factory=dict)
+    early_stop: bool = False  # track validation early stopping (patience PATIENCE) along the way
+    switch_at: float | None = None  # fraction of the budget after which the training data switches
+    evals: str = "curve"  # "curve": val every eval, held-out along the way; "final": everything at the end only
+    kind: str = "train"  # "train", or "overhead": SCU and unregularized stepped alternately in one process
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every fine-tune of one scale shares."""
+
+    steps: int
+    batch_size: int
+    block_size: int
+    learning_rate: float
+    warmup_steps: int
+    rank: int
+    val_evals: int  # validation evaluations per run
+    test_evals: int  # held-out evaluations along the way (the last one is the final evaluation)
+    overhead_steps: int  # step pairs of the overhead measurement
+    eval_batch: int = 32
+    base_model: str = ""
+
+
+def make_config(job: Job, s: Settings, train_path: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "model": {"base_model": s.base_model},
+        "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
+        "scu": {"enabled": False},
+        "training": {"learning_rate": s.learning_rate, "batch_size": s.batch_size, "block_size": s.block_size,
+                     "steps": s.steps, "warmup_steps": s.warmup_steps, "lr_schedule": "constant",
+                     "weight_decay": 0.0, "seed": job.seed, "checkpoint_every": 10**9, "eval_every": 0},
+        "data": {"train_data": train_path, "val_fraction": 0.0},
+    }
+    for section, values in job.config.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def trainable_state(run: Run) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(run: Run, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in run.model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+class Evaluator:
+    """Held-out BPT on the harness's block arrays, plus the size of the learned change."""
+
+    def __init__(self, run: Run, blocks: dict[str, np.ndarray], batch: int) -> None:
+        self.run, self.blocks, self.batch = run, blocks, batch
+        self.penalty = LoraPenalty(run.model, "delta", run.cfg.scu.prior_sigma, run.tokens_per_epoch)
+        self.seconds = 0.0
+
+    def __call__(self, *names: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        out = {name: block_bpt(self.run.model, self.blocks[name], self.batch) for name in names}
+        with torch.no_grad():
+            out["dw_norm"] = math.sqrt(float(self.penalty.sq_norm()))
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def eval_steps(total: int, count: int) -> set[int]:
+    return {round(total * (i + 1) / count) for i in range(count)} if count else set()
+
+
+def run_job(job: Job, s: Settings, train_path: str, blocks: dict[str, np.ndarray]) -> dict[str, Any]:
+    if job.kind == "overhead":
+        return run_overhead(job, s, train_path)
+    cfg = build_config(make_config(job, s, train_path))
+    work = Path(tempfile.mkdtemp(prefix="scu-vs-baselines-"))
+    try:
+        run = setup(cfg, work / "run")
+        return train_and_measure(job, s, run, blocks)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def train_and_measure(job: Job, s: Settings, run: Run, blocks: dict[str, np.ndarray]) -> dict[str, Any]:
+    t, st = run.cfg.training, run.state
+    evaluate = Evaluator(run, blocks, s.eval_batch)
+    val_at = eval_steps(t.steps, s.val_evals) if job.evals == "curve" else set()
+    test_at = eval_steps(t.steps, s.test_evals) if job.evals == "curve" else set()
+    switch_step = None if job.switch_at is None else round(t.steps * job.switch_at)
+    rows: list[dict[str, Any]] = []
+    curve: list[dict[str, Any]] = []
+    best_val, best_val_step, best_state, bad_evals = math.inf, None, None, 0
+    early: dict[str, Any] | None = None
+    auto: dict[str, Any] | None = None
+    switch_info: dict[str, Any] | None = None
+    t_start = time.perf_counter()
+    run.model.train()
+    while st.step < t.steps:
+        if switch_step is not None and st.step == switch_step:
+            switch_info = switch_data(run, blocks["switch"])
+        lam = current_lambda(run)
+        lr = scheduled_lr(st.step + 1, t) * st.lr_factor
+        t0 = time.perf_counter()
+        res = train_step(run, lam, lr)
+        dt = time.perf_counter() - t0
+        st.step += 1
+        if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
+            st.nan_skips += 1
+            continue
+        row = record_step(run, res, lam, lr, dt)
+        st.last = row
+        rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
+        if row.get("stop") and auto is None:  # λ-equilibrium with auto_stop: where `scu train --auto-stop` ends
+            auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
+        point: dict[str, Any] = {}
+        if st.step in val_at:
+            point.update(evaluate("val"))
+        if st.step in test_at:
+            point.update(evaluate("test"))
+        if point:
+            curve.append({"step": st.step, **point})
+        if job.early_stop and "val" in point and early is None:
+            if point["val"] < best_val:
+                best_val, best_val_step, best_state, bad_evals = point["val"], st.step, trainable_state(run), 0
+            else:
+                bad_evals += 1
+            if bad_evals >= PATIENCE:
+                early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, True)
+    final = {"step": st.step, **evaluate("val", "test", "wiki")}
+    if job.early_stop and early is None and best_state is not None:  # never triggered: keep the best checkpoint
+        early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, False)
+    result: dict[str, Any] = {
+        "arm": job.arm, "seed": job.seed, "size": job.size, "tokens_per_epoch": run.tokens_per_epoch,
+        "config": run.cfg.model_dump(mode="json"),
+        "steps": st.step, "nan_skips": st.nan_skips,
+        "train_wall_s": st.wall_time, "eval_wall_s": evaluate.seconds, "wall_s": time.perf_counter() - t_start,
+        "median_step_s": statistics.median(r["step_time"] for r in rows) if rows else None,
+        "final": final, "curve": curve, "early_stop": early, "auto_stop": auto,
+        "equilibrium_step": st.equilibrium_step,
+        "rows": rows,
+    }
+    result.update(s_summary(run, rows, switch_step))
+    if switch_info is not None:
+        result["switch"] = {**switch_info, **switch_tracking(rows, switch_step, run.cfg.scu.target_s)}
+    return result
+
+
+def restored_eval(run: Run, evaluate: Evaluator, best: dict[str, torch.Tensor], stop_step: int, best_step: int,
+                  wall: float, triggered: bool) -> dict[str, Any]:
+    """Held-out BPT of the best-validation checkpoint, as early stopping returns it (also when the patience
+    never ran out and training reached the budget); then carry on from the current weights."""
+    current = trainable_state(run)
+    load_trainable(run, best)
+    out = {"stop_step": stop_step, "best_val_step": best_step, "train_wall_s": wall, "triggered": triggered,
+           **evaluate("val", "test", "wiki")}
+    load_trainable(run, current)
+    return out
+
+
+def switch_data(run: Run, new_blocks: np.ndarray) -> dict[str, Any]:
+    """Train on different text from here on: same number of blocks, so the penalty's N is unchanged."""
+    n = len(run.data.train)
+    if len(new_blocks) < n:
+        raise ValueError(f"switch data has {len(new_blocks)} blocks, the training set {n}")
+    run.data.train = new_blocks[:n]
+    run.order = BlockOrder(n, run.cfg.training.seed + 1)
+    return {"step": run.state.step, "blocks": n}
+
+
+def s_summary(run: Run, rows: list[dict[str, Any]], switch_step: int | None) -> dict[str, Any]:
+    """S over the second half (or before the switch), and the controller's tracking when λ is controlled."""
+    measured = [r for r in rows if r["s"] is not None]
+    if not measured:
+        return {}
+    scu = run.cfg.scu
+    end = len(measured) if switch_step is None else sum(r["step"] <= switch_step for r in measured)
+    part = measured[:end]
+    half = part[len(part) // 2 :]
+    out: dict[str, Any] = {
+        "mean_s_2nd_half": statistics.fmean(r["s"] for r in half),
+        "final_s_hat": measured[-1]["s_hat"],
+        "final_lambda": measured[-1]["lambda"],
+        "mean_lambda_2nd_half": math.exp(statistics.fmean(math.log(max(r["lambda"], 1e-30)) for r in half)),
+    }
+    if scu.lambda_min < scu.lambda_max:
+        tr = tracking([r["s"] for r in part], [r["s_hat"] for r in part], [r["lambda"] for r in part],
+                      [r["at_bound"] for r in part], scu.target_s)
+        out["tracking"] = tr.as_dict()
+        out["at_bound_2nd_half"] = sum(r["at_bound"] is not None for r in half) / len(half)
+    return out
+
+
+def switch_tracking(rows: list[dict[str, Any]], switch_step: int, target: float) -> dict[str, Any]:
+    """After the switch: how far S_hat was pushed from S*, and the steps until it stays within ±10% again."""
+    after = [r for r in rows if r["step"] > switch_step and r["s"] is not None]
+    if not after:
+        return {}
+    tr = tracking([r["s"] for r in after], [r["s_hat"] for r in after], [r["lambda"] for r in after],
+                  [r["at_bound"] for r in after], target)
+    before = [r for r in rows if r["step"] <= switch_step and r["s"] is not None]
+    return {
+        "s_hat_before": before[-1]["s_hat"] if before else None,
+        "max_deviation_after": max(abs(r["s_hat"] / target - 1) for r in after),
+        "resettle_steps": tr.settling_step,  # counted from the switch; None: not back in the band by the end
+        "tracking_after": tr.as_dict(),
+    }
+
+
+def run_overhead(job: Job, s: Settings, train_path: str) -> dict[str, Any]:
+    """SCU and unregularized set up side by side in one process and stepped alternately (order swapped each
+    pair), so machine load hits both alike; the per-pair ratio of step times is the overhead."""
+    work = Path(tempfile.mkdtemp(prefix="scu-vs-baselines-overhead-"))
+    try:
+        runs = {}
+        for name, enabled in (("scu", True), ("off", False)):
+            cfg = make_config(job, s, train_path)
+            if not enabled:
+                cfg["scu"] = {"enabled": False}
+            cfg["training"]["steps"] = s.overhead_steps + 10
+            runs[name] = setup(build_config(cfg), work / name)
+            runs[name].model.train()
+        times: dict[str, list[float]] = {"scu": [], "off": []}
+        for i in range(s.overhead_steps + 10):
+            for name in (("scu", "off") if i % 2 == 0 else ("off", "scu")):
+                dt = timed_step(runs[name])
+                if i >= 10:
+                    times[name].append(dt)
+        ratios = [a / b for a, b in zip(times["scu"], times["off"])]
+        return {
+            "arm": job.arm, "seed": job.seed, "size": job.size, "kind": "overhead", "pairs": len(ratios),
+            "median_step_s_scu": statistics.median(times["scu"]), "median_step_s_off": statistics.median(times["off"]),
+            "median_pair_ratio": statistics.median(ratios),
+            "ratio_of_medians": statistics.median(times["scu"]) / statistics.median(times["off"]),
+            "torch_threads": torch.get_num_threads(),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
