@@ -27,10 +27,12 @@ from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import TrainData, load_train_val
+from scu.energy.runtime import ThermalRun
 from scu.mlx.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from scu.mlx.model import add_lora, load_base, peft_provenance, save_adapter
 from scu.mlx.penalty import LoraPenalty
 from scu.mlx.step import TrainStep, ce_sum
+from scu.report.card import write_model_card
 from scu.report.records import MetricsLog, atomic_write_json
 from scu.torch.loop import (
     MAX_CONSECUTIVE_NAN,
@@ -92,6 +94,8 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> MlxRun:
         BlockOrder(len(data.train), t.seed), RunState(grad_accum=t.gradient_accumulation),
         MetricsLog(out / "metrics.jsonl"), adapter_config,
     )
+    if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
+        run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, t.gradient_accumulation)
     if resume:
         load_checkpoint(run)
     run.step = TrainStep(model, optimizer, penalty)
@@ -135,6 +139,8 @@ def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
         save_adapter(run.model, run.adapter_config, run.out)
     (run.out / "config.yaml").write_text(dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", mlx_metadata(run, status))
+    if adapter:
+        write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
     write_sscu_files(run)
     if "thermal" in run.controllers:
         run.controllers["thermal"].write()
@@ -187,10 +193,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
                 status = "interrupted"
                 break
             if row.get("stop"):
-                status = "stopped by a controller"
+                status = "stopped at equilibrium" if st.equilibrium_step == st.step else "stopped by a controller"
                 break
     bar.close()
-    if status == "completed" and run.data.val is not None and "val_bpt" not in st.last:
+    if status != "interrupted" and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
     save_checkpoint(run)
     write_outputs(run, status, adapter=True)
