@@ -1,0 +1,134 @@
+"""What SCUTrainer adds to a transformers.Trainer step: the same LoRA fine-tune with SCUTrainer and with Trainer.
+
+    python -m bench.trainer_overhead [--steps 200] [--base demo|test] [--arms scu,plain] [--out FILE]
+
+Both trainers run in one process, each in its own thread, and hand a baton back and forth so that
+their optimizer steps alternate (first arm, second arm, first, second, ...) and never overlap:
+machine noise hits both arms alike. A step is timed from on_step_begin to on_step_end (forward,
+backward, clipping, optimizer, scheduler; for SCUTrainer also the penalty and the controller step).
+Reports the median of per-pair time ratios (first arm / second arm) and the ratio of median step
+times. Run both orders (scu,plain and plain,scu) to cancel any first-in-pair advantage, and
+plain,plain for the harness's own noise floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+
+from bench.scu_overhead import BASES
+from scu.data.builtin import pydoc_topics
+from scu.data.text import pack, tokenize_documents
+from scu.models.tiny import cached_base
+from scu.torch.hf import SCUTrainer
+
+
+class Baton(TrainerCallback):
+    """Wait for our turn at each step's start, time the step, pass the turn on at its end."""
+
+    def __init__(self, mine: threading.Semaphore, theirs: threading.Semaphore) -> None:
+        self.mine, self.theirs, self.times, self.t0 = mine, theirs, [], 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.mine.acquire()
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.t0)
+        self.theirs.release()
+
+
+def scu_parts(trainer: SCUTrainer, reps: int) -> float:
+    """Median time of exactly what SCU adds per optimizer step, timed alone: penalty, its backward, scu.step()."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        trainer.scu.penalty().backward()
+        trainer.scu.step(torch.tensor(1000.0), torch.tensor(1000))
+        times.append(time.perf_counter() - t0)
+    trainer.model.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--base", choices=list(BASES), default="demo")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--accumulation", type=int, default=1)
+    ap.add_argument("--arms", default="scu,plain", choices=["scu,plain", "plain,scu", "plain,plain"])
+    ap.add_argument("--out", default="bench/results/trainer_overhead.json")
+    args = ap.parse_args()
+    base = cached_base(BASES[args.base])
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    blocks = pack(tokenize_documents(pydoc_topics(), tokenizer), args.block_size, tokenizer.eos_token_id)
+    data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    work = Path(tempfile.mkdtemp(prefix="trainer_overhead-"))
+
+    def make(cls, baton: Baton, **extra):
+        torch.manual_seed(0)
+        lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora)
+        targs = TrainingArguments(
+            output_dir=str(work / cls.__name__), max_steps=args.steps + args.warmup,
+            per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+            learning_rate=2e-3, lr_scheduler_type="constant", logging_steps=10, save_strategy="no", report_to=[],
+            use_cpu=True, disable_tqdm=True, seed=0,
+        )
+        return cls(model=model, args=targs, train_dataset=data, callbacks=[baton], **extra)
+
+    arms = args.arms.split(",")
+    first_turn, second_turn = threading.Semaphore(1), threading.Semaphore(0)
+    batons = [Baton(first_turn, second_turn), Baton(second_turn, first_turn)]
+    trainers = [make(SCUTrainer, baton, scu={"target_s": 0.05}) if arm == "scu" else make(Trainer, baton)
+                for arm, baton in zip(arms, batons)]
+    threads = [threading.Thread(target=t.train) for t in trainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = (b.times[args.warmup :] for b in batons)
+    scu_trainer = next((t for t in trainers if isinstance(t, SCUTrainer)), None)
+    ratios = [a / b for a, b in zip(first, second)]
+    params = sum(p.numel() for p in trainers[0].model.parameters())
+    result = {
+        "arms": arms,
+        "base": args.base,
+        "params": params,
+        "batch": [args.batch_size, args.block_size],
+        "gradient_accumulation": args.accumulation,
+        "steps": len(ratios),
+        "torch_threads": torch.get_num_threads(),
+        "median_step_s": [statistics.median(first), statistics.median(second)],
+        "median_pair_ratio": statistics.median(ratios),
+        "ratio_of_medians": statistics.median(first) / statistics.median(second),
+    }
+    if scu_trainer is not None:
+        result["scu_parts_median_s"] = scu_parts(scu_trainer, 200)
+    print(f"base {args.base} ({params:,} params), batch {args.batch_size}x{args.block_size}, "
+          f"accumulation {args.accumulation}, {len(ratios)} step pairs, arms {arms[0]} then {arms[1]}")
+    print(f"median step: {arms[0]} {1e3 * result['median_step_s'][0]:.2f} ms, {arms[1]} {1e3 * result['median_step_s'][1]:.2f} ms")
+    if scu_trainer is not None:
+        plain = result["median_step_s"][arms.index("plain")]
+        print(f"SCU's own work (penalty forward+backward, controller step): {1e3 * result['scu_parts_median_s']:.2f} ms "
+              f"= {100 * result['scu_parts_median_s'] / plain:.2f}% of a plain step")
+    print(f"{arms[0]} / {arms[1]}: median per-pair ratio {result['median_pair_ratio']:.4f}, "
+          f"ratio of medians {result['ratio_of_medians']:.4f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
