@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.pt"
 # Keys that may differ between the interrupted run and its resumption.
-RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_every"), ("training", "eval_every")}
+RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_every"), ("training", "eval_every"), ("equilibrium", "auto_stop")}
 
 
 def _trainable(run: "Run") -> dict[str, torch.Tensor]:
