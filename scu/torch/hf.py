@@ -160,13 +160,18 @@ class SCU:
 
 
 def count_label_tokens(dataset: Any) -> int:
-    """Tokens that enter the loss in one epoch: labels != -100 after the shift, else all but the first of each row."""
-    columns = getattr(dataset, "column_names", None) or []
-    if "labels" in columns:
-        return sum(sum(1 for t in row[1:] if t != -100) for row in dataset["labels"])
-    if "input_ids" in columns:
-        return sum(max(len(row) - 1, 0) for row in dataset["input_ids"])
-    raise ScuError("cannot count the training tokens per epoch (no input_ids/labels column); pass tokens_per_epoch=")
+    """Tokens that enter the loss in one epoch: labels != -100 after the shift, else all but the first of each row.
+    Counted in Arrow, so a large dataset is never turned into Python lists."""
+    import pyarrow.compute as pc
+    from datasets import Dataset
+
+    columns = dataset.column_names if isinstance(dataset, Dataset) else []
+    name = next((c for c in ("labels", "input_ids") if c in columns), None)
+    if name is None:
+        raise ScuError("cannot count the training tokens per epoch (not a datasets.Dataset with input_ids or labels); "
+                       "pass tokens_per_epoch=")
+    shifted = pc.list_flatten(pc.list_slice(dataset.with_format("arrow")[name], 1))
+    return int(pc.sum(pc.not_equal(shifted, -100)).as_py() or 0)
 
 
 def _predicted_tokens(inputs: dict[str, Any], shifts: bool) -> Tensor:

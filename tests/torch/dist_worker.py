@@ -44,8 +44,10 @@ def trainer_run(out: Path, per_device_batch: int) -> dict:
     rows.trainer, cap.scu = trainer, trainer.scu
     trainer.add_callback(rows)  # after SCU's own step-end callback, so it sees this step's numbers
     trainer.train()
+    trainer.save_model(str(out / "final"))  # every rank calls it; only the main process may write
     wrapped = type(trainer.model_wrapped).__name__
-    return {"rows": rows.rows, "grads": cap.grads[CHECK_STEP], "wrapped": wrapped, "world": trainer.args.world_size}
+    return {"rows": rows.rows, "grads": cap.grads[CHECK_STEP], "wrapped": wrapped, "world": trainer.args.world_size,
+            "writer": trainer.args.should_save}
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,8 @@ def test_trainer_ddp_matches_one_process(tmp_path):
     torchrun("dist_worker.py", "trainer", str(tmp_path))
     r0, r1 = ranks(tmp_path)
     assert r0["wrapped"] == "DistributedDataParallel" and r0["world"] == 2
+    assert (r0["writer"], r1["writer"]) == (True, False)
+    assert json.loads((tmp_path / "final" / "metadata.json").read_text())["world_size"] == 2
     compare(r0, r1, trainer_run(tmp_path / "single", per_device_batch=4))
 
 

@@ -11,7 +11,7 @@ from hf_common import Capture, penalty_share, reference_gradients, tiny_peft, to
 from transformers import TrainerCallback
 
 from scu import ScuError
-from scu.torch.hf import SCUTrainer
+from scu.torch.hf import SCUTrainer, count_label_tokens
 
 FIXED = {"lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0}
 
@@ -146,3 +146,12 @@ def test_refuses_deepspeed_zero3_parameters(tmp_path):
     next(model.parameters()).ds_numel = 0  # what ZeRO-3 partitioning attaches to every parameter
     with pytest.raises(ScuError, match="ZeRO-3"):
         SCUTrainer(model=model, train_dataset=token_dataset(), args=trainer_args(tmp_path))
+
+
+def test_tokens_per_epoch_counts_loss_tokens_after_the_shift():
+    ds = token_dataset().shuffle(seed=0).select(range(20))  # through an indices mapping, like a shuffled split
+    expected = sum(sum(1 for t in row[1:] if t != -100) for row in ds["labels"])
+    assert count_label_tokens(ds) == expected < 20 * 15
+    assert count_label_tokens(ds.remove_columns("labels")) == 20 * 15
+    with pytest.raises(ScuError, match="tokens_per_epoch"):
+        count_label_tokens([{"input_ids": [1, 2]}])
