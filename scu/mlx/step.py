@@ -75,8 +75,6 @@ class TrainStep:
         optimizer: optim.Optimizer,
         penalty: LoraPenalty | None,
     ) -> None:
-        self.model = model
-        self.optimizer = optimizer
         self.measures = penalty is not None
         self.traces = 0
         optimizer.init(model.trainable_parameters())  # a lazily created state would change shape: a retrace
