@@ -15,7 +15,6 @@ i.e. token-weighted over the whole step, the same objective as the PyTorch backe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 
 import mlx.core as mx
@@ -24,6 +23,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
 from scu.mlx.penalty import LoraPenalty
+from scu.torch.loop import StepResult  # the loop's record of one step, shared by both backends
 
 
 def ce_sum(model: nn.Module, batch: mx.array) -> mx.array:
@@ -49,16 +49,6 @@ def clip_by_global_norm(grads: dict, max_norm: mx.array) -> tuple[dict, mx.array
     norm = mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
     factor = mx.minimum(max_norm / (norm + 1e-6), 1.0)
     return tree_map(lambda g: (g * factor).astype(g.dtype), grads), norm
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step measured, read back in the step's single host sync."""
-
-    data_nats: float  # summed CE over the step's tokens
-    param_bpt: float | None
-    grad_norm: float
-    tokens: int
 
 
 class TrainStep:
