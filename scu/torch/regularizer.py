@@ -162,6 +162,8 @@ class LoraPenalty:
     def _group_sq_norm(self, g: _Group) -> Tensor:
         A = _stack_full([p.A for p in g.pairs])  # [G, r, in]
         B = _stack_full([p.B for p in g.pairs])  # [G, out, r]
+        if g.scale_sq.device != A.device:  # the model moved (accelerator.prepare, .to) after the penalty was built
+            g.scale_sq, g.A0, g.B0, g.M0 = (None if t is None else t.to(A.device) for t in (g.scale_sq, g.A0, g.B0, g.M0))
         magnitude = 0.0
         if g.M0 is not None:  # DoRA: the magnitude's change from its initial row norms
             magnitude = (_stack_full([p.M for p in g.pairs]) - g.M0).pow(2).sum()
