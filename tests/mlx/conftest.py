@@ -11,7 +11,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 VOCAB = 97
 
 
-def tiny_lora_model(rank: int = 4, scale: float = 2.0, keys: list[str] | None = None, seed: int = 0, b_std: float = 0.0):
+def _tiny_lora_model(rank: int = 4, scale: float = 2.0, keys: list[str] | None = None, seed: int = 0, b_std: float = 0.0):
     """A 2-block Llama with LoRA on `keys` (default: every linear layer); B ~ N(0, b_std^2) if b_std > 0."""
     mx.random.seed(seed)
     args = ModelArgs(
@@ -26,6 +26,12 @@ def tiny_lora_model(rank: int = 4, scale: float = 2.0, keys: list[str] | None = 
         model.update(tree_unflatten(b))
     mx.eval(model.parameters())
     return model
+
+
+@pytest.fixture
+def tiny_lora_model():
+    """Factory for a 2-block Llama built from ModelArgs with mlx-lm LoRA layers (see `_tiny_lora_model`)."""
+    return _tiny_lora_model
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from conftest import tiny_lora_model
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.switch_layers import SwitchLinear
 from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
@@ -51,20 +50,20 @@ def test_delta_gram_identity_matches_fused_weights_for_every_lora_kind():
 
 
 @pytest.mark.parametrize("prior", ["delta", "factors"])
-def test_zero_at_step_zero(prior):
+def test_zero_at_step_zero(tiny_lora_model, prior):
     pen = LoraPenalty(tiny_lora_model(), prior, sigma=0.01, tokens_per_epoch=1000)
     assert pen.sq_norm().item() == 0.0
     assert pen.param_bpt().item() == 0.0
 
 
-def test_raw_counts_the_random_init_of_a():
+def test_raw_counts_the_random_init_of_a(tiny_lora_model):
     model = tiny_lora_model()
     a = [np.array(v) for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_a")]
     pen = LoraPenalty(model, "raw", sigma=0.01, tokens_per_epoch=1000)
     assert pen.sq_norm().item() == pytest.approx(sum(float((x.astype(np.float64) ** 2).sum()) for x in a), rel=1e-5)
 
 
-def test_factors_measures_the_change_of_a_and_b():
+def test_factors_measures_the_change_of_a_and_b(tiny_lora_model):
     model = tiny_lora_model()
     pen = LoraPenalty(model, "factors", sigma=0.01, tokens_per_epoch=1000)
     mx.random.seed(5)
@@ -78,7 +77,7 @@ def test_factors_measures_the_change_of_a_and_b():
     assert pen.sq_norm().item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_param_bpt_is_the_mdl_formula():
+def test_param_bpt_is_the_mdl_formula(tiny_lora_model):
     model = tiny_lora_model(b_std=0.1)
     pen = LoraPenalty(model, "delta", sigma=0.02, tokens_per_epoch=12345)
     sq = pen.sq_norm().item()

@@ -9,7 +9,6 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import pytest
-from conftest import tiny_lora_model
 from mlx.utils import tree_flatten
 
 from scu.core.bits import LN2
@@ -30,7 +29,7 @@ def params(model) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("prior", ["delta", "factors", "raw"])
-def test_gradient_with_lambda_is_ce_gradient_plus_lambda_times_penalty_gradient(prior, batch):
+def test_gradient_with_lambda_is_ce_gradient_plus_lambda_times_penalty_gradient(tiny_lora_model, prior, batch):
     model = tiny_lora_model(b_std=0.05)
     pen = LoraPenalty(model, prior, sigma=0.01, tokens_per_epoch=5000)
     lam = 0.7
@@ -46,7 +45,7 @@ def test_gradient_with_lambda_is_ce_gradient_plus_lambda_times_penalty_gradient(
 
 
 @pytest.mark.parametrize("micro", [1, 2])
-def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrace(micro, batch):
+def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrace(tiny_lora_model, micro, batch):
     model = tiny_lora_model(b_std=0.05)
     pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
     opt = optim.SGD(learning_rate=1.0)
@@ -65,7 +64,7 @@ def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrac
     assert step.traces == 1 + micro
 
 
-def test_clipping_limits_the_update_to_max_grad_norm(batch):
+def test_clipping_limits_the_update_to_max_grad_norm(tiny_lora_model, batch):
     model = tiny_lora_model(b_std=0.05)
     pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
     step = TrainStep(model, optim.SGD(learning_rate=1.0), pen)
@@ -79,7 +78,7 @@ def test_clipping_limits_the_update_to_max_grad_norm(batch):
     assert step.traces == 2
 
 
-def test_a_python_float_lambda_would_be_frozen_into_the_graph(batch):
+def test_a_python_float_lambda_would_be_frozen_into_the_graph(tiny_lora_model, batch):
     """Why lambda is an mx.array: a compiled function that closes over a Python float keeps its
     first value, so the controller's changes would silently do nothing."""
     model = tiny_lora_model(b_std=0.05)
@@ -94,7 +93,7 @@ def test_a_python_float_lambda_would_be_frozen_into_the_graph(batch):
     assert live(mx.array(1.0)).item() > 0.0
 
 
-def test_a_nan_step_is_measured_but_not_applied(batch):
+def test_a_nan_step_is_measured_but_not_applied(tiny_lora_model, batch):
     model = tiny_lora_model(b_std=0.05)
     pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
     step = TrainStep(model, optim.AdamW(learning_rate=1e-2, weight_decay=0.0), pen)
