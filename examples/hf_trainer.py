@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = SCUTrainer(model=model, args=training, train_dataset=train, scu={"target_s": args.target_s})
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     trainer.save_model()  # adapter + metadata.json + scu_state.json in --output
-    last = trainer.state.log_history[-2]
+    last = trainer.scu.last  # the last optimizer step: data_bpt, param_bpt, s, lambda (for the next step)
     if trainer.is_world_process_zero():
         print(f"step {trainer.state.global_step}: data_bpt {last['data_bpt']:.3f}, S {100 * last['s']:.2f}% "
               f"(target {100 * args.target_s:g}%), lambda {last['lambda']:.4g} -> {args.output}")

@@ -55,11 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
                             scu={"target_s": args.target_s})
     trainer.train()
     trainer.save_model()
-    last = trainer.state.log_history[-2]
+    last = trainer.scu.last  # the last optimizer step: data_bpt, param_bpt, s, lambda (for the next step)
     if trainer.is_world_process_zero():
         print(f"step {trainer.state.global_step}: data_bpt {last['data_bpt']:.3f}, S {100 * last['s']:.2f}% "
-              f"(target {100 * args.target_s:g}%), lambda {last['lambda']:.4g}, "
-              f"token accuracy {last['mean_token_accuracy']:.3f} -> {args.output}")
+              f"(target {100 * args.target_s:g}%), lambda {last['lambda']:.4g} -> {args.output}")
     return last
 
 

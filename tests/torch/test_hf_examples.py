@@ -32,3 +32,12 @@ def test_example_runs_offline(name, tiny_base, tmp_path, capsys):
     assert (out / "adapter_model.safetensors").exists()
     for checkpoint in ("checkpoint-5", "checkpoint-10"):
         assert (out / checkpoint / "scu_state.json").exists() and (out / checkpoint / "metadata.json").exists()
+
+
+def test_trainer_example_resumes_with_the_controller(tiny_base, tmp_path):
+    example, out = load("hf_trainer"), tmp_path / "run"
+    common = ["--output", str(out), "--base-model", str(tiny_base), "--batch-size", "4", "--block-size", "64"]
+    example.main([*common, "--steps", "6"])
+    example.main([*common, "--steps", "8", "--resume"])  # from checkpoint-6 (save_steps = steps // 2 = 3)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["steps"] == 8 and meta["controller_steps"] == 8  # 6 restored + 2 new PI updates
