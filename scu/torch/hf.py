@@ -57,6 +57,8 @@ class SCU:
     def __init__(self, model: nn.Module, tokens_per_epoch: int, config: ScuSection | dict[str, Any] | None = None) -> None:
         check_layout(model)
         self.config = scu_section(config)
+        if not self.config.enabled:
+            raise ScuError("scu.enabled is false; train with the plain Trainer/loop instead of SCU's")
         self.tokens_per_epoch = tokens_per_epoch
         self.regularizer = LoraPenalty(model, self.config.prior, self.config.prior_sigma, tokens_per_epoch)
         self.controller = PIController(pi_config(Config(scu=self.config)))

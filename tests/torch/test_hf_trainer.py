@@ -155,3 +155,11 @@ def test_tokens_per_epoch_counts_loss_tokens_after_the_shift():
     assert count_label_tokens(ds.remove_columns("labels")) == 20 * 15
     with pytest.raises(ScuError, match="tokens_per_epoch"):
         count_label_tokens([{"input_ids": [1, 2]}])
+
+
+@pytest.mark.parametrize("scu, message", [({"target_sx": 0.1}, "scu.target_sx: unknown key"),
+                                          ({"target_s": 2.0}, "target_s must be in"),
+                                          ({"enabled": False}, "plain Trainer")])
+def test_bad_scu_settings_are_one_line_errors(tmp_path, scu, message):
+    with pytest.raises(ScuError, match=message):
+        SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), args=trainer_args(tmp_path), scu=scu)
