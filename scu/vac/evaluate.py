@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scu.vac.compress import all_linears, unique_param_count
-from scu.vac.profile import decoder_layers, is_factorized
+from scu.vac.compress import unique_param_count
+from scu.vac.profile import decoder_layers
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -67,14 +67,8 @@ def disk_bytes(path: str | Path) -> int:
 
 
 def linear_flops_params(model: nn.Module) -> int:
-    """Multiply-accumulates per token spent in linear layers (decoder layers and output head)."""
-    total = 0
-    for module in model.modules():
-        if is_factorized(module):
-            total += module.rank * (module.in_features + module.out_features)
-    total += sum(m.in_features * m.out_features for m in all_linears(model).values())
-    head = model.get_output_embeddings()
-    return total + head.in_features * head.out_features
+    """Multiply-accumulates per token spent in linear layers: every dense, factor and int8 layer, and the head."""
+    return sum(m.in_features * m.out_features for m in model.modules() if type(m).__name__ in ("Linear", "Int8Linear"))
 
 
 def predicted_prefill_flop_ratio(dense: nn.Module, compressed: nn.Module, seq_len: int) -> float:

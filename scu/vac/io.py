@@ -23,6 +23,8 @@ from torch import nn
 from scu import ScuError
 from scu.report.records import atomic_write_json, atomic_write_text
 from scu.vac import modeling_vac
+from scu.vac.compress import all_linears
+from scu.vac.modeling_vac import Int8Linear
 from scu.vac.profile import is_factorized
 
 MODELING_FILE = "modeling_vac.py"
@@ -51,10 +53,19 @@ def factorized_ranks(model: nn.Module) -> dict[str, int]:
 
 
 def quantize_int8(model: nn.Module) -> None:
-    """Store every factor as int8 with per-output-channel scales (in place)."""
+    """Store every factor, and every decoder linear layer kept dense, as int8 with per-output-channel scales (in place)."""
     for m in model.modules():
         if is_factorized(m):
             m.to_int8()
+    for name, linear in all_linears(model).items():
+        model.set_submodule(name, Int8Linear.from_linear(linear))
+
+
+def int8_linears(model: nn.Module) -> list[str]:
+    """Names of the int8 layers that are not factors of a FactorizedLinear."""
+    factored = factorized_ranks(model)
+    return [n for n, m in model.named_modules()
+            if type(m).__name__ == "Int8Linear" and n.rsplit(".", 1)[0] not in factored]
 
 
 def cast_floats(model: nn.Module, dtype: torch.dtype) -> None:
@@ -81,6 +92,7 @@ def save_compressed(
         cast_floats(model, dtype)
     ranks = factorized_ranks(model)
     int8 = any(m.int8 for m in model.modules() if is_factorized(m))
+    int8_dense = int8_linears(model)
     source = modeling_source(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
@@ -94,6 +106,7 @@ def save_compressed(
             auto_map={"AutoConfig": "modeling_vac.VacConfig", "AutoModelForCausalLM": "modeling_vac.VacForCausalLM"},
             vac_ranks=ranks,
             vac_int8=int8,
+            vac_int8_linears=int8_dense,
             vac_base_model=base_model,
         )
         atomic_write_json(tmp / "config.json", config)

@@ -5,7 +5,8 @@ It depends on torch and transformers only, so that
 `config.vac_ranks` maps each factorized linear layer to its rank; the model is built at those
 shapes directly (the base class's dense layers are created on the meta device, which allocates
 nothing, and replaced before any weight exists), so loading never needs room for the dense model.
-`config.vac_int8` stores every factor as int8 with one float scale per output channel.
+`config.vac_int8` stores every factor as int8 with one float scale per output channel, and
+`config.vac_int8_linears` lists the decoder linear layers kept dense but stored as int8 likewise.
 
 When saving a model of another family, scu rewrites the two BASE lines below to that family's
 config and causal-LM classes (exported at the top level of transformers).
@@ -88,8 +89,13 @@ class FactorizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
-def install_factorized(model: nn.Module, ranks: dict[str, int], int8: bool = False) -> None:
-    """Replace each linear layer named in `ranks` by an (uninitialized) FactorizedLinear of that rank."""
+def install_factorized(model: nn.Module, ranks: dict[str, int], int8: bool = False, int8_linears: list | None = None) -> None:
+    """Replace each linear layer named in `ranks` by an (uninitialized) FactorizedLinear of that rank,
+    and each one in `int8_linears` (layers kept dense) by an Int8Linear."""
+    for name in int8_linears or []:
+        dense = model.get_submodule(name)
+        model.set_submodule(name, Int8Linear(dense.in_features, dense.out_features, dense.bias is not None,
+                                             dense.weight.device, dense.weight.dtype))
     for name, rank in ranks.items():
         dense = model.get_submodule(name)
         factored = FactorizedLinear(
@@ -103,6 +109,7 @@ class VacConfig(BaseConfig):
     model_type = "vac_" + BaseConfig.model_type
     vac_ranks: dict | None = None
     vac_int8: bool = False
+    vac_int8_linears: list | None = None  # linear layers kept dense but stored as int8
     vac_base_model: str | None = None  # the dense model it was compressed from (for speed comparisons)
 
 
@@ -113,7 +120,7 @@ class VacForCausalLM(BaseForCausalLM):
         device = torch.get_default_device()
         with torch.device("meta"):  # the dense layers are shapes only; they are replaced below
             super().__init__(config)
-            install_factorized(self, config.vac_ranks or {}, bool(config.vac_int8))
+            install_factorized(self, config.vac_ranks or {}, bool(config.vac_int8), config.vac_int8_linears)
         if device.type != "meta":  # built directly (not by from_pretrained): give every tensor storage
             self.to_empty(device=device)
             self.initialize_weights()

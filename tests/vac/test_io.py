@@ -111,3 +111,24 @@ def test_refuses_a_non_empty_output_directory(compressed, tokenizer, tmp_path):
     with pytest.raises(ScuError):
         save(compressed, tokenizer, tmp_path / "m")
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["keep.txt"]
+
+
+def test_int8_covers_layers_kept_dense(fresh, calib, tokenizer, tmp_path):
+    from scu.vac.compress import factorize_layer
+    from scu.vac.profile import layer_linears
+
+    model = fresh()
+    names = list(layer_linears(model, 0))
+    kept = "model.layers.0.mlp.down_proj"
+    factorize_layer(model, 0, {n: (None if n == kept else 8) for n in names}, calib, CompressSpec(method="svd"))
+    quantize_int8(model)
+    assert type(model.get_submodule(kept)).__name__ == "Int8Linear"
+    with torch.no_grad():
+        expected = model(input_ids=calib[:2]).logits
+    out = save(model, tokenizer, tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    assert kept in config["vac_int8_linears"] and "model.layers.1.mlp.down_proj" in config["vac_int8_linears"]
+    assert set(config["vac_ranks"]) == set(names) - {kept}
+    loaded = load_model(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=calib[:2]).logits, expected)

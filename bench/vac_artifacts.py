@@ -1,0 +1,163 @@
+"""What a saved VAC model costs and gives back: reload exactness, load memory, int8 size and PPL, speed.
+
+    python -m bench.vac_artifacts [--ratio 1.8] [--rounds 5] [--out bench/results/vac_artifacts.json]
+
+1. Save/load. The WikiText base compressed with `vac` is saved (fp32, bf16, int8 factors with fp32
+   rest, int8 factors with bf16 rest), reloaded with AutoModelForCausalLM(trust_remote_code=True), and
+   its logits compared with the in-memory model's (torch.equal). Held-out PPL of each file.
+2. Load memory. Peak RSS growth while loading, in a fresh subprocess per load, dense vs compressed,
+   interleaved, median over rounds. Also on a 110M-parameter random-weight Llama (plain SVD at the same
+   ratio; weights do not matter for memory or speed), where the model, not the interpreter, dominates.
+3. Speed. Prefill (one 512-token prompt) and batch-1 decode tokens/s, compressed vs dense, measured
+   interleaved in one process; the median of per-round ratios next to the predicted FLOP ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from bench.vac_common import RESULTS, SEQ_LEN, base_dir, load_data, setup_threads
+from scu.report.records import atomic_write_json
+from scu.vac.compress import CompressSpec, compress, unique_param_count
+from scu.vac.evaluate import disk_bytes, measure_speed, median_ratio, perplexity, predicted_prefill_flop_ratio
+from scu.vac.io import load_model, quantize_int8, save_compressed
+
+LARGE = dict(vocab_size=8192, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+             num_key_value_heads=16, tie_word_embeddings=True, max_position_embeddings=2048)
+
+
+def child_load(path: str) -> None:
+    """Subprocess body: load `path` and print the RSS before and the peak RSS after (KiB)."""
+    import psutil
+
+    setup_threads()
+    before = psutil.Process().memory_info().rss // 1024
+    model = load_model(path, dtype=torch.float32)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rss_before_kib": before, "peak_kib": peak, "params": unique_param_count(model)}))
+
+
+def load_memory(paths: dict[str, Path], rounds: int) -> dict:
+    """Median peak-RSS growth (MiB) while loading each path in a fresh process, arms interleaved."""
+    runs: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            out = subprocess.run([sys.executable, "-m", "bench.vac_artifacts", "--child-load", str(path)],
+                                 capture_output=True, text=True, check=True)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append((row["peak_kib"] - row["rss_before_kib"]) / 1024)
+    return {name: {"peak_growth_mib": sorted(v)[len(v) // 2], "rounds": v, "disk_bytes": disk_bytes(paths[name])}
+            for name, v in runs.items()}
+
+
+def factor_bytes(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            for k in st.keys():
+                if ".up." in k or ".down." in k:
+                    t = st.get_tensor(k)
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def speed(arms: dict, vocab: int, rounds: int, dense_key: str) -> dict:
+    timings = measure_speed(arms, vocab, prefill_len=512, decode_tokens=32, rounds=rounds)
+    out = {}
+    for name, model in arms.items():
+        row = {"prefill_tok_s": timings[name]["prefill"], "decode_tok_s": timings[name]["decode"],
+               "params": unique_param_count(model)}
+        if name != dense_key:
+            d = timings[dense_key]
+            row["prefill_speedup"] = median_ratio(timings[name]["prefill_rounds"], d["prefill_rounds"])
+            row["decode_speedup"] = median_ratio(timings[name]["decode_rounds"], d["decode_rounds"])
+            row["predicted_prefill_flop_ratio"] = predicted_prefill_flop_ratio(arms[dense_key], model, 512)
+            row["param_ratio"] = unique_param_count(arms[dense_key]) / unique_param_count(model)
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ratio", type=float, default=1.8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--child-load", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(RESULTS / "vac_artifacts.json"))
+    args = ap.parse_args()
+    if args.child_load:
+        return child_load(args.child_load)
+    setup_threads()
+    base = base_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    data = load_data(tokenizer)
+    fresh = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # noqa: E731
+    work = Path(tempfile.mkdtemp(prefix="vac_artifacts-"))
+    results: dict = {"ratio": args.ratio, "threads": torch.get_num_threads(), "work_dir": str(work)}
+
+    # 1. Save / load / int8
+    model = fresh()
+    result = compress(model, data["calib"], CompressSpec("vac", args.ratio))
+    probe = data["calib"][:4]
+    variants = {}
+    for name in ("fp32", "bf16", "int8", "int8_bf16"):
+        m = copy.deepcopy(model)
+        if name.startswith("int8"):
+            quantize_int8(m)
+        dtype = torch.bfloat16 if name.endswith("bf16") else None
+        path = save_compressed(m, tokenizer, work / name, {}, str(base), dtype=dtype)
+        loaded = load_model(str(path), dtype=torch.float32).eval()
+        row = {"disk_bytes": disk_bytes(path), "factor_bytes": factor_bytes(path),
+               "ppl": perplexity(loaded, data["eval_ids"], SEQ_LEN)["ppl"]}
+        if dtype is None:  # the in-memory model computes in float32 too: logits must match bit for bit
+            with torch.no_grad():
+                row["logits_equal"] = bool(torch.equal(loaded(input_ids=probe).logits, m(input_ids=probe).logits))
+        variants[name] = row
+        print(name, row, flush=True)
+    dense_ppl = perplexity(fresh(), data["eval_ids"], SEQ_LEN)["ppl"]
+    results["save_load"] = {"linear_ratio": result.linear_ratio, "model_ratio": result.model_ratio,
+                            "dense_ppl": dense_ppl, "dense_disk_bytes": disk_bytes(base), "variants": variants}
+    atomic_write_json(args.out, results)
+
+    # 2. Load memory: trained base, and a larger random-weight model
+    results["load_memory_base"] = load_memory({"dense": base, "vac": work / "fp32"}, args.rounds)
+    print("load memory (base)", results["load_memory_base"], flush=True)
+    torch.manual_seed(0)
+    large = LlamaForCausalLM(LlamaConfig(**LARGE)).eval()
+    large.save_pretrained(work / "large-dense")
+    tokenizer.save_pretrained(work / "large-dense")
+    large_c = copy.deepcopy(large)
+    start = time.time()
+    large_result = compress(large_c, data["calib"][:1], CompressSpec("svd", args.ratio))
+    save_compressed(large_c, tokenizer, work / "large-svd", {}, str(work / "large-dense"))
+    results["large"] = {"config": LARGE, "linear_ratio": large_result.linear_ratio, "model_ratio": large_result.model_ratio,
+                        "compress_s": time.time() - start}
+    results["load_memory_large"] = load_memory({"dense": work / "large-dense", "svd": work / "large-svd"}, args.rounds)
+    print("load memory (large)", results["load_memory_large"], flush=True)
+    atomic_write_json(args.out, results)
+
+    # 3. Speed
+    vac125 = fresh()
+    compress(vac125, data["calib"], CompressSpec("vac", 1.25))
+    results["speed_base"] = speed({"dense": fresh(), "vac-1.25": vac125, f"vac-{args.ratio}": model}, len(tokenizer),
+                                  args.rounds, "dense")
+    print("speed (base)", results["speed_base"], flush=True)
+    results["speed_large"] = speed({"dense": large, f"svd-{args.ratio}": large_c}, LARGE["vocab_size"], args.rounds, "dense")
+    print("speed (large)", results["speed_large"], flush=True)
+    atomic_write_json(args.out, results)
+
+
+if __name__ == "__main__":
+    main()

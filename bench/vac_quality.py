@@ -1,0 +1,94 @@
+"""Held-out perplexity of every compression method at equal parameter counts, before and after recovery.
+
+    python -m bench.vac_quality [--ratios 1.25 1.8] [--methods svd fwsvd asvd whiten vac] [--recover-steps 150]
+                                [--search-budget 8] [--out bench/results/vac_quality.json]
+
+Base: the WikiText-103 Llama of bench/vac_common.py. Each (ratio, method) compresses a fresh copy
+of the base on the same 64 calibration blocks, is evaluated on the whole WikiText-2 validation text
+(non-overlapping 128-token windows, token-weighted), then recovered by KD from the dense base and
+evaluated again. VAC is also run with LoRA-only recovery, and with the evolutionary search (fitness
+on held-out calibration blocks only). Every row records the achieved ratio. Rows already in --out
+are kept and skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench.vac_common import RESULTS, SEQ_LEN, base_dir, load_data, load_results, setup_threads
+from scu.report.records import atomic_write_json
+from scu.vac.compress import CompressSpec, compress
+from scu.vac.evaluate import perplexity
+from scu.vac.recover import RecoverSpec, recover
+from scu.vac.search import evolve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ratios", type=float, nargs="+", default=[1.25, 1.8])
+    ap.add_argument("--methods", nargs="+", default=["svd", "fwsvd", "asvd", "whiten", "vac"])
+    ap.add_argument("--recover-steps", type=int, default=150)
+    ap.add_argument("--recover-lr", type=float, default=3e-4)
+    ap.add_argument("--search-budget", type=int, default=8)
+    ap.add_argument("--out", default=str(RESULTS / "vac_quality.json"))
+    args = ap.parse_args()
+    setup_threads()
+    base = base_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    data = load_data(tokenizer)
+    fresh = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # noqa: E731
+    teacher = fresh()
+    out = Path(args.out)
+    results = load_results(out)
+    results.setdefault("rows", {})
+    results["setup"] = {
+        "base": str(base), "seq_len": SEQ_LEN, "calib_blocks": len(data["calib"]), "heldout_blocks": len(data["heldout"]),
+        "eval_tokens": int(len(data["eval_ids"])), "recover_steps": args.recover_steps, "recover_lr": args.recover_lr,
+        "threads": torch.get_num_threads(),
+    }
+
+    def record(key: str, row: dict) -> None:
+        results["rows"][key] = row
+        atomic_write_json(out, results)
+        print(key, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "ranks"}, flush=True)
+
+    def evaluate(model) -> dict:
+        return perplexity(model, data["eval_ids"], SEQ_LEN)
+
+    if "dense" not in results["rows"]:
+        record("dense", evaluate(teacher))
+
+    rspec = RecoverSpec(mode="kd", steps=args.recover_steps, lr=args.recover_lr)
+    for ratio in args.ratios:
+        jobs = [(m, "kd") for m in args.methods] + [("vac", "lora")] + [("vac-search", "kd")]
+        for method, mode in jobs:
+            key = f"{ratio}/{method}/{mode}"
+            if key in results["rows"]:
+                continue
+            start = time.time()
+            if method == "vac-search":
+                model, best, history = evolve(fresh, data["calib"], data["heldout"], CompressSpec("vac", ratio),
+                                              args.search_budget, population=4)
+                result, extra = best.result, {"search": [c.to_json() for c in history]}
+            else:
+                model = fresh()
+                result, extra = compress(model, data["calib"], CompressSpec(method, ratio)), {}
+            row = {"ratio": ratio, "method": method, "linear_ratio": result.linear_ratio, "model_ratio": result.model_ratio,
+                   "ratio_error": result.linear_ratio / ratio - 1, "compress_s": time.time() - start, **extra}
+            before = evaluate(model)
+            row |= {"ppl_before": before["ppl"], "bpt_before": before["bpt"], "tokens": before["tokens"]}
+            start = time.time()
+            model, history = recover(model, teacher, data["recover"], RecoverSpec(**{**vars(rspec), "mode": mode}))
+            after = evaluate(model)
+            row |= {"recover": mode, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
+                    "recover_final": history[-1], "ranks": result.ranks}
+            record(key, row)
+
+
+if __name__ == "__main__":
+    main()
