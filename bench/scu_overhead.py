@@ -2,8 +2,9 @@
 
     python -m bench.scu_overhead [--steps 200] [--base demo|test] [--out bench/results/scu_overhead.json]
 
-Both runs are set up side by side in one process and stepped alternately (on, off, on, off, ...),
-so machine noise hits both arms alike. Reports the median of per-pair time ratios.
+Both runs are set up side by side in one process and stepped alternately (on/off, then off/on, ...),
+so machine noise and order effects hit both arms alike. Reports the median of per-pair time ratios, and
+the direct cost of what SCU adds (penalty forward + backward, one PI update) timed alone.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--base", choices=list(BASES), default="demo")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--aa", action="store_true", help="A/A control: both arms SCU off (measures the bench's own bias)")
     ap.add_argument("--out", default="bench/results/scu_overhead.json")
     args = ap.parse_args()
     base = cached_base(BASES[args.base])
@@ -61,14 +63,27 @@ def main() -> None:
         run.model.train()
         return run
 
-    on, off = make(True), make(False)
+    on, off = make(not args.aa), make(False)
     t_on, t_off = [], []
     for i in range(args.steps + args.warmup):
-        a, b = timed_step(on), timed_step(off)
+        if i % 2:  # alternate which arm goes first, so an order effect cancels
+            b, a = timed_step(off), timed_step(on)
+        else:
+            a, b = timed_step(on), timed_step(off)
         if i >= args.warmup:
             t_on.append(a)
             t_off.append(b)
     ratios = [a / b for a, b in zip(t_on, t_off)]
+    # The direct cost of what SCU adds, timed alone: the penalty's forward + backward, and one PI update.
+    penalty_s, pi_s = [], []
+    for _ in range(0 if args.aa else 200):
+        t0 = time.perf_counter()
+        (on.penalty() * 0.5).backward()
+        penalty_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        on.controllers["pi"].update(0.05)
+        pi_s.append(time.perf_counter() - t0)
+    on.optimizer.zero_grad(set_to_none=True)
     result = {
         "base": args.base,
         "params": sum(p.numel() for p in off.model.parameters()),
@@ -80,10 +95,18 @@ def main() -> None:
         "median_pair_ratio": statistics.median(ratios),
         "ratio_of_medians": statistics.median(t_on) / statistics.median(t_off),
         "tokens_per_s_off": args.batch_size * (args.block_size - 1) / statistics.median(t_off),
+        "aa_control": args.aa,
     }
+    if not args.aa:
+        result["penalty_fwd_bwd_s"] = statistics.median(penalty_s)
+        result["pi_update_s"] = statistics.median(pi_s)
+        result["direct_cost_fraction"] = (result["penalty_fwd_bwd_s"] + result["pi_update_s"]) / result["median_step_s_off"]
     print(f"base {args.base} ({result['params']:,} params), batch {args.batch_size}x{args.block_size}, {args.steps} step pairs")
     print(f"median step: SCU on {1e3 * result['median_step_s_on']:.2f} ms, off {1e3 * result['median_step_s_off']:.2f} ms")
     print(f"overhead: median per-pair ratio {result['median_pair_ratio']:.4f}, ratio of medians {result['ratio_of_medians']:.4f}")
+    if not args.aa:
+        print(f"direct cost: penalty fwd+bwd {1e3 * result['penalty_fwd_bwd_s']:.3f} ms + PI update {1e6 * result['pi_update_s']:.1f} us "
+              f"= {100 * result['direct_cost_fraction']:.2f}% of the median step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -194,14 +194,20 @@ class LoraPenalty:
                     replicated = replicated + (p.float() - ref.float()).pow(2).sum()
         return replicated, local
 
+    def _lora_sq_norm(self) -> Tensor:
+        groups = [self._group_sq_norm(g) for g in self.groups]
+        return groups[0] if len(groups) == 1 else torch.stack(groups).sum()
+
     def parts(self) -> tuple[Tensor, Tensor]:
         """||theta - theta0||^2 as (replicated, local): the first is the same on every rank, the second is
         this rank's share of sharded tensors. The loss takes their sum; S takes replicated + all-reduced local."""
         replicated, local = self._saved_sq_norm()
-        return torch.stack([self._group_sq_norm(g) for g in self.groups]).sum() + replicated, local
+        return self._lora_sq_norm() + replicated, local
 
     def sq_norm(self) -> Tensor:
         """||theta - theta0||^2 under the prior, as one differentiable scalar (this rank's view when sharded)."""
+        if not self.saved:  # the common case: LoRA factors only, no extra ops
+            return self._lora_sq_norm()
         return sum(self.parts())
 
     def bpt(self, sq_norm: Tensor | float) -> Tensor | float:
