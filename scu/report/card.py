@@ -20,7 +20,7 @@ CARD = "README.md"
 EVAL_RESULTS = "eval_results.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 MLX_WEIGHTS = "adapters.safetensors"
-UNPUSHED = {"checkpoint.pt", CARD}  # the optimizer state stays local; the card is rendered for the repo
+UNPUSHED = {"checkpoint.pt", "checkpoint.mlx.safetensors", CARD}  # the optimizer state stays local; the card is rendered for the repo
 
 
 def adapter_format(adapter_dir: Path) -> str | None:
