@@ -11,7 +11,8 @@ interrupted run resumes where it stopped; jobs run in `--jobs` worker processes 
 Phases (later ones need earlier results):
   1. unregularized (+ validation early stopping) and the fixed-λ grid at the main size;
   2. the middle S* = steady-state S of the fixed λ with the best validation BPT; SCU at {0.5, 1, 2} x S*
-     (1x with auto-stop), halved/doubled gains, a mid-run data switch, the overhead pair; weight decay, dropout;
+     (1x with auto-stop), halved/doubled gains, a mid-run data switch, the overhead pair, a diagnostic SCU arm
+     started at the best fixed λ; weight decay, dropout;
   3. S* transfer: the fixed-λ grid and the S* grid at the larger training sizes;
   4. only if no single S* is within noise of the best fixed λ at every size: a transfer rule fitted on
      validation at the smaller sizes, tested at the largest on the held-out set.
@@ -41,7 +42,7 @@ from scu.torch.model import load_tokenizer
 from bench.harness import data as hdata
 from bench.harness.report import write_report
 from bench.harness.runner import Job, Settings
-from bench.harness.summary import summarize, transfer_rule
+from bench.harness.summary import summarize, transfer_rule, value_of
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -79,9 +80,9 @@ LAMBDAS = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 SCALES = {
     "cpu": Scale(
         name="cpu", base=wiki_base(2_400_000, 1500),
-        run=Settings(steps=240, batch_size=8, block_size=128, learning_rate=2e-3, warmup_steps=10, rank=8,
-                     val_evals=12, test_evals=4, overhead_steps=100),
-        main_tokens=50_000, transfer_tokens=(200_000, None), val_tokens=16_000, test_tokens=52_000, wiki_tokens=52_000,
+        run=Settings(steps=200, batch_size=8, block_size=128, learning_rate=2e-3, warmup_steps=10, rank=8,
+                     val_evals=10, test_evals=4, overhead_steps=100),
+        main_tokens=16_000, transfer_tokens=(100_000, None), val_tokens=16_000, test_tokens=52_000, wiki_tokens=52_000,
         lambdas=LAMBDAS, weight_decays=(0.01, 0.1, 1.0, 10.0), dropouts=(0.05, 0.1, 0.2), multipliers=(0.5, 1.0, 2.0),
         gain_factors=(0.5, 2.0), seeds=3, headline_seeds=5,
     ),
@@ -151,7 +152,7 @@ class Plan:
         unreg = [Job("unregularized", seed, self.main, {}, early_stop=True) for seed in self.headline]
         return unreg + self.lambda_jobs(self.main)
 
-    def phase2(self, target: float) -> list[Job]:
+    def phase2(self, target: float, best_lambda: float) -> list[Job]:
         s, main = self.scale, self.main
         jobs = self.scu_jobs(main, target, (MIDDLE,))
         jobs += [Job("overhead", 0, main, {"scu": {"enabled": True, "target_s": target}}, kind="overhead")]
@@ -161,6 +162,9 @@ class Plan:
             jobs += [Job(f"scu_gains={fmt(g)}x", seed, main, {"scu": pi}) for seed in self.seeds]
         jobs += [Job("scu_data_switch", seed, main, {"scu": {"enabled": True, "target_s": target}},
                      switch_at=s.switch_at) for seed in self.seeds]
+        # diagnostic, not a goal: the 1x arm started at the best fixed λ instead of the default lambda_init
+        jobs += [Job(f"scu_init={fmt(best_lambda)}", seed, main,
+                     {"scu": {"enabled": True, "target_s": target, "lambda_init": best_lambda}}) for seed in self.seeds]
         jobs += [Job(f"weight_decay={fmt(wd)}", seed, main, {"training": {"weight_decay": wd}})
                  for wd in s.weight_decays for seed in self.seeds]
         jobs += [Job(f"lora_dropout={fmt(p)}", seed, main, {"lora": {"dropout": p}})
@@ -195,7 +199,10 @@ def execute(job: Job, s: Settings, train_path: str, work: str, threads: int) -> 
     from bench.harness.runner import run_job
 
     torch.set_num_threads(threads)
-    return run_job(job, s, train_path, hdata.load_blocks(Path(work)))
+    cpu = time.process_time()
+    result = run_job(job, s, train_path, hdata.load_blocks(Path(work)))
+    result["cpu_s"] = time.process_time() - cpu  # with one thread: about the wall time on an idle core
+    return result
 
 
 def compact(result: dict[str, Any]) -> dict[str, Any]:
@@ -327,11 +334,12 @@ def phases(runner: Runner, plan: Plan, scale: Scale, manifest: dict[str, Any], o
         print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots ({note})", flush=True)
 
     run_or_load(runner, plan.phase1(), "phase 1", report_only)
-    target = summarize(runner.results, plan, scale, manifest, 0.0, "")["middle_target"]
+    first = summarize(runner.results, plan, scale, manifest, 0.0, "")
+    target = first["middle_target"]
     if target is None:
         report("stopped after phase 1: no middle S* (fixed-λ grid incomplete)")
         return
-    run_or_load(runner, plan.phase2(target), "phase 2", report_only)
+    run_or_load(runner, plan.phase2(target, value_of(first["best_fixed_lambda"])), "phase 2", report_only)
     report("phases 1-2")
     run_or_load(runner, plan.phase3(target), "phase 3", report_only)
     rule = transfer_rule(summarize(runner.results, plan, scale, manifest, 0.0, ""))

@@ -11,7 +11,7 @@ from scu.report.records import atomic_write_json, atomic_write_text
 from bench.harness.summary import by_arm, value_of
 
 MAIN_ORDER = ("unregularized", "early_stopping", "weight_decay=", "lora_dropout=", "fixed_lambda=", "scu_target=",
-              "scu_auto_stop", "scu_gains=", "scu_data_switch")
+              "scu_auto_stop", "scu_gains=", "scu_data_switch", "scu_init=")
 
 
 def ms(x: dict[str, Any] | None, digits: int = 4) -> str:
@@ -40,7 +40,9 @@ def markdown(summary: dict[str, Any]) -> str:
         "# SCU against baselines: held-out results",
         "",
         f"{summary['date']} — scale `{sc['name']}`, {summary['note']}. Seeds: {summary['seeds']['arms']} per arm, "
-        f"{summary['seeds']['headline']} for unregularized / early stopping / SCU 1x / auto-stop.",
+        f"{summary['seeds']['headline']} for unregularized / early stopping / SCU 1x / auto-stop. "
+        f"{summary['jobs']} jobs, {summary['cpu_s_total'] / 60:.0f} CPU-minutes in all (one thread per job; "
+        f"about {summary['cpu_s_total'] / 120:.0f} minutes on 2 idle cores with `--jobs 2`, base pre-training not included).",
         "",
         f"Base: Llama, hidden {base['hidden_size']}, {base['layers']} layers, {base['vocab_size']}-token BPE, "
         f"pre-trained {base['steps']} steps on WikiText-103 ({base['max_chars']:,} chars max). "
