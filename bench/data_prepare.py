@@ -39,6 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FILES = ["wikitext/wiki103_subset.txt", "wikitext/wiki2_valid.txt", "shakespeare/input.txt"]
 
+BASELINE = """
+import sys
+import scu.cli, scu.data.cli
+from scu.data.prepare import load_tokenizer
+load_tokenizer(sys.argv[1])
+"""
+
 NAIVE = """
 import sys
 from scu.data.text import load_documents, pack, tokenize_documents
@@ -115,7 +122,10 @@ def dir_mb(path: Path) -> float:
 
 def memory(tmp: Path, corpora: dict[str, Path], tok_dir: Path, block_size: int, num_procs: list[int]) -> list[dict]:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    rows = []
+    r = peak_memory([sys.executable, "-c", BASELINE, str(tok_dir)], env)
+    r.update(arm="baseline: imports + tokenizer, no data")
+    print(json.dumps(r), flush=True)
+    rows = [r]
     for label, corpus in corpora.items():
         for k in num_procs:
             out = tmp / f"mem-{label}-{k}"
