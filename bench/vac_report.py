@@ -1,0 +1,77 @@
+"""Markdown tables of the VAC benchmark results (for docs/vac.md).
+
+    python -m bench.vac_report [--quality bench/results/vac_quality.json] [--artifacts bench/results/vac_artifacts.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.vac_common import RESULTS, load_results
+
+LABELS = {"svd": "SVD", "fwsvd": "FWSVD", "asvd": "ASVD", "whiten": "whitening (SVD-LLM)", "vac": "VAC",
+          "vac-search": "VAC + search"}
+
+
+def quality_tables(q: dict) -> list[str]:
+    rows = q["rows"]
+    dense = rows["dense"]["ppl"]
+    out = [f"Dense base: PPL {dense:.2f} on {rows['dense']['tokens']} WikiText-2 validation tokens.", ""]
+    out += ["| ratio | method | recovery | achieved linear ratio (error) | whole-model ratio | PPL before recovery | PPL after recovery |",
+            "|---|---|---|---|---|---|---|"]
+    for key, r in rows.items():
+        if key == "dense":
+            continue
+        out.append(
+            f"| {r['ratio']} | {LABELS.get(r['method'], r['method'])} | {r['recover']} | {r['linear_ratio']:.4f} "
+            f"({100 * r['ratio_error']:+.2f}%) | {r['model_ratio']:.3f} | {r['ppl_before']:.2f} | {r['ppl_after']:.2f} |"
+        )
+    searches = [(k, r) for k, r in rows.items() if r.get("search")]
+    if searches:
+        out += ["", "| ratio | candidate | order | Fisher exponent | achieved ratio | held-out calibration NLL |", "|---|---|---|---|---|---|"]
+        for key, r in searches:
+            for i, c in enumerate(r["search"], 1):
+                out.append(f"| {r['ratio']} | {i} | {c['order']} | {c['fisher_exponent']:.2f} | {c['linear_ratio']:.4f} | {c['heldout_nll']:.4f} |")
+    return out
+
+
+def artifact_tables(a: dict) -> list[str]:
+    s = a["save_load"]
+    out = [f"VAC at {a['ratio']}x (linear ratio {s['linear_ratio']:.4f}, whole model {s['model_ratio']:.3f}); dense PPL {s['dense_ppl']:.2f}, "
+           f"dense directory {s['dense_disk_bytes']} bytes (fp32).", "",
+           "| storage | weight files (bytes) | factor bytes | PPL | reload logits equal |", "|---|---|---|---|---|"]
+    for name, v in s["variants"].items():
+        out.append(f"| {name} | {v['disk_bytes']} | {v['factor_bytes']} | {v['ppl']:.3f} | {v.get('logits_equal', 'n/a (bf16 rest)')} |")
+    for key, title in (("load_memory_base", "WikiText base"), ("load_memory_large", "110M random-weight Llama")):
+        if key in a:
+            out += ["", f"Load memory, {title}:", "", "| model | weight files (bytes) | RSS growth after from_pretrained (MiB) | peak RSS growth, load + first forward (MiB), median | rounds |",
+                    "|---|---|---|---|---|"]
+            for name, v in a[key].items():
+                out.append(f"| {name} | {v['disk_bytes']} | {v['after_load_mib']:.1f} | {v['peak_growth_mib']:.1f} | "
+                           f"{', '.join(f'{x:.1f}' for x in v['rounds'])} |")
+    for key, title in (("speed_base", "WikiText base"), ("speed_large", "110M random-weight Llama")):
+        if key in a:
+            out += ["", f"Speed, {title} ({a['threads']} thread):", "",
+                    "| model | params | prefill tok/s | decode tok/s | prefill speedup (median ratio) | predicted prefill FLOP ratio | decode speedup | param ratio |",
+                    "|---|---|---|---|---|---|---|---|"]
+            for name, v in a[key].items():
+                extra = (f"{v['prefill_speedup']:.3f} | {v['predicted_prefill_flop_ratio']:.3f} | {v['decode_speedup']:.3f} | {v['param_ratio']:.3f}"
+                         if "prefill_speedup" in v else "1 | 1 | 1 | 1")
+                out.append(f"| {name} | {v['params']} | {v['prefill_tok_s']:.1f} | {v['decode_tok_s']:.1f} | {extra} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quality", default=str(RESULTS / "vac_quality.json"))
+    ap.add_argument("--artifacts", default=str(RESULTS / "vac_artifacts.json"))
+    args = ap.parse_args()
+    from pathlib import Path
+
+    q, a = load_results(Path(args.quality)), load_results(Path(args.artifacts))
+    lines = (quality_tables(q) if q else []) + [""] + (artifact_tables(a) if a else [])
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
