@@ -11,6 +11,7 @@ interrupted run resumes where it stopped; jobs run in `--jobs` worker processes 
 Phases (later ones need earlier results):
   1. unregularized (+ validation early stopping) and the fixed-λ grid at the main size;
   2. the middle S* = steady-state S of the fixed λ with the best validation BPT; SCU at {0.5, 1, 2} x S*
+     (multiples of the ratio ParamBPT/DataBPT = S/(1-S), which is m x S for small S)
      (1x with auto-stop), halved/doubled gains, a mid-run data switch, the overhead pair, a diagnostic SCU arm
      started at the best fixed λ; weight decay, dropout;
   3. S* transfer: the fixed-λ grid and the S* grid at the larger training sizes;
@@ -106,6 +107,15 @@ QUICK = Scale(  # a smoke test of every code path (CI): tiny base, a few steps, 
 )
 
 
+def scaled_target(s: float, m: float) -> float:
+    """S* whose ParamBPT/DataBPT ratio is m times that of S (= m x S while S is small; stays below 1 when S is not).
+
+    S = P/(D + P), so P/D = S/(1 - S); on a small training set the useful S is close to 1, where m x S
+    would leave (0, 1)."""
+    odds = m * s / (1 - s)
+    return float(f"{odds / (1 + odds):.3g}")
+
+
 def size_label(tokens: int | None) -> str:
     return "pool" if tokens is None else str(tokens)
 
@@ -140,7 +150,7 @@ class Plan:
         jobs = []
         for m in multipliers:
             headline = size == self.main and m == MIDDLE
-            cfg: dict[str, Any] = {"scu": {"enabled": True, "target_s": target * m}}
+            cfg: dict[str, Any] = {"scu": {"enabled": True, "target_s": scaled_target(target, m)}}
             if headline:
                 cfg["equilibrium"] = {"auto_stop": True}
             for seed in (self.headline if headline else self.seeds):

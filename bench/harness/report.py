@@ -92,13 +92,13 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{ms(a['final_lambda'], 4) if a.get('tracking') else '—'} |"
         )
     lines += ["", "## SCU tracking (main size)", "",
-              "| arm | S* | error 2nd half | in band 2nd half | settling step | overshoot | log-λ p2p after settling | at bound | cycling seeds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| arm | S* | error 2nd half | error of S/(1−S) | in band 2nd half | settling step | overshoot | log-λ p2p after settling | at bound | cycling seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name in main_arms(arms):
         a = arms[name]
         if a and a.get("tracking"):
             tr = a["tracking"]
-            lines.append(f"| {name} | {a['target_s']:.3g} | {ms(tr['error'], 3)} | {ms(tr['in_band'], 3)} | "
+            lines.append(f"| {name} | {a['target_s']:.3g} | {ms(tr['error'], 3)} | {ms(tr['odds_error'], 3)} | {ms(tr['in_band'], 3)} | "
                          f"{ms(tr['settling_step'], 0)} (never: {tr['never_settled']}) | {ms(tr['overshoot'], 3)} | "
                          f"{ms(tr['log_lambda_p2p'], 2)} | {ms(tr['at_bound'], 3)} | {a['limit_cycle']['runs_with_cycle']} |")
     sw = arms.get("scu_data_switch")
@@ -157,7 +157,7 @@ def transfer_md(summary: dict[str, Any]) -> list[str]:
             for s, w in lt["per_size"].items()) + ".")
         if t.get("rule_fit"):
             f = t["rule_fit"]
-            lines.append(f"Transfer rule fitted on validation at {', '.join(f['fit_sizes'])}: S* = {math.exp(f['a']):.3g} · N^{f['b']:.3f}, "
+            lines.append(f"Transfer rule fitted on validation at {', '.join(f['fit_sizes'])}: S*/(1 − S*) = {math.exp(f['a']):.3g} · N^{f['b']:.3f}, "
                          f"predicting S* = {f['target']:.3g} at {f['size']} (tested there only if no single S* passed).")
     else:
         lines.append("Transfer grid incomplete.")

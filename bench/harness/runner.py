@@ -232,6 +232,10 @@ def s_summary(run: Run, rows: list[dict[str, Any]], switch_step: int | None) -> 
                       [r["at_bound"] for r in part], scu.target_s)
         out["tracking"] = tr.as_dict()
         out["at_bound_2nd_half"] = sum(r["at_bound"] is not None for r in half) / len(half)
+        # the same error on ParamBPT/DataBPT = S/(1 - S): near S = 1 a ±5% band on S is a wide band on the penalty
+        mean_odds = statistics.fmean(r["s"] / (1 - r["s"]) for r in half)
+        target_odds = scu.target_s / (1 - scu.target_s)
+        out["odds_error"] = abs(mean_odds - target_odds) / target_odds
     return out
 
 

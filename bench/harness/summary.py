@@ -83,6 +83,7 @@ def arm_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["target_s"] = target
         out["tracking"] = {k: stats([r["tracking"][k] for r in runs]) for k in TRACKING_KEYS}
         out["tracking"]["at_bound_2nd_half"] = stats([r["at_bound_2nd_half"] for r in runs])
+        out["tracking"]["odds_error"] = stats([r["odds_error"] for r in runs])
         out["tracking"]["never_settled"] = sum(r["tracking"]["settling_step"] is None for r in runs)
         cycles = [limit_cycle(r.get("rows", []), target) for r in runs]
         out["limit_cycle"] = {
@@ -240,20 +241,25 @@ def transfer(arms: dict[str, Any], plan: Any, scale: Any, manifest: dict[str, An
     return out
 
 
+def odds(s: float) -> float:
+    return s / (1 - s)
+
+
 def fit_rule(sizes: dict[str, Any], plan: Any) -> dict[str, Any] | None:
-    """S* = a * N^b through the validation-chosen S at the smaller sizes; predicts S* at the largest size."""
+    """ParamBPT/DataBPT = S*/(1 - S*) = a * N^b through the validation-chosen S at the smaller sizes; predicts S*
+    at the largest size. (At a fixed learned change ParamBPT is proportional to 1/N, so b = -1 would mean "keep
+    the learned change's size fixed"; the fit lets the data say.)"""
     fit_sizes, test_size = plan.sizes[:-1], plan.sizes[-1]
-    pts = [(math.log(sizes[s]["tokens"]), math.log(sizes[s]["s_at_best_lambda"])) for s in fit_sizes
+    pts = [(math.log(sizes[s]["tokens"]), math.log(odds(sizes[s]["s_at_best_lambda"]))) for s in fit_sizes
            if sizes[s]["s_at_best_lambda"]]
     if len(pts) < 2:
         return None
     mx, my = statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts)
     b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
     a = my - b * mx
-    target = math.exp(a + b * math.log(sizes[test_size]["tokens"]))
-    return {"rule": "S* = exp(a) * N^b, least squares on log S at the best-validation λ of the smaller sizes",
-            "fit_sizes": fit_sizes, "a": a, "b": b, "size": test_size,
-            "target": float(f"{min(max(target, 1e-4), 0.95):.3g}")}
+    r = math.exp(a + b * math.log(sizes[test_size]["tokens"]))
+    return {"rule": "S*/(1 - S*) = exp(a) * N^b, least squares on the log at the best-validation λ of the smaller sizes",
+            "fit_sizes": fit_sizes, "a": a, "b": b, "size": test_size, "target": float(f"{r / (1 + r):.3g}")}
 
 
 def transfer_rule(summary: dict[str, Any]) -> dict[str, Any] | None:

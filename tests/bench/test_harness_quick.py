@@ -44,7 +44,9 @@ def test_quick_run_writes_every_arm_and_resumes_from_its_cache(tmp_path):
     assert summary["best_fixed_lambda"] in {"fixed_lambda=0.01", "fixed_lambda=1"}
     middle = summary["middle_target"]
     assert 0 < middle < 1
-    assert arms["scu_target=2x"]["target_s"] == pytest.approx(2 * middle)
+    odds = lambda s: s / (1 - s)  # noqa: E731  (the S* grid scales ParamBPT/DataBPT)
+    assert odds(arms["scu_target=2x"]["target_s"]) == pytest.approx(2 * odds(middle), rel=0.01)
+    assert odds(arms["scu_target=0.5x"]["target_s"]) == pytest.approx(0.5 * odds(middle), rel=0.01)
 
     # held-out sets are disjoint token arrays of the asked size; every arm has finite held-out numbers
     assert summary["data"]["sets"]["test"]["predicted_tokens"] >= 1_000
