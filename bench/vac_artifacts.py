@@ -74,14 +74,15 @@ def load_memory(paths: dict[str, Path], rounds: int) -> dict:
                    "disk_bytes": disk_bytes(paths[name])} for name, v in runs.items()}
 
 
-def factor_bytes(path: Path) -> int:
+def linear_bytes(path: Path) -> int:
+    """Bytes of the decoder's linear layers in a saved directory: factors, layers kept dense, int8 scales."""
     from safetensors import safe_open
 
     total = 0
     for f in path.glob("*.safetensors"):
         with safe_open(f, "pt") as st:
             for k in st.keys():
-                if ".up." in k or ".down." in k:
+                if ".layers." in k and "norm" not in k:
                     t = st.get_tensor(k)
                     total += t.numel() * t.element_size()
     return total
@@ -132,7 +133,7 @@ def main() -> None:
         dtype = torch.bfloat16 if name.endswith("bf16") else None
         path = save_compressed(m, tokenizer, work / name, {}, str(base), dtype=dtype)
         loaded = load_model(str(path), dtype=torch.float32).eval()
-        row = {"disk_bytes": disk_bytes(path), "factor_bytes": factor_bytes(path),
+        row = {"disk_bytes": disk_bytes(path), "linear_bytes": linear_bytes(path),
                "ppl": perplexity(loaded, data["eval_ids"], SEQ_LEN)["ppl"]}
         if dtype is None:  # the in-memory model computes in float32 too: logits must match bit for bit
             with torch.no_grad():

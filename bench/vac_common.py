@@ -24,8 +24,8 @@ WIKI2_VALID = DATA / "wiki2_valid.txt"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 BASE = BaseSpec(
-    corpus=str(WIKI103), max_chars=2_400_000, vocab_size=2048, hidden_size=256, intermediate_size=688,
-    layers=4, heads=4, kv_heads=4, block_size=128, steps=500, batch_size=16, lr=3e-3, seed=0,
+    corpus=str(WIKI103), max_chars=2_400_000, vocab_size=2048, hidden_size=192, intermediate_size=512,
+    layers=4, heads=4, kv_heads=4, block_size=128, steps=2000, batch_size=16, lr=3e-3, seed=0,
 )
 SEQ_LEN = 128  # the base's training context; calibration blocks and evaluation windows
 CALIB_SAMPLES = 64

@@ -1,6 +1,6 @@
 """Held-out perplexity of every compression method at equal parameter counts, before and after recovery.
 
-    python -m bench.vac_quality [--ratios 1.25 1.8] [--methods svd fwsvd asvd whiten vac] [--recover-steps 150]
+    python -m bench.vac_quality [--ratios 1.25 1.8] [--methods svd fwsvd asvd whiten vac] [--recover-steps 300]
                                 [--search-budget 8] [--out bench/results/vac_quality.json]
 
 Base: the WikiText-103 Llama of bench/vac_common.py. Each (ratio, method) compresses a fresh copy
@@ -32,8 +32,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratios", type=float, nargs="+", default=[1.25, 1.8])
     ap.add_argument("--methods", nargs="+", default=["svd", "fwsvd", "asvd", "whiten", "vac"])
-    ap.add_argument("--recover-steps", type=int, default=150)
-    ap.add_argument("--recover-lr", type=float, default=3e-4)
+    ap.add_argument("--recover-steps", type=int, default=300)
+    ap.add_argument("--recover-lr", type=float, default=3e-5)
+    ap.add_argument("--lora-lr", type=float, default=3e-4, help="LoRA adapters start at zero: a higher rate")
     ap.add_argument("--search-budget", type=int, default=8)
     ap.add_argument("--out", default=str(RESULTS / "vac_quality.json"))
     args = ap.parse_args()
@@ -48,7 +49,7 @@ def main() -> None:
     results.setdefault("rows", {})
     results["setup"] = {
         "base": str(base), "seq_len": SEQ_LEN, "calib_blocks": len(data["calib"]), "heldout_blocks": len(data["heldout"]),
-        "eval_tokens": int(len(data["eval_ids"])), "recover_steps": args.recover_steps, "recover_lr": args.recover_lr,
+        "eval_tokens": int(len(data["eval_ids"])), "recover_steps": args.recover_steps, "recover_lr": args.recover_lr, "lora_lr": args.lora_lr,
         "threads": torch.get_num_threads(),
     }
 
@@ -83,9 +84,10 @@ def main() -> None:
             before = evaluate(model)
             row |= {"ppl_before": before["ppl"], "bpt_before": before["bpt"], "tokens": before["tokens"]}
             start = time.time()
-            model, history = recover(model, teacher, data["recover"], RecoverSpec(**{**vars(rspec), "mode": mode}))
+            lr = args.lora_lr if mode == "lora" else args.recover_lr
+            model, history = recover(model, teacher, data["recover"], RecoverSpec(**{**vars(rspec), "mode": mode, "lr": lr}))
             after = evaluate(model)
-            row |= {"recover": mode, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
+            row |= {"recover": mode, "recover_lr": lr, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
                     "recover_final": history[-1], "ranks": result.ranks}
             record(key, row)
 

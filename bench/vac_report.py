@@ -1,6 +1,6 @@
 """Markdown tables of the VAC benchmark results (for docs/vac.md).
 
-    python -m bench.vac_report [--quality bench/results/vac_quality.json] [--artifacts bench/results/vac_artifacts.json]
+    python -m bench.vac_report [--quality bench/results/vac_quality*.json] [--artifacts bench/results/vac_artifacts.json]
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def artifact_tables(a: dict) -> list[str]:
     s = a["save_load"]
     out = [f"VAC at {a['ratio']}x (linear ratio {s['linear_ratio']:.4f}, whole model {s['model_ratio']:.3f}); dense PPL {s['dense_ppl']:.2f}, "
            f"dense directory {s['dense_disk_bytes']} bytes (fp32).", "",
-           "| storage | weight files (bytes) | factor bytes | PPL | reload logits equal |", "|---|---|---|---|---|"]
+           "| storage | weight files (bytes) | decoder linear-layer bytes | PPL | reload logits equal |", "|---|---|---|---|---|"]
     for name, v in s["variants"].items():
-        out.append(f"| {name} | {v['disk_bytes']} | {v['factor_bytes']} | {v['ppl']:.3f} | {v.get('logits_equal', 'n/a (bf16 rest)')} |")
+        out.append(f"| {name} | {v['disk_bytes']} | {v['linear_bytes']} | {v['ppl']:.3f} | {v.get('logits_equal', 'n/a (bf16 rest)')} |")
     for key, title in (("load_memory_base", "WikiText base"), ("load_memory_large", "110M random-weight Llama")):
         if key in a:
             out += ["", f"Load memory, {title}:", "", "| model | weight files (bytes) | RSS growth after from_pretrained (MiB) | peak RSS growth, load + first forward (MiB), median | rounds |",
@@ -63,13 +63,16 @@ def artifact_tables(a: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quality", default=str(RESULTS / "vac_quality.json"))
+    ap.add_argument("--quality", nargs="+", default=sorted(str(p) for p in RESULTS.glob("vac_quality*.json")))
     ap.add_argument("--artifacts", default=str(RESULTS / "vac_artifacts.json"))
     args = ap.parse_args()
     from pathlib import Path
 
-    q, a = load_results(Path(args.quality)), load_results(Path(args.artifacts))
-    lines = (quality_tables(q) if q else []) + [""] + (artifact_tables(a) if a else [])
+    q: dict = {"rows": {}}
+    for path in args.quality:  # one file per ratio when they run in parallel
+        q["rows"] |= load_results(Path(path)).get("rows", {})
+    a = load_results(Path(args.artifacts))
+    lines = (quality_tables(q) if q["rows"] else []) + [""] + (artifact_tables(a) if a else [])
     print("\n".join(lines))
 
 

@@ -32,8 +32,8 @@ MODES = ("kd", "lora", "none")
 @dataclass
 class RecoverSpec:
     mode: str = "kd"
-    steps: int = 200
-    lr: float = 3e-4
+    steps: int = 300
+    lr: float = 3e-5
     attn_lr_mult: float = 10.0
     nll_weight: float = 1.0
     batch_size: int = 8
