@@ -172,9 +172,14 @@ class Plan:
             jobs += [Job(f"scu_gains={fmt(g)}x", seed, main, {"scu": pi}) for seed in self.seeds]
         jobs += [Job("scu_data_switch", seed, main, {"scu": {"enabled": True, "target_s": target}},
                      switch_at=s.switch_at) for seed in self.seeds]
-        # diagnostic, not a goal: the 1x arm started at the best fixed λ instead of the default lambda_init
-        jobs += [Job(f"scu_init={fmt(best_lambda)}", seed, main,
-                     {"scu": {"enabled": True, "target_s": target, "lambda_init": best_lambda}}) for seed in self.seeds]
+        # diagnostics, in no goal: the 1x, gains and switch arms started at the best fixed λ instead of the default
+        # lambda_init, which separates the controller's start-up from its tracking
+        init = {"enabled": True, "target_s": target, "lambda_init": best_lambda}
+        name = f"scu_init={fmt(best_lambda)}"
+        jobs += [Job(name, seed, main, {"scu": init}) for seed in self.seeds]
+        jobs += [Job(f"{name},gains={fmt(g)}x", seed, main, {"scu": {**init, "kp": 2.0 * g, "ki": 0.04 * g}})
+                 for g in s.gain_factors for seed in self.seeds]
+        jobs += [Job(f"{name},data_switch", seed, main, {"scu": init}, switch_at=s.switch_at) for seed in self.seeds]
         jobs += [Job(f"weight_decay={fmt(wd)}", seed, main, {"training": {"weight_decay": wd}})
                  for wd in s.weight_decays for seed in self.seeds]
         jobs += [Job(f"lora_dropout={fmt(p)}", seed, main, {"lora": {"dropout": p}})

@@ -23,11 +23,12 @@ def ms(x: dict[str, Any] | None, digits: int = 4) -> str:
 
 
 def main_arms(arms: dict[str, Any]) -> list[str]:
-    def order(name: str) -> tuple[int, float]:
+    def order(name: str) -> tuple[int, float, str]:
         for i, prefix in enumerate(MAIN_ORDER):
             if name == prefix or (prefix.endswith("=") and name.startswith(prefix)):
-                return i, value_of(name) if "=" in name else 0.0
-        return len(MAIN_ORDER), 0.0
+                head = name.split(",")[0]
+                return i, value_of(head) if "=" in head else 0.0, name
+        return len(MAIN_ORDER), 0.0, name
 
     return sorted((a for a in arms if "/" not in a and a != "overhead"), key=order)
 
@@ -101,12 +102,18 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | {a['target_s']:.3g} | {ms(tr['error'], 3)} | {ms(tr['odds_error'], 3)} | {ms(tr['in_band'], 3)} | "
                          f"{ms(tr['settling_step'], 0)} (never: {tr['never_settled']}) | {ms(tr['overshoot'], 3)} | "
                          f"{ms(tr['log_lambda_p2p'], 2)} | {ms(tr['at_bound'], 3)} | {a['limit_cycle']['runs_with_cycle']} |")
-    sw = arms.get("scu_data_switch")
-    if sw and sw.get("switch"):
-        x = sw["switch"]
-        lines += ["", f"Data switch at step {x['step']} (to WikiText-103 text): max |S_hat/S* − 1| after it "
-                  f"{ms(x['max_deviation_after'], 3)}, steps to re-settle {ms(x['resettle_steps'], 0)} "
-                  f"(never: {x['never_resettled']}), tracking error after {ms(x['error_after'], 3)}."]
+    for name in main_arms(arms):
+        x = (arms[name] or {}).get("switch")
+        if x:
+            lines += ["", f"`{name}`: data switch at step {x['step']} (to WikiText-103 text): max |S_hat/S* − 1| after it "
+                      f"{ms(x['max_deviation_after'], 3)}, steps to re-settle {ms(x['resettle_steps'], 0)} "
+                      f"(never: {x['never_resettled']}), tracking error after {ms(x['error_after'], 3)}."]
+    if summary.get("diagnostics"):
+        lines += ["", "Diagnostics, in no goal: the same criteria on the SCU arms started at `lambda_init` = the best "
+                  "fixed λ instead of the default 1.", "", "| check | criterion | measured | met |", "|---|---|---|---|"]
+        for g in summary["diagnostics"]:
+            met = {True: "yes", False: "no", None: "n/a"}[g["met"]]
+            lines.append(f"| {g['goal']} | {g['criterion']} | {g['measured']} | {met} |")
     lines += ["", "## Stopping rules", "", "| rule | seed | stop step | steps saved | held-out BPT | best along the way (step) | penalty |",
               "|---|---|---|---|---|---|---|"]
     for name in ("scu_auto_stop", "early_stopping"):

@@ -187,6 +187,7 @@ def summarize(results: Results, plan: Any, scale: Any, manifest: dict[str, Any],
     }
     summary["transfer"] = transfer(arms, plan, scale, manifest, middle)
     summary["goals"] = goals(summary, scale)
+    summary["diagnostics"] = diagnostics(summary, scale)
     return summary
 
 
@@ -278,6 +279,58 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def tracking_goals(arm: dict[str, Any], label: str, steps: int) -> list[dict[str, Any]]:
+    tr, lc = arm["tracking"], arm["limit_cycle"]
+    settle = tr["settling_step"]
+    settled = tr["never_settled"] == 0 and settle is not None and settle["mean"] <= 0.2 * steps
+    return [
+        goal(f"tracking ({label}): error", "|mean S − S*|/S* over the 2nd half <= 5%",
+             pct(tr["error"]["mean"]), tr["error"]["mean"] <= 0.05),
+        goal(f"tracking ({label}): in band", "smoothed S within ±10% for >= 90% of the 2nd half",
+             pct(tr["in_band"]["mean"]), tr["in_band"]["mean"] >= 0.9),
+        goal(f"tracking ({label}): settling", f"settling step <= 20% of {steps} steps, every seed",
+             f"mean {settle['mean']:.0f}, never settled in {tr['never_settled']} seed(s)" if settle
+             else f"never settled in {tr['never_settled']} seed(s)", settled),
+        goal(f"tracking ({label}): overshoot", "overshoot <= 20%", pct(tr["overshoot"]["mean"]), tr["overshoot"]["mean"] <= 0.2),
+        goal(f"tracking ({label}): no limit cycle",
+             f"no seed with log-λ peak-to-peak >= {LIMIT_CYCLE_P2P} and >= 2 crossings of S* in the 2nd half",
+             f"{lc['runs_with_cycle']} seed(s) cycling; log-λ p2p {lc['p2p_2nd_half']['mean']:.2f}, "
+             f"crossings {lc['crossings_2nd_half']['mean']:.1f}", lc["runs_with_cycle"] == 0),
+    ]
+
+
+def gains_goal(arm: dict[str, Any], label: str) -> dict[str, Any]:
+    tr = arm["tracking"]
+    return goal(f"robustness: {label}", "settles (S_hat stays within ±10% from some step on), every seed",
+                f"never settled in {tr['never_settled']} of {tr['error']['n']} seed(s); error {pct(tr['error']['mean'])}",
+                tr["never_settled"] == 0)
+
+
+def switch_goal(arm: dict[str, Any], steps: int) -> dict[str, Any]:
+    x = arm["switch"]
+    r = x["resettle_steps"]
+    ok = x["never_resettled"] == 0 and r is not None and r["mean"] <= 0.15 * steps
+    return goal("robustness: mid-run data switch", f"re-settles within 15% of {steps} steps, every seed",
+                f"max deviation after the switch {pct(x['max_deviation_after']['mean'])}; "
+                + (f"re-settled after {r['mean']:.0f} steps (mean); " if r else "")
+                + f"never re-settled in {x['never_resettled']} seed(s)", ok)
+
+
+def diagnostics(summary: dict[str, Any], scale: Any) -> list[dict[str, Any]]:
+    """The tracking and robustness criteria on the arms started at the best fixed λ (no goal verdict)."""
+    arms, out = summary["arms"], []
+    steps = scale.run.steps
+    for name in sorted(a for a in arms if a.startswith("scu_init=")):
+        arm = arms[name]
+        if "," not in name:
+            out += tracking_goals(arm, f"{name}, S* {arm['target_s']:.3g}", steps)
+        elif "switch" in arm:
+            out.append({**switch_goal(arm, steps), "goal": f"{name}: re-settles after the data switch"})
+        else:
+            out.append({**gains_goal(arm, name), "goal": f"{name}: settles"})
+    return out
+
+
 def goals(summary: dict[str, Any], scale: Any) -> list[dict[str, Any]]:
     arms, out = summary["arms"], []
     steps = scale.run.steps
@@ -305,42 +358,16 @@ def goals(summary: dict[str, Any], scale: Any) -> list[dict[str, Any]]:
     # tracking
     for m in scale.multipliers:
         arm = arms.get(f"scu_target={m:g}x")
-        if not arm:
-            continue
-        tr, lc = arm["tracking"], arm["limit_cycle"]
-        settle = tr["settling_step"]
-        label = f"S* {m:g}x = {arm['target_s']:.3g}"
-        out.append(goal(f"tracking ({label}): error", "|mean S − S*|/S* over the 2nd half <= 5%",
-                        pct(tr["error"]["mean"]), tr["error"]["mean"] <= 0.05))
-        out.append(goal(f"tracking ({label}): in band", "smoothed S within ±10% for >= 90% of the 2nd half",
-                        pct(tr["in_band"]["mean"]), tr["in_band"]["mean"] >= 0.9))
-        settled = tr["never_settled"] == 0 and settle is not None and settle["mean"] <= 0.2 * steps
-        out.append(goal(f"tracking ({label}): settling", f"settling step <= 20% of {steps} steps, every seed",
-                        f"mean {settle['mean']:.0f}, never settled in {tr['never_settled']} seed(s)" if settle
-                        else f"never settled in {tr['never_settled']} seed(s)", settled))
-        out.append(goal(f"tracking ({label}): overshoot", "overshoot <= 20%", pct(tr["overshoot"]["mean"]),
-                        tr["overshoot"]["mean"] <= 0.2))
-        out.append(goal(f"tracking ({label}): no limit cycle",
-                        f"no seed with log-λ peak-to-peak >= {LIMIT_CYCLE_P2P} and >= 2 crossings of S* in the 2nd half",
-                        f"{lc['runs_with_cycle']} seed(s) cycling; log-λ p2p {lc['p2p_2nd_half']['mean']:.2f}, "
-                        f"crossings {lc['crossings_2nd_half']['mean']:.1f}", lc["runs_with_cycle"] == 0))
+        if arm:
+            out += tracking_goals(arm, f"S* {m:g}x = {arm['target_s']:.3g}", steps)
     # robustness
     for g in scale.gain_factors:
         arm = arms.get(f"scu_gains={g:g}x")
         if arm:
-            tr = arm["tracking"]
-            out.append(goal(f"robustness: Kp, Ki x{g:g}", "settles (S_hat stays within ±10% from some step on), every seed",
-                            f"never settled in {tr['never_settled']} of {tr['error']['n']} seed(s); error {pct(tr['error']['mean'])}",
-                            tr["never_settled"] == 0))
+            out.append(gains_goal(arm, f"Kp, Ki x{g:g}"))
     sw = arms.get("scu_data_switch")
     if sw and "switch" in sw:
-        x = sw["switch"]
-        r = x["resettle_steps"]
-        ok = x["never_resettled"] == 0 and r is not None and r["mean"] <= 0.15 * steps
-        out.append(goal("robustness: mid-run data switch", f"re-settles within 15% of {steps} steps, every seed",
-                        f"max deviation after the switch {pct(x['max_deviation_after']['mean'])}; "
-                        + (f"re-settled after {r['mean']:.0f} steps (mean); " if r else "")
-                        + f"never re-settled in {x['never_resettled']} seed(s)", ok))
+        out.append(switch_goal(sw, steps))
     # quality
     scu = arms.get("scu_target=1x")
     for ref_key, label in ((summary["best_fixed_lambda"], "best fixed λ"), (summary["best_weight_decay"], "best weight decay")):
