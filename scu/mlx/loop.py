@@ -151,7 +151,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     run = setup(cfg, Path(out), resume)
     t, st = cfg.training, run.state
     run.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=t.steps, initial=st.step, desc="scu train (mlx)", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=t.steps, initial=st.step, desc="scu train (mlx)", dynamic_ncols=True, **({} if progress else {"disable": True}))
     status = "completed"
     run.model.train()
     thermal = run.controllers.get("thermal")

@@ -19,7 +19,7 @@ from scu.report.card import MLX_WEIGHTS, PEFT_WEIGHTS, adapter_format
 
 MAX_AT_BOUND = 0.5  # "pinned at a bound for most of the run"
 S_TOLERANCE = 0.2  # final smoothed S within ±20% of S* counts as "near the target"
-FINISHED = ("completed", "stopped at equilibrium")
+FINISHED = ("completed", "stopped at equilibrium", "stopped by a controller")  # a controller stop is deliberate (T-SCU budget)
 
 
 @dataclass

@@ -387,10 +387,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = T
     t, st = cfg.training, run.state
     if run.accelerator.is_main_process:
         run.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(
-        total=t.steps, initial=st.step, desc="scu train", disable=not (progress and run.accelerator.is_main_process),
-        dynamic_ncols=True,
-    )
+    show = progress and run.accelerator.is_main_process  # when shown, tqdm's own TQDM_DISABLE still applies
+    bar = tqdm(total=t.steps, initial=st.step, desc="scu train", dynamic_ncols=True, **({} if show else {"disable": True}))
     status = "completed"
     run.model.train()
     thermal = run.controllers.get("thermal")

@@ -58,6 +58,13 @@ def test_validate_fails_doctored_metadata_with_the_reason(good_run, tmp_path, ca
     assert reason in out
 
 
+@pytest.mark.parametrize("status", ["stopped at equilibrium", "stopped by a controller"])
+def test_validate_counts_a_deliberate_stop_as_finished(good_run, tmp_path, capsys, status):
+    d = doctored(good_run, tmp_path, status=status, steps=7)
+    assert main(["validate", str(d)]) == 0
+    assert outcomes(capsys)["finished"] == "PASS"
+
+
 def test_validate_fails_non_finite_adapter_weights(good_run, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
