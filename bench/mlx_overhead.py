@@ -25,6 +25,7 @@ import scu.torch.loop as torch_loop
 from bench.scu_overhead import BASES
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
+from scu.driver import current_lambda, record_step, scheduled_lr
 from scu.models.tiny import cached_base
 
 
@@ -32,9 +33,9 @@ def timed_step(loop, run) -> float:
     """One loop-body step of `loop` (scu.mlx.loop or scu.torch.loop) on `run`, in seconds."""
     t0 = time.perf_counter()
     run.state.step += 1
-    lam, lr = loop.current_lambda(run), loop.scheduled_lr(run.state.step, run.cfg.training)
+    lam, lr = current_lambda(run), scheduled_lr(run.state.step, run.cfg.training)
     res = loop.train_step(run, lam, lr)
-    loop.record_step(run, res, lam, lr, 0.0)
+    record_step(run, res, lam, lr, 0.0)
     return time.perf_counter() - t0
 
 

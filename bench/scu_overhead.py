@@ -21,8 +21,9 @@ import torch
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.demo import DEMO_BASE
+from scu.driver import current_lambda, record_step, scheduled_lr
 from scu.models.tiny import BaseSpec, cached_base
-from scu.torch.loop import current_lambda, record_step, scheduled_lr, setup, train_step
+from scu.torch.loop import setup, train_step
 
 BASES = {"demo": DEMO_BASE, "test": BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)}
 

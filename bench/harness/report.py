@@ -124,7 +124,7 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"{100 * x['penalty_vs_best']:+.2f}% |")
     oh = arms.get("overhead")
     if oh:
-        lines += ["", f"## Overhead", "", f"SCU and unregularized stepped alternately in one process ({oh['torch_threads']} thread), "
+        lines += ["", "## Overhead", "", f"SCU and unregularized stepped alternately in one process ({oh['torch_threads']} thread), "
                   f"{oh['pairs']} pairs: median step {1e3 * oh['median_step_s_scu']:.1f} ms vs {1e3 * oh['median_step_s_off']:.1f} ms; "
                   f"median per-pair ratio **{oh['median_pair_ratio']:.4f}**, ratio of medians {oh['ratio_of_medians']:.4f}."]
     lines += transfer_md(summary)

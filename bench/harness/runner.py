@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.scu_overhead import timed_step
 from scu.config.schema import build_config
 from scu.core.tracking import tracking
+from scu.driver import BlockOrder, current_lambda, record_step, scheduled_lr
 from scu.eval.bpt import block_bpt
-from scu.torch.loop import BlockOrder, Run, current_lambda, record_step, scheduled_lr, setup, train_step
+from scu.torch.loop import Run, setup, train_step
 from scu.torch.regularizer import LoraPenalty
-
-from bench.scu_overhead import timed_step
 
 PATIENCE = 3  # validation evaluations without improvement before early stopping (the rule)
 

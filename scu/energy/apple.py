@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 from scu.energy.base import Clock, Reading, Sensor, SensorUnavailable
 

@@ -18,8 +18,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from scu import ScuError
+from scu.driver import RunState
 from scu.torch.checkpoint import _config_changes
-from scu.torch.loop import RunState
 
 if TYPE_CHECKING:
     from scu.mlx.loop import MlxRun

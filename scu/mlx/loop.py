@@ -1,6 +1,6 @@
 """The SCU training loop on MLX (mlx-lm models and LoRA layers).
 
-The same run as `scu.torch.loop`, step for step: the same config, data packing and block order,
+The same run as `scu.torch.loop`, step for step (both are driven by `scu.driver.drive`): the same config, data packing and block order,
 learning-rate schedule, controllers (scu.core), metrics rows, metadata.json, progress bar,
 checkpoint cadence and NaN handling. Only the model, the step and the files that hold tensors
 are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json`.
@@ -11,8 +11,6 @@ are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,20 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from tqdm.auto import tqdm
 
 from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import TrainData, load_train_val
+from scu.driver import (
+    Backend,
+    BlockOrder,
+    RunState,
+    build_controllers,
+    drive,
+    metadata,
+    write_sscu_files,
+)
 from scu.energy.runtime import ThermalRun
 from scu.mlx.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from scu.mlx.model import add_lora, load_base, peft_provenance, save_adapter
@@ -34,24 +40,11 @@ from scu.mlx.penalty import LoraPenalty
 from scu.mlx.step import TrainStep, ce_sum
 from scu.report.card import write_model_card
 from scu.report.records import MetricsLog, atomic_write_json
-from scu.torch.loop import (
-    MAX_CONSECUTIVE_NAN,
-    BlockOrder,
-    RunState,
-    _StopOnSignal,
-    build_controllers,
-    current_lambda,
-    metadata,
-    progress_text,
-    record_step,
-    scheduled_lr,
-    write_sscu_files,
-)
 
 
 @dataclass
 class MlxRun:
-    """The attributes `scu.torch.loop`'s record_step/metadata/progress_text read, plus MLX's own."""
+    """A `scu.driver.LoopRun`, plus what MLX's step and files need."""
 
     cfg: Config
     out: Path
@@ -149,57 +142,9 @@ def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
 def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune under SCU control on MLX; returns metadata.json's content."""
     run = setup(cfg, Path(out), resume)
-    t, st = cfg.training, run.state
     run.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=t.steps, initial=st.step, desc="scu train (mlx)", dynamic_ncols=True, **({} if progress else {"disable": True}))
-    status = "completed"
-    run.model.train()
-    thermal = run.controllers.get("thermal")
-    if thermal is not None:
-        thermal.start(run.out, st.step)
-    with _StopOnSignal() as sig:
-        while st.step < t.steps:
-            lam = current_lambda(run)
-            lr = scheduled_lr(st.step + 1, t) * st.lr_factor
-            t0 = time.perf_counter()
-            res = train_step(run, lam, lr)
-            dt = time.perf_counter() - t0
-            st.step += 1
-            bar.update(1)
-            if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
-                st.nan_skips += 1
-                st.consecutive_nan += 1
-                if st.consecutive_nan >= MAX_CONSECUTIVE_NAN:
-                    save_checkpoint(run)
-                    write_outputs(run, "failed: NaN loss", adapter=False)
-                    raise ScuError(
-                        f"loss was NaN/inf for {MAX_CONSECUTIVE_NAN} steps in a row at step {st.step}; "
-                        "lower training.learning_rate or use fp32 (model.dtype)"
-                    )
-                continue
-            st.consecutive_nan = 0
-            row = record_step(run, res, lam, lr, dt)
-            if t.eval_every and st.step % t.eval_every == 0 and run.data.val is not None:
-                row["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
-            st.last = row
-            run.metrics.append(row)
-            for reason in row.get("reasons", []):
-                bar.write(reason)
-            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), run))
-            if st.step % t.checkpoint_every == 0:
-                save_checkpoint(run)
-                write_outputs(run, "running", adapter=False)
-            if sig.requested:
-                status = "interrupted"
-                break
-            if row.get("stop"):
-                status = "stopped at equilibrium" if st.equilibrium_step == st.step else "stopped by a controller"
-                break
-    bar.close()
-    if status != "interrupted" and run.data.val is not None and "val_bpt" not in st.last:
-        st.last["val_bpt"] = block_bpt(run.model, run.data.val, t.batch_size)
-    save_checkpoint(run)
-    write_outputs(run, status, adapter=True)
-    if thermal is not None:
-        thermal.close()
-    return mlx_metadata(run, status)
+    backend = Backend(
+        "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
+        save_checkpoint, write_outputs,
+    )
+    return mlx_metadata(run, drive(run, backend, progress))

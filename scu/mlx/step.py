@@ -22,8 +22,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from scu.driver import StepResult
 from scu.mlx.penalty import LoraPenalty
-from scu.torch.loop import StepResult  # the loop's record of one step, shared by both backends
 
 
 def ce_sum(model: nn.Module, batch: mx.array) -> mx.array:

@@ -61,7 +61,7 @@ def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def load_checkpoint(run: "Run") -> None:
-    from scu.torch.loop import RunState
+    from scu.driver import RunState
 
     path = run.out / CHECKPOINT
     try:

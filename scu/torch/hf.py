@@ -34,9 +34,9 @@ from scu import ScuError
 from scu.config.schema import Config, ScuSection, build_config
 from scu.core.bits import LN2, info_ratio
 from scu.core.pi import PIController
+from scu.driver import pi_config
 from scu.report.records import atomic_write_json, package_versions
 from scu.torch.distributed import all_reduce_sum_, check_layout, world_size
-from scu.torch.loop import pi_config
 from scu.torch.regularizer import LoraPenalty
 
 STATE_FILE = "scu_state.json"

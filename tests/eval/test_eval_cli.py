@@ -4,7 +4,6 @@ the adapters' model cards, and bad input refused before a model loads."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import scu.driver as driver
 import scu.mlx.loop as loop
 from scu.mlx.checkpoint import CHECKPOINT
 
@@ -45,7 +46,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_lambda_trajectory(mlx_cfg, tmp
                   scu__prior="factors")
     loop.train(cfg, tmp_path / "full", progress=False)
 
-    real_record = loop.record_step
+    real_record = driver.record_step
 
     def interrupt_at_step_6(run, *a, **k):
         row = real_record(run, *a, **k)
@@ -53,11 +54,11 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_lambda_trajectory(mlx_cfg, tmp
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
         return row
 
-    monkeypatch.setattr(loop, "record_step", interrupt_at_step_6)
+    monkeypatch.setattr(driver, "record_step", interrupt_at_step_6)
     meta = loop.train(cfg, tmp_path / "cut", progress=False)
     assert meta["status"] == "interrupted" and meta["steps"] == 6
     assert (tmp_path / "cut" / CHECKPOINT).exists() and (tmp_path / "cut" / "adapters.safetensors").exists()
-    monkeypatch.setattr(loop, "record_step", real_record)
+    monkeypatch.setattr(driver, "record_step", real_record)
 
     loop.train(cfg, tmp_path / "cut", resume=True, progress=False)
     full, resumed = rows(tmp_path / "full"), rows(tmp_path / "cut")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from peft import PeftModel
 
+import scu.driver as driver
 import scu.torch.loop as loop
 from scu.core.equilibrium import EquilibriumConfig
 from scu.data.builtin import pydoc_topics
@@ -81,6 +81,6 @@ def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path):
 
 
 def test_no_detector_without_a_controlled_lambda(make_cfg):
-    assert "equilibrium" in loop.build_controllers(make_cfg())
-    assert "equilibrium" not in loop.build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
-    assert "equilibrium" not in loop.build_controllers(make_cfg(scu__enabled=False))
+    assert "equilibrium" in driver.build_controllers(make_cfg())
+    assert "equilibrium" not in driver.build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
+    assert "equilibrium" not in driver.build_controllers(make_cfg(scu__enabled=False))

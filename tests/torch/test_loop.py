@@ -11,8 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+import scu.driver as driver
 import scu.torch.loop as loop
 from scu import ScuError
+from scu.core.pi import PIController
 from scu.torch.checkpoint import CHECKPOINT
 
 
@@ -44,7 +46,7 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_lambda_trajectory(make_cfg, tm
     cfg = make_cfg(training__steps=24, training__gradient_accumulation=2, training__checkpoint_every=5)
     loop.train(cfg, tmp_path / "full", progress=False)
 
-    real_record = loop.record_step
+    real_record = driver.record_step
 
     def interrupt_at_step_11(run, *a, **k):
         row = real_record(run, *a, **k)
@@ -52,13 +54,13 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_lambda_trajectory(make_cfg, tm
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers
         return row
 
-    monkeypatch.setattr(loop, "record_step", interrupt_at_step_11)
+    monkeypatch.setattr(driver, "record_step", interrupt_at_step_11)
     meta = loop.train(cfg, tmp_path / "cut", progress=False)
     assert meta["status"] == "interrupted" and meta["steps"] == 11
     saved = json.loads((tmp_path / "cut" / "metadata.json").read_text())
     assert saved["status"] == "interrupted" and saved["final_lambda"] == rows(tmp_path / "cut")[-1]["lambda"]
     assert (tmp_path / "cut" / "adapter_model.safetensors").exists()
-    monkeypatch.setattr(loop, "record_step", real_record)
+    monkeypatch.setattr(driver, "record_step", real_record)
 
     loop.train(cfg, tmp_path / "cut", resume=True, progress=False)
     full, resumed = rows(tmp_path / "full"), rows(tmp_path / "cut")
@@ -110,13 +112,13 @@ def test_nan_loss_step_is_skipped_counted_and_controller_not_updated(make_cfg, t
 
     monkeypatch.setattr(loop, "cross_entropy_sum", nan_on_third_step)
     before = {}
-    real_update = loop.PIController.update
+    real_update = PIController.update
 
     def counting_update(self, s):
         before[len(before) + 1] = s
         return real_update(self, s)
 
-    monkeypatch.setattr(loop.PIController, "update", counting_update)
+    monkeypatch.setattr(PIController, "update", counting_update)
     meta = loop.train(make_cfg(training__steps=6), tmp_path / "run", progress=False)
     assert meta["nan_skips"] == 1
     assert len(before) == 5  # the NaN step never reached the controller

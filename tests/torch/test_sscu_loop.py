@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import scu.core.simplified as simplified
+import scu.driver as driver
 import scu.torch.loop as loop
 from scu.cli import main
 from scu.core.simplified import Rule, SimplifiedConfig
@@ -125,7 +126,7 @@ def test_resume_continues_the_sscu_decisions_exactly(make_cfg, tmp_path, monkeyp
     cfg.sscu = SimplifiedConfig(enabled=True, control_frequency=5, window=5, entropy_window=16, target_loss_improvement=0.5)
     loop.train(cfg, tmp_path / "full", progress=False)
 
-    real_record = loop.record_step
+    real_record = driver.record_step
 
     def interrupt_at_step_13(run, *a, **k):
         row = real_record(run, *a, **k)
@@ -133,9 +134,9 @@ def test_resume_continues_the_sscu_decisions_exactly(make_cfg, tmp_path, monkeyp
             os.kill(os.getpid(), signal.SIGINT)
         return row
 
-    monkeypatch.setattr(loop, "record_step", interrupt_at_step_13)
+    monkeypatch.setattr(driver, "record_step", interrupt_at_step_13)
     assert loop.train(cfg, tmp_path / "cut", progress=False)["status"] == "interrupted"
-    monkeypatch.setattr(loop, "record_step", real_record)
+    monkeypatch.setattr(driver, "record_step", real_record)
     loop.train(cfg, tmp_path / "cut", resume=True, progress=False)
     full, cut = (json.loads((tmp_path / d / FILES[0]).read_text())["actions"] for d in ("full", "cut"))
     assert len(full) >= 3 and cut == full
