@@ -13,18 +13,23 @@ LABELS = {"svd": "SVD", "fwsvd": "FWSVD", "asvd": "ASVD", "whiten": "whitening (
           "vac-search": "VAC + search"}
 
 
+def kept(r: dict) -> str:
+    sel, first = r["recover_selected"], r["recover_history_start"]
+    return f"{sel['step']} ({first:.5f} → {sel['heldout_kl']:.5f})"
+
+
 def quality_tables(q: dict) -> list[str]:
     rows = q["rows"]
     dense = rows["dense"]["ppl"]
     out = [f"Dense base: PPL {dense:.2f} on {rows['dense']['tokens']} WikiText-2 validation tokens.", ""]
-    out += ["| ratio | method | recovery | achieved linear ratio (error) | whole-model ratio | PPL before recovery | PPL after recovery |",
-            "|---|---|---|---|---|---|---|"]
+    out += ["| ratio | method | recovery | achieved linear ratio (error) | whole-model ratio | PPL before recovery | PPL after recovery | recovery step kept (held-out KL before → kept) |",
+            "|---|---|---|---|---|---|---|---|"]
     for key, r in rows.items():
         if key == "dense":
             continue
         out.append(
             f"| {r['ratio']} | {LABELS.get(r['method'], r['method'])} | {r['recover']} | {r['linear_ratio']:.4f} "
-            f"({100 * r['ratio_error']:+.2f}%) | {r['model_ratio']:.3f} | {r['ppl_before']:.2f} | {r['ppl_after']:.2f} |"
+            f"({100 * r['ratio_error']:+.2f}%) | {r['model_ratio']:.3f} | {r['ppl_before']:.2f} | {r['ppl_after']:.2f} | {kept(r)} |"
         )
     searches = [(k, r) for k, r in rows.items() if r.get("search")]
     if searches:

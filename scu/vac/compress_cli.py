@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--recover-steps", type=int, default=300)
     p.add_argument("--recover-lr", type=float, default=3e-5)
     p.add_argument("--attn-lr-mult", type=float, default=10.0)
-    p.add_argument("--nll-weight", type=float, default=1.0)
+    p.add_argument("--nll-weight", type=float, default=0.0, help="weight of the NLL term next to the KL (docs/vac.md)")
     p.add_argument("--recover-batch-size", type=int, default=8)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--search", action="store_true", help="evolutionary search over order, Fisher exponent, allocation")
@@ -90,8 +90,13 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if rspec.mode != "none":
         recover_blocks = blocks(profile_docs, tokenizer, args.seq_len, None, args.seed)
-        model, history = recover(model, make_model(), recover_blocks, rspec, verbose=True)
-        report["recover"] = {**vars(rspec), "final": history[-1]}
+        model, history = recover(model, make_model(), recover_blocks, rspec, heldout=heldout if len(heldout) else None,
+                                 verbose=True)
+        chosen = next((row for row in history if row.get("selected")), history[-1])
+        report["recover"] = {**vars(rspec), "final": history[-1], "selected": chosen}
+        if "heldout_kl" in chosen:
+            print(f"recovery: kept step {chosen['step']} of {rspec.steps} (held-out KL {chosen['heldout_kl']:.5f}, "
+                  f"{history[0]['heldout_kl']:.5f} before)", file=sys.stderr)
     if args.int8:
         quantize_int8(model)
     report["int8"] = args.int8

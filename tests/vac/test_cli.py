@@ -83,3 +83,23 @@ def test_recovery_moves_the_student_toward_the_teacher_and_keeps_the_shapes(fres
     student, history = recover(student, teacher, calib, RecoverSpec(mode=mode, steps=15, lr=2e-4, nll_weight=0.0, batch_size=4))
     assert factorized_ranks(student) == ranks
     assert kl() < before
+
+
+def test_recovery_keeps_the_state_with_the_lowest_heldout_kl(fresh, calib):
+    from scu.vac.compress import compress
+    from scu.vac.recover import heldout_kl
+
+    student, teacher = fresh(), fresh()
+    compress(student, calib, CompressSpec(method="svd", ratio=2.0))
+    train, heldout = calib[: len(calib) // 2], calib[len(calib) // 2 :]
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    # a learning rate far too high for this model, and NLL only: training moves it away from the teacher
+    spec = RecoverSpec(mode="kd", steps=12, lr=0.5, attn_lr_mult=1.0, nll_weight=1.0, batch_size=4, select_every=4)
+    student, history = recover(student, teacher, train, spec, heldout=heldout)
+    checks = [row for row in history if "heldout_kl" in row]
+    assert [row["step"] for row in checks] == [0, 4, 8, 12]
+    chosen = [row for row in history if row.get("selected")]
+    assert len(chosen) == 1 and chosen[0]["heldout_kl"] == min(row["heldout_kl"] for row in checks)
+    assert heldout_kl(student, teacher, heldout) == pytest.approx(chosen[0]["heldout_kl"], rel=1e-5)
+    if chosen[0]["step"] == 0:  # nothing helped: the student is exactly the compressed model it started as
+        assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
