@@ -42,6 +42,8 @@ def test_compress_then_eval_ppl(tiny_base, texts, tmp_path):
     report = json.loads((out / "compress_report.json").read_text())
     assert abs(report["result"]["linear_ratio"] / 1.5 - 1) <= 0.01
     assert report["int8"] and report["recover"]["mode"] == "kd"
+    kept = report["recover"]["selected"]  # the state with the lowest held-out KL, judged at steps 0 and 3
+    assert kept["step"] in (0, 3) and kept["heldout_kl"] >= 0
     row_path = tmp_path / "row.json"
     code = main(["eval-ppl", "--model", str(out), "--data", str(evaluation), "--seq-len", "64", "--json", str(row_path),
                  "--rounds", "1", "--prefill-len", "32", "--decode-tokens", "4"])
