@@ -8,7 +8,8 @@
 2. Load memory. Peak RSS growth while loading and running a first forward pass (transformers maps
    the weight files lazily; they become resident on first use), in a fresh subprocess per load, dense
    vs compressed, interleaved, median over rounds. Also on a 110M-parameter random-weight Llama (plain SVD at the same
-   ratio; weights do not matter for memory or speed), where the model, not the interpreter, dominates.
+   ratio; weights do not matter for memory or speed), where the model, not the interpreter, dominates;
+   its bf16 and int8 files show the disk saving where the linear layers dominate the file.
 3. Speed. Prefill (one 512-token prompt) and batch-1 decode tokens/s, compressed vs dense, measured
    interleaved in one process; the median of per-round ratios next to the predicted FLOP ratio.
 """
@@ -158,6 +159,12 @@ def main() -> None:
     save_compressed(large_c, tokenizer, work / "large-svd", {}, str(work / "large-dense"))
     results["large"] = {"config": LARGE, "linear_ratio": large_result.linear_ratio, "model_ratio": large_result.model_ratio,
                         "compress_s": time.time() - start}
+    # int8 against bf16 on disk where the linear layers dominate the file (random weights: sizes only, no PPL)
+    large_q = copy.deepcopy(large_c)
+    quantize_int8(large_q)
+    for name, m in (("bf16", large_c), ("int8_bf16", large_q)):
+        path = save_compressed(m, tokenizer, work / f"large-svd-{name}", {}, str(work / "large-dense"), dtype=torch.bfloat16)
+        results["large"][f"{name}_disk_bytes"], results["large"][f"{name}_linear_bytes"] = disk_bytes(path), linear_bytes(path)
     results["load_memory_large"] = load_memory({"dense": work / "large-dense", "svd": work / "large-svd"}, args.rounds)
     print("load memory (large)", results["load_memory_large"], flush=True)
     atomic_write_json(args.out, results)

@@ -54,6 +54,14 @@ def artifact_tables(a: dict) -> list[str]:
             for name, v in a[key].items():
                 out.append(f"| {name} | {v['disk_bytes']} | {v['after_load_mib']:.1f} | {v['peak_growth_mib']:.1f} | "
                            f"{', '.join(f'{x:.1f}' for x in v['rounds'])} |")
+    lg = a.get("large", {})
+    if "int8_bf16_disk_bytes" in lg:
+        out += ["", f"110M random-weight Llama, SVD at {lg['linear_ratio']:.4f}x, rest in bf16:", "",
+                "| storage | weight files (bytes) | decoder linear-layer bytes |", "|---|---|---|",
+                f"| bf16 | {lg['bf16_disk_bytes']} | {lg['bf16_linear_bytes']} |",
+                f"| int8 factors | {lg['int8_bf16_disk_bytes']} | {lg['int8_bf16_linear_bytes']} |",
+                f"| bf16 / int8 | {lg['bf16_disk_bytes'] / lg['int8_bf16_disk_bytes']:.2f}x | "
+                f"{lg['bf16_linear_bytes'] / lg['int8_bf16_linear_bytes']:.2f}x |"]
     for key, title in (("speed_base", "WikiText base"), ("speed_large", "110M random-weight Llama")):
         if key in a:
             out += ["", f"Speed, {title} ({a['threads']} thread):", "",
