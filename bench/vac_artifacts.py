@@ -40,6 +40,20 @@ LARGE = dict(vocab_size=8192, hidden_size=1024, intermediate_size=2816, num_hidd
              num_key_value_heads=16, tie_word_embeddings=True, max_position_embeddings=2048)
 
 
+def peak_rss_kib() -> int:
+    """High-water RSS of this process's own address space (VmHWM, KiB).
+
+    Not ru_maxrss: Linux carries the parent's RSS at fork into a child's ru_maxrss across exec, so every
+    child reported the benchmark process's own size (about 1.3 GB with the 110M models held), not its load.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+
+
 def child_load(path: str) -> None:
     """Subprocess body: load `path`, run one short forward pass; print RSS before, after loading, and the peak (KiB).
 
@@ -55,7 +69,7 @@ def child_load(path: str) -> None:
     loaded = proc.memory_info().rss // 1024
     with torch.no_grad():
         model(input_ids=torch.tensor([[1, 2, 3, 4]]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     print(json.dumps({"rss_before_kib": before, "rss_loaded_kib": loaded, "peak_kib": peak,
                       "params": unique_param_count(model)}))
 
