@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--nll-weight", type=float, default=0.0)
     ap.add_argument("--lora-lr", type=float, default=3e-4, help="LoRA adapters start at zero: a higher rate")
     ap.add_argument("--search-budget", type=int, default=8)
+    ap.add_argument("--recover-seed", type=int, default=0, help="batch order of recovery; rows of seeds > 0 are keyed .../seedN")
+    ap.add_argument("--methods-only", action="store_true", help="skip the VAC variants (kd+nll, lora, search)")
     ap.add_argument("--out", default=str(RESULTS / "vac_quality.json"))
     args = ap.parse_args()
     setup_threads()
@@ -67,12 +69,14 @@ def main() -> None:
     if "dense" not in results["rows"]:
         record("dense", evaluate(teacher))
 
-    rspec = RecoverSpec(mode="kd", steps=args.recover_steps, lr=args.recover_lr, nll_weight=args.nll_weight)
+    rspec = RecoverSpec(mode="kd", steps=args.recover_steps, lr=args.recover_lr, nll_weight=args.nll_weight, seed=args.recover_seed)
     for ratio in args.ratios:
         # kd+nll: the published recipe's NLL term (weight 1) next to the KL, to show what it does here
-        jobs = [(m, "kd") for m in args.methods] + [("vac", "kd+nll"), ("vac", "lora"), ("vac-search", "kd")]
+        jobs = [(m, "kd") for m in args.methods]
+        if not args.methods_only:
+            jobs += [("vac", "kd+nll"), ("vac", "lora"), ("vac-search", "kd")]
         for method, mode in jobs:
-            key = f"{ratio}/{method}/{mode}"
+            key = f"{ratio}/{method}/{mode}" + (f"/seed{args.recover_seed}" if args.recover_seed else "")
             if key in results["rows"]:
                 continue
             start = time.time()
