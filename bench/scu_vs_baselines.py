@@ -48,6 +48,7 @@ from bench.harness.summary import summarize, transfer_rule, value_of
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (REPO.parent / "shared" / "data").resolve()
 MIDDLE = 1.0  # the S* multiplier of the headline SCU arm
+MEASUREMENT_VERSION = 2  # part of every job's hash: bump when what a job measures changes, so old cached results are not reused
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class Plan:
 
 def job_hash(job: Job, s: Settings, manifest: dict[str, Any]) -> str:
     """Changes whenever the job, the shared settings, the base or the data change: a cached result is reused only if equal."""
-    blob = json.dumps([asdict(job), asdict(s), manifest], sort_keys=True, default=str)
+    blob = json.dumps([MEASUREMENT_VERSION, asdict(job), asdict(s), manifest], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -42,7 +42,7 @@ class Job:
     config: dict[str, Any] = field(default_factory=dict)
     early_stop: bool = False  # track validation early stopping (patience PATIENCE) along the way
     switch_at: float | None = None  # fraction of the budget after which the training data switches
-    evals: str = "curve"  # "curve": val every eval, held-out along the way; "final": everything at the end only
+    evals: str = "curve"  # "curve": held-out along the way (and val, if early_stop); "final": everything at the end only
     kind: str = "train"  # "train", or "overhead": SCU and unregularized stepped alternately in one process
 
     @property
@@ -129,7 +129,7 @@ def run_job(job: Job, s: Settings, train_path: str, blocks: dict[str, np.ndarray
 def train_and_measure(job: Job, s: Settings, run: Run, blocks: dict[str, np.ndarray]) -> dict[str, Any]:
     t, st = run.cfg.training, run.state
     evaluate = Evaluator(run, blocks, s.eval_batch)
-    val_at = eval_steps(t.steps, s.val_evals) if job.evals == "curve" else set()
+    val_at = eval_steps(t.steps, s.val_evals) if job.evals == "curve" and job.early_stop else set()  # only patience reads it
     test_at = eval_steps(t.steps, s.test_evals) if job.evals == "curve" else set()
     switch_step = None if job.switch_at is None else round(t.steps * job.switch_at)
     rows: list[dict[str, Any]] = []
@@ -171,7 +171,8 @@ def train_and_measure(job: Job, s: Settings, run: Run, blocks: dict[str, np.ndar
                 bad_evals += 1
             if bad_evals >= PATIENCE:
                 early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, True)
-    final = {"step": st.step, **evaluate("val", "test", "wiki")}
+    last = curve[-1] if curve and curve[-1]["step"] == st.step else {}  # the last curve point is the final one
+    final = {"step": st.step, **last, **evaluate(*(n for n in ("val", "test", "wiki") if n not in last))}
     if job.early_stop and early is None and best_state is not None:  # never triggered: keep the best checkpoint
         early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, False)
     result: dict[str, Any] = {
