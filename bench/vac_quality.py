@@ -7,7 +7,7 @@ Base: the WikiText-103 Llama of bench/vac_common.py. Each (ratio, method) compre
 of the base on the same 64 calibration blocks, is evaluated on the whole WikiText-2 validation text
 (non-overlapping 128-token windows, token-weighted), then recovered by KD from the dense base and
 evaluated again (recovery keeps its state with the lowest KL to the dense model on held-out
-calibration blocks, step 0 included). VAC is also run with LoRA-only recovery, and with the evolutionary search (fitness
+calibration blocks, step 0 included; `--select final` keeps the last state instead). VAC is also run with LoRA-only recovery, and with the evolutionary search (fitness
 on held-out calibration blocks only). Every row records the achieved ratio. Rows already in --out
 are kept and skipped, so an interrupted run resumes.
 """
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--search-budget", type=int, default=8)
     ap.add_argument("--recover-seed", type=int, default=0, help="batch order of recovery; rows of seeds > 0 are keyed .../seedN")
     ap.add_argument("--methods-only", action="store_true", help="skip the VAC variants (kd+nll, lora, search)")
+    ap.add_argument("--select", choices=["heldout-kl", "final"], default="heldout-kl",
+                    help="recovery keeps its lowest held-out-KL state, or its last one (rows keyed .../final)")
     ap.add_argument("--out", default=str(RESULTS / "vac_quality.json"))
     args = ap.parse_args()
     setup_threads()
@@ -76,7 +78,8 @@ def main() -> None:
         if not args.methods_only:
             jobs += [("vac", "kd+nll"), ("vac", "lora"), ("vac-search", "kd")]
         for method, mode in jobs:
-            key = f"{ratio}/{method}/{mode}" + (f"/seed{args.recover_seed}" if args.recover_seed else "")
+            key = (f"{ratio}/{method}/{mode}" + (f"/seed{args.recover_seed}" if args.recover_seed else "")
+                   + ("/final" if args.select == "final" else ""))
             if key in results["rows"]:
                 continue
             start = time.time()
@@ -95,11 +98,13 @@ def main() -> None:
             lr = args.lora_lr if mode == "lora" else args.recover_lr
             spec = RecoverSpec(**{**vars(rspec), "mode": "kd" if mode == "kd+nll" else mode, "lr": lr,
                                   "nll_weight": 1.0 if mode == "kd+nll" else rspec.nll_weight})
-            model, history = recover(model, teacher, data["recover"], spec, heldout=data["heldout"])
+            model, history = recover(model, teacher, data["recover"], spec,
+                                     heldout=data["heldout"] if args.select == "heldout-kl" else None)
             after = evaluate(model)
             row |= {"recover": mode, "recover_lr": lr, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
-                    "nll_weight": spec.nll_weight, "recover_final": history[-1], "recover_selected": next(r for r in history if r.get("selected")),
-                    "recover_history_start": history[0]["heldout_kl"],
+                    "nll_weight": spec.nll_weight, "recover_final": history[-1], "select": args.select,
+                    "recover_selected": next((r for r in history if r.get("selected")), history[-1]),
+                    "recover_history_start": history[0].get("heldout_kl"),
                     "ranks": result.ranks}
             record(key, row)
 

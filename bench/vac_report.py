@@ -1,11 +1,13 @@
 """Markdown tables of the VAC benchmark results (for docs/vac.md).
 
-    python -m bench.vac_report [--quality bench/results/vac_quality*.json] [--artifacts bench/results/vac_artifacts.json]
+    python -m bench.vac_report [--quality bench/results/vac_quality*.json] [--spread bench/results/vac_recovery_spread*.json]
+                               [--artifacts bench/results/vac_artifacts.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 from bench.vac_common import RESULTS, load_results
 
@@ -15,7 +17,23 @@ LABELS = {"svd": "SVD", "fwsvd": "FWSVD", "asvd": "ASVD", "whiten": "whitening (
 
 def kept(r: dict) -> str:
     sel, first = r["recover_selected"], r["recover_history_start"]
+    if first is None:
+        return f"{sel['step']} (last; no selection)"
     return f"{sel['step']} ({first:.5f} → {sel['heldout_kl']:.5f})"
+
+
+def spread_table(rows: dict) -> list[str]:
+    """PPL after recovery over recovery seeds (batch order), per ratio, method and selection rule."""
+    groups: dict[tuple, list[float]] = {}
+    for key, r in rows.items():
+        if key != "dense" and r.get("recover") == "kd" and r["method"] != "vac-search":
+            groups.setdefault((r["ratio"], r["method"], r.get("select", "heldout-kl")), []).append(r["ppl_after"])
+    out = ["| ratio | method | recovery keeps | PPL after recovery, per seed | mean ± std |", "|---|---|---|---|---|"]
+    for (ratio, method, select), ppls in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2] != "heldout-kl", statistics.fmean(kv[1]))):
+        if len(ppls) > 1:
+            out.append(f"| {ratio} | {LABELS.get(method, method)} | {'lowest held-out KL' if select == 'heldout-kl' else 'last state'} | "
+                       f"{', '.join(f'{p:.2f}' for p in ppls)} | {statistics.fmean(ppls):.2f} ± {statistics.stdev(ppls):.2f} |")
+    return out if len(out) > 2 else []
 
 
 def quality_tables(q: dict) -> list[str]:
@@ -77,6 +95,8 @@ def artifact_tables(a: dict) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quality", nargs="+", default=sorted(str(p) for p in RESULTS.glob("vac_quality*.json")))
+    ap.add_argument("--spread", nargs="+", default=sorted(str(p) for p in RESULTS.glob("vac_recovery_spread*.json")),
+                    help="vac_quality runs at other --recover-seed values (and --select final), for the seed spread")
     ap.add_argument("--artifacts", default=str(RESULTS / "vac_artifacts.json"))
     args = ap.parse_args()
     from pathlib import Path
@@ -84,8 +104,11 @@ def main() -> None:
     q: dict = {"rows": {}}
     for path in args.quality:  # one file per ratio when they run in parallel
         q["rows"] |= load_results(Path(path)).get("rows", {})
+    seeds = dict(q["rows"])
+    for path in args.spread:
+        seeds |= load_results(Path(path)).get("rows", {})
     a = load_results(Path(args.artifacts))
-    lines = (quality_tables(q) if q["rows"] else []) + [""] + (artifact_tables(a) if a else [])
+    lines = (quality_tables(q) if q["rows"] else []) + [""] + spread_table(seeds) + [""] + (artifact_tables(a) if a else [])
     print("\n".join(lines))
 
 

@@ -12,7 +12,7 @@ from scu.data.text import load_documents
 from scu.vac.compress import ORDERS, CompressSpec, compress
 from scu.vac.data import blocks, calibration_split, check_disjoint
 from scu.vac.factorize import METHODS
-from scu.vac.io import check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
+from scu.vac.io import cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
 from scu.vac.recover import MODES, RecoverSpec, recover
 
 
@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"eval ppl {report['eval_ppl']['ppl']:.3f} (dense {report['eval_ppl_dense']['ppl']:.3f})", file=sys.stderr)
     report["seconds"] = time.time() - start
     base = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
-    dtype = getattr(torch, args.save_dtype) if args.save_dtype else None
-    save_compressed(model, tokenizer, out, report, base, args.max_shard_size, dtype)
+    if args.save_dtype:  # in place: the model is not used after this, and a cast copy would double its memory
+        cast_floats(model, getattr(torch, args.save_dtype))
+    save_compressed(model, tokenizer, out, report, base, args.max_shard_size)
     print(out)
     return 0
 

@@ -9,6 +9,8 @@ directly. The directory is written under a temporary name and renamed into place
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 import re
@@ -85,10 +87,13 @@ def save_compressed(
 ) -> Path:
     """Write the compressed `model` (its factorized layers as they are, int8 or not) to `out`.
 
-    `dtype` casts the floating-point weights first (in place), e.g. bfloat16 next to int8 factors.
+    `dtype` saves the floating-point weights cast to it, e.g. bfloat16 next to int8 factors. The cast is
+    made on a copy: the caller's model keeps its dtype (cast it in place with `cast_floats` first, and pass
+    no dtype, where the copy's memory matters).
     """
     out = check_output_dir(out)
     if dtype is not None:
+        model = copy.deepcopy(model)
         cast_floats(model, dtype)
     ranks = factorized_ranks(model)
     int8 = any(m.int8 for m in model.modules() if is_factorized(m))

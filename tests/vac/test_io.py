@@ -105,6 +105,17 @@ def test_int8_roundtrip_halves_the_factor_bytes(compressed, tokenizer, calib, tm
     assert saved == pytest.approx(factor_bytes(bf16) - factor_bytes(int8_bf16), rel=0.1)  # less the scales' header entries
 
 
+def test_saving_in_another_dtype_leaves_the_model_as_it_was(compressed, tokenizer, calib, tmp_path):
+    with torch.no_grad():
+        before = compressed(input_ids=calib[:2]).logits
+    out = save(compressed, tokenizer, tmp_path / "bf16", dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in compressed.parameters())
+    with torch.no_grad():
+        assert torch.equal(compressed(input_ids=calib[:2]).logits, before)
+    loaded = load_model(str(out))
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+
+
 def test_refuses_a_non_empty_output_directory(compressed, tokenizer, tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("x")
