@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.vac_common import RESULTS, SEQ_LEN, base_dir, load_data, setup_threads
+from bench.vac_common import RESULTS, SEQ_LEN, open_bench, setup_threads
 from scu.report.records import atomic_write_json
 from scu.vac.compress import CompressSpec, compress, unique_param_count
 from scu.vac.evaluate import disk_bytes, measure_speed, median_ratio, perplexity, predicted_prefill_flop_ratio
@@ -128,11 +128,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child_load:
         return child_load(args.child_load)
-    setup_threads()
-    base = base_dir()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    data = load_data(tokenizer)
-    fresh = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # noqa: E731
+    bench = open_bench()
+    base, tokenizer, data, fresh = bench.base, bench.tokenizer, bench.data, bench.fresh
     work = Path(tempfile.mkdtemp(prefix="vac_artifacts-"))
     results: dict = {"ratio": args.ratio, "threads": torch.get_num_threads(), "work_dir": str(work)}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,3 +57,27 @@ def base_dir() -> Path:
 
 def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class Bench:
+    """What every VAC benchmark starts from: the base model's directory, its tokenizer and the data."""
+
+    base: Path
+    tokenizer: Any
+    data: dict
+
+    def fresh(self) -> torch.nn.Module:
+        """A new float32 copy of the dense base, in eval mode."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32).eval()
+
+
+def open_bench() -> Bench:
+    from transformers import AutoTokenizer
+
+    setup_threads()
+    base = base_dir()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    return Bench(base, tokenizer, load_data(tokenizer))

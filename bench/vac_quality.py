@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.vac_common import RESULTS, SEQ_LEN, base_dir, load_data, load_results, setup_threads
+from bench.vac_common import RESULTS, SEQ_LEN, load_results, open_bench
 from scu.report.records import atomic_write_json
 from scu.vac.compress import CompressSpec, compress
 from scu.vac.evaluate import perplexity
@@ -44,11 +43,8 @@ def main() -> None:
                     help="recovery keeps its lowest held-out-KL state, or its last one (rows keyed .../final)")
     ap.add_argument("--out", default=str(RESULTS / "vac_quality.json"))
     args = ap.parse_args()
-    setup_threads()
-    base = base_dir()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    data = load_data(tokenizer)
-    fresh = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # noqa: E731
+    bench = open_bench()
+    base, data, fresh = bench.base, bench.data, bench.fresh
     teacher = fresh()
     out = Path(args.out)
     results = load_results(out)

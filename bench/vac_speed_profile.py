@@ -17,10 +17,10 @@ import statistics
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.vac_artifacts import LARGE
-from bench.vac_common import RESULTS, base_dir, load_data, setup_threads
+from bench.vac_common import RESULTS, open_bench
 from scu.report.records import atomic_write_json
 from scu.vac.compress import CompressSpec, compress
 from scu.vac.evaluate import linear_flops_params, measure_speed, median_ratio
@@ -81,11 +81,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS / "vac_speed_profile.json"))
     args = ap.parse_args()
-    setup_threads()
-    base = base_dir()
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    data = load_data(tokenizer)
-    fresh = lambda: AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()  # noqa: E731
+    bench = open_bench()
+    tokenizer, data, fresh = bench.tokenizer, bench.data, bench.fresh
     vac = fresh()
     compress(vac, data["calib"], CompressSpec("vac", args.ratio))
     results = {"ratio": args.ratio, "prefill_tokens": PREFILL, "threads": torch.get_num_threads(), "rounds": args.rounds}
