@@ -24,7 +24,7 @@ from bench.vac_common import RESULTS, SEQ_LEN, load_results, open_bench
 from scu.report.records import atomic_write_json
 from scu.vac.compress import CompressSpec, compress
 from scu.vac.evaluate import perplexity
-from scu.vac.recover import RecoverSpec, recover
+from scu.vac.recover import RecoverSpec, kept_row, recover
 from scu.vac.search import evolve
 
 
@@ -99,7 +99,7 @@ def main() -> None:
             after = evaluate(model)
             row |= {"recover": mode, "recover_lr": lr, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
                     "nll_weight": spec.nll_weight, "recover_final": history[-1], "select": args.select,
-                    "recover_selected": next((r for r in history if r.get("selected")), history[-1]),
+                    "recover_selected": kept_row(history),
                     "recover_history_start": history[0].get("heldout_kl"),
                     "ranks": result.ranks}
             record(key, row)

@@ -261,7 +261,7 @@ class StopOnSignal:
         signal.signal(signal.SIGINT, self.previous)
 
 
-def progress_text(row: dict[str, Any], tokens_per_s: float, run: LoopRun) -> str:
+def progress_text(row: dict[str, Any], tokens_per_s: float) -> str:
     parts = [f"bpt {row['data_bpt']:.3f}"]
     if row["s"] is not None:
         parts.append(f"S {100 * row['s']:.2f}%/{100 * row['target_s']:g}%")
@@ -335,7 +335,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
                 run.metrics.append(row)
                 for reason in row.get("reasons", []):
                     bar.write(reason)
-            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), run))
+            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9)))
             if st.step % t.checkpoint_every == 0:
                 backend.save_checkpoint(run)
                 backend.write_outputs(run, "running", False)

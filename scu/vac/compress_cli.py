@@ -13,7 +13,7 @@ from scu.vac.compress import ORDERS, CompressSpec, compress
 from scu.vac.data import blocks, calibration_split, check_disjoint
 from scu.vac.factorize import METHODS
 from scu.vac.io import cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
-from scu.vac.recover import MODES, RecoverSpec, recover
+from scu.vac.recover import MODES, RecoverSpec, kept_row, recover
 
 
 def register(subparsers) -> None:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         recover_blocks = blocks(profile_docs, tokenizer, args.seq_len, None, args.seed)
         model, history = recover(model, make_model(), recover_blocks, rspec, heldout=heldout if len(heldout) else None,
                                  verbose=True)
-        chosen = next((row for row in history if row.get("selected")), history[-1])
+        chosen = kept_row(history)
         report["recover"] = {**vars(rspec), "final": history[-1], "selected": chosen}
         if "heldout_kl" in chosen:
             print(f"recovery: kept step {chosen['step']} of {rspec.steps} (held-out KL {chosen['heldout_kl']:.5f}, "

@@ -62,7 +62,8 @@ def kd_loss(
     t = F.log_softmax(teacher_logits[:, :-1].float(), dim=-1)
     kl = (t.exp() * (t - s)).sum(-1).mean()
     nll = F.nll_loss(s.reshape(-1, s.shape[-1]), input_ids[:, 1:].reshape(-1))
-    return kl + nll_weight * nll, {"kl": kl.item(), "nll": nll.item()}
+    kl_value, nll_value = torch.stack([kl.detach(), nll.detach()]).tolist()  # one host sync for both
+    return kl + nll_weight * nll, {"kl": kl_value, "nll": nll_value}
 
 
 @torch.no_grad()
@@ -73,6 +74,11 @@ def heldout_kl(student: nn.Module, teacher: nn.Module, blocks: torch.Tensor, bat
         ids = blocks[i : i + batch_size]
         total += kd_loss(student(input_ids=ids).logits, teacher(input_ids=ids).logits, ids, 0.0)[1]["kl"] * len(ids)
     return total / len(blocks)
+
+
+def kept_row(history: list[dict]) -> dict:
+    """The history row of the state recovery left the student in: the selected one, else the last."""
+    return next((row for row in history if row.get("selected")), history[-1])
 
 
 def factor_modules(model: nn.Module) -> dict[str, nn.Linear]:
@@ -158,7 +164,7 @@ def recover(
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "loss": loss.item(), **parts})
+        history.append({"step": step + 1, "loss": parts["kl"] + spec.nll_weight * parts["nll"], **parts})
         if heldout is not None and ((step + 1) % spec.select_every == 0 or step + 1 == spec.steps):
             select(history[-1])
         if verbose and (step + 1) % max(1, spec.steps // 10) == 0:
