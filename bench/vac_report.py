@@ -1,7 +1,7 @@
 """Markdown tables of the VAC benchmark results (for docs/vac.md).
 
     python -m bench.vac_report [--quality bench/results/vac_quality*.json] [--spread bench/results/vac_recovery_spread*.json]
-                               [--artifacts bench/results/vac_artifacts.json]
+                               [--artifacts bench/results/vac_artifacts.json] [--softening bench/results/vac_softening.json]
 """
 
 from __future__ import annotations
@@ -58,6 +58,21 @@ def quality_tables(q: dict) -> list[str]:
     return out
 
 
+def softening_tables(s: dict) -> list[str]:
+    """The dense model at temperatures, then each model next to the dense one flattened to its WikiText-2 entropy."""
+    out = ["| dense at temperature T | WikiText-2 PPL | WikiText-2 entropy (nats) | held-out calibration PPL |", "|---|---|---|---|"]
+    out += [f"| {r['T']} | {r['wiki2_ppl']:.2f} | {r['wiki2_entropy']:.4f} | {r['heldout_calib_ppl']:.3f} |" for r in s["dense_temperature"]]
+    out += ["", "| ratio | method | stage | WikiText-2 PPL | WikiText-2 entropy (nats) | dense at the same entropy: T, PPL | held-out calibration PPL |",
+            "|---|---|---|---|---|---|---|"]
+    for key, r in s.get("rows", {}).items():
+        ratio, method = key.split("/")
+        for stage in ("before", "after"):
+            x = r[stage]
+            out.append(f"| {ratio} | {LABELS.get(method, method)} | {stage} recovery | {x['wiki2_ppl']:.2f} | {x['wiki2_entropy']:.4f} | "
+                       f"{x['dense_matched_T']:.4f}, {x['dense_ppl_at_matched_T']:.2f} | {x['heldout_calib_ppl']:.3f} |")
+    return out
+
+
 def artifact_tables(a: dict) -> list[str]:
     s = a["save_load"]
     out = [f"VAC at {a['ratio']}x (linear ratio {s['linear_ratio']:.4f}, whole model {s['model_ratio']:.3f}); dense PPL {s['dense_ppl']:.2f}, "
@@ -98,6 +113,7 @@ def main() -> None:
     ap.add_argument("--spread", nargs="+", default=sorted(str(p) for p in RESULTS.glob("vac_recovery_spread*.json")),
                     help="vac_quality runs at other --recover-seed values (and --select final), for the seed spread")
     ap.add_argument("--artifacts", default=str(RESULTS / "vac_artifacts.json"))
+    ap.add_argument("--softening", default=str(RESULTS / "vac_softening.json"))
     args = ap.parse_args()
     from pathlib import Path
 
@@ -107,8 +123,9 @@ def main() -> None:
     seeds = dict(q["rows"])
     for path in args.spread:
         seeds |= load_results(Path(path)).get("rows", {})
-    a = load_results(Path(args.artifacts))
-    lines = (quality_tables(q) if q["rows"] else []) + [""] + spread_table(seeds) + [""] + (artifact_tables(a) if a else [])
+    a, soft = load_results(Path(args.artifacts)), load_results(Path(args.softening))
+    lines = ((quality_tables(q) if q["rows"] else []) + [""] + spread_table(seeds) + [""] + (softening_tables(soft) if soft else [])
+             + [""] + (artifact_tables(a) if a else []))
     print("\n".join(lines))
 
 
