@@ -25,17 +25,14 @@ import scu.torch.loop as torch_loop
 from bench.scu_overhead import BASES
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
-from scu.driver import current_lambda, record_step, scheduled_lr
+from scu.driver import optimizer_step
 from scu.models.tiny import cached_base
 
 
 def timed_step(loop, run) -> float:
     """One loop-body step of `loop` (scu.mlx.loop or scu.torch.loop) on `run`, in seconds."""
     t0 = time.perf_counter()
-    run.state.step += 1
-    lam, lr = current_lambda(run), scheduled_lr(run.state.step, run.cfg.training)
-    res = loop.train_step(run, lam, lr)
-    record_step(run, res, lam, lr, 0.0)
+    optimizer_step(run, loop.train_step)  # the controllers' share is timed too
     return time.perf_counter() - t0
 
 

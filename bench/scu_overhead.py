@@ -21,7 +21,7 @@ import torch
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.demo import DEMO_BASE
-from scu.driver import current_lambda, record_step, scheduled_lr
+from scu.driver import optimizer_step
 from scu.models.tiny import BaseSpec, cached_base
 from scu.torch.loop import setup, train_step
 
@@ -30,10 +30,7 @@ BASES = {"demo": DEMO_BASE, "test": BaseSpec(corpus="stdlib", max_chars=400_000,
 
 def timed_step(run) -> float:
     t0 = time.perf_counter()
-    run.state.step += 1
-    lam, lr = current_lambda(run), scheduled_lr(run.state.step, run.cfg.training)
-    res = train_step(run, lam, lr)
-    record_step(run, res, lam, lr, 0.0)
+    optimizer_step(run, train_step)  # the controllers' share is timed too
     return time.perf_counter() - t0
 
 

@@ -190,6 +190,28 @@ def record_step(run: LoopRun, res: StepResult, lam_used: float, lr: float, dt: f
     return row
 
 
+def optimizer_step(
+    run: LoopRun, train_step: Callable[[Any, float, float], StepResult]
+) -> tuple[StepResult, dict[str, Any] | None, float]:
+    """One step at the controlled λ and scheduled LR, measured and shown to the controllers.
+
+    Returns (result, metrics row, seconds); the row is None for a NaN/inf step, which is counted and skipped.
+    """
+    st = run.state
+    lam = current_lambda(run)
+    lr = scheduled_lr(st.step + 1, run.cfg.training) * st.lr_factor
+    t0 = time.perf_counter()
+    res = train_step(run, lam, lr)
+    dt = time.perf_counter() - t0
+    st.step += 1
+    if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
+        st.nan_skips += 1
+        st.consecutive_nan += 1
+        return res, None, dt
+    st.consecutive_nan = 0
+    return res, record_step(run, res, lam, lr, dt), dt
+
+
 def metadata(run: LoopRun, status: str) -> dict[str, Any]:
     cfg, st, last = run.cfg, run.state, run.state.last
     counted = max(1, st.step - st.nan_skips)
@@ -308,16 +330,9 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
         thermal.start(run.out, st.step)
     with StopOnSignal() as sig:
         while st.step < t.steps:
-            lam = current_lambda(run)
-            lr = scheduled_lr(st.step + 1, t) * st.lr_factor
-            t0 = time.perf_counter()
-            res = backend.train_step(run, lam, lr)
-            dt = time.perf_counter() - t0
-            st.step += 1
+            res, row, dt = optimizer_step(run, backend.train_step)
             bar.update(1)
-            if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
-                st.nan_skips += 1
-                st.consecutive_nan += 1
+            if row is None:
                 if st.consecutive_nan >= MAX_CONSECUTIVE_NAN:
                     backend.save_checkpoint(run)
                     backend.write_outputs(run, "failed: NaN loss", False)
@@ -326,8 +341,6 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
                         "lower training.learning_rate or use fp32 (model.dtype)"
                     )
                 continue
-            st.consecutive_nan = 0
-            row = record_step(run, res, lam, lr, dt)
             if t.eval_every and st.step % t.eval_every == 0 and run.data.val is not None:
                 row["val_bpt"] = backend.val_bpt(run)
             st.last = row

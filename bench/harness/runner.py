@@ -1,7 +1,8 @@
 """One fine-tune of the harness, driven step by step through the product's loop (scu.torch.loop).
 
-The harness calls the loop's own `setup`, `train_step` and `record_step`, so every arm trains exactly as
-`scu train` would with the same config; around those calls it adds what `scu train` does not do:
+The harness steps the loop's own `train_step` through `scu.driver.optimizer_step`, as `scu train`
+does, so every arm trains exactly as `scu train` would with the same config; between steps it adds
+what `scu train` does not do:
 held-out evaluations at intervals, validation early stopping with a restored best checkpoint, the
 held-out BPT at the step where auto-stop fires (the run then continues to the budget, which it may:
 the detector only observes), and a mid-run switch of the training data.
@@ -24,7 +25,7 @@ import torch
 from bench.scu_overhead import timed_step
 from scu.config.schema import build_config
 from scu.core.tracking import tracking
-from scu.driver import BlockOrder, current_lambda, record_step, scheduled_lr
+from scu.driver import BlockOrder, optimizer_step
 from scu.eval.bpt import block_bpt
 from scu.torch.loop import Run, setup, train_step
 from scu.torch.regularizer import LoraPenalty
@@ -143,16 +144,9 @@ def train_and_measure(job: Job, s: Settings, run: Run, blocks: dict[str, np.ndar
     while st.step < t.steps:
         if switch_step is not None and st.step == switch_step:
             switch_info = switch_data(run, blocks["switch"])
-        lam = current_lambda(run)
-        lr = scheduled_lr(st.step + 1, t) * st.lr_factor
-        t0 = time.perf_counter()
-        res = train_step(run, lam, lr)
-        dt = time.perf_counter() - t0
-        st.step += 1
-        if not (math.isfinite(res.data_nats) and math.isfinite(res.grad_norm)):
-            st.nan_skips += 1
+        _, row, _ = optimizer_step(run, train_step)
+        if row is None:  # NaN/inf step: skipped, as `scu train` skips it
             continue
-        row = record_step(run, res, lam, lr, dt)
         st.last = row
         rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
         if row.get("stop") and auto is None:  # λ-equilibrium with auto_stop: where `scu train --auto-stop` ends
