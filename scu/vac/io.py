@@ -10,7 +10,6 @@ directly. The directory is written under a temporary name and renamed into place
 from __future__ import annotations
 
 import copy
-
 import json
 import os
 import re
