@@ -16,7 +16,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,8 +33,10 @@ from scu.core.simplified import SimplifiedController, regularized_target
 from scu.core.telemetry import Action, StepTelemetry, merge
 from scu.data.corpus import TrainData
 from scu.report.records import MetricsLog, atomic_write_json, package_versions
+from scu.rundir import base_fingerprint, fingerprint
 
 MAX_CONSECUTIVE_NAN = 10
+STOPPED_BY_SIGNAL = {"interrupted": 130, "terminated": 143}  # status -> the shell's exit code for SIGINT / SIGTERM
 
 
 @dataclass
@@ -57,6 +59,57 @@ class RunState:
     wall_time: float = 0.0
     equilibrium_step: int | None = None
     last: dict[str, Any] = field(default_factory=dict)  # the last metrics row
+    fingerprints: dict[str, str] = field(default_factory=dict)  # train/val blocks and base weights (scu.rundir)
+
+
+# Keys that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_every"), ("training", "eval_every"), ("equilibrium", "auto_stop")}
+FINGERPRINTED = {"train": "training data", "val": "validation data", "base": "base model's weights"}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    out = []
+    for section, values in current.items():
+        for key, value in values.items():
+            old = (saved.get(section) or {}).get(key)
+            if old != value and (section, key) not in RESUMABLE_CHANGES:
+                out.append(f"{section}.{key}: {old!r} -> {value!r}")
+    return out
+
+
+def restored_state(run: LoopRun, saved_state: dict[str, Any], saved_config: dict[str, Any]) -> RunState:
+    """The checkpoint's loop state, once the config, data and base are shown to be the ones it was trained with."""
+    changes = config_changes(saved_config, run.cfg.model_dump(mode="json"))
+    if changes:
+        raise ScuError(f"the config differs from the checkpoint's ({'; '.join(changes[:3])}); resume with the original config")
+    saved_prints = saved_state.get("fingerprints") or {}
+    for what, value in run.state.fingerprints.items():
+        if saved_prints.get(what, value) != value:
+            raise ScuError(
+                f"the {FINGERPRINTED[what]} changed since the checkpoint was written; resume with the original, "
+                "or start a new run with --overwrite"
+            )
+    if saved_state["step"] > run.cfg.training.steps:
+        raise ScuError(
+            f"the checkpoint is at step {saved_state['step']}, past training.steps {run.cfg.training.steps}; "
+            f"resume with --steps above {saved_state['step']}"
+        )
+    state = RunState(**{f.name: saved_state[f.name] for f in fields(RunState) if f.name in saved_state})
+    state.fingerprints = run.state.fingerprints
+    return state
+
+
+def run_fingerprints(cfg: Config, data: TrainData) -> dict[str, str]:
+    """What a checkpoint must be resumed with: the packed train and validation blocks, and the base weights."""
+    return {"train": fingerprint([data.train]), "val": fingerprint([data.val]), "base": base_fingerprint(cfg.model.base_model)}
+
+
+def check_block_size(cfg: Config, context: int | None) -> None:
+    if context and cfg.training.block_size > context:
+        raise ScuError(
+            f"training.block_size {cfg.training.block_size} exceeds the model's context of {context} tokens; "
+            f"set training.block_size to {context} or less"
+        )
 
 
 class BlockOrder:
@@ -266,21 +319,31 @@ def write_sscu_files(run: LoopRun) -> None:
 
 
 class StopOnSignal:
-    """First Ctrl-C: finish the current step, checkpoint, exit cleanly. Second Ctrl-C: default behaviour."""
+    """First Ctrl-C or SIGTERM (schedulers, `docker stop`): finish the step, checkpoint, exit cleanly.
+
+    A second signal of the same kind gets the default behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.received: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
 
     def __enter__(self) -> "StopOnSignal":
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous)
+        self.received = signum
+        signal.signal(signum, self.previous[signum])
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def progress_text(row: dict[str, Any], tokens_per_s: float) -> str:
@@ -353,13 +416,13 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
                 backend.save_checkpoint(run)
                 backend.write_outputs(run, "running", False)
             if sig.requested:
-                status = "interrupted"
+                status = "terminated" if sig.received == signal.SIGTERM else "interrupted"
                 break
             if row.get("stop"):
                 status = "stopped at equilibrium" if st.equilibrium_step == st.step else "stopped by a controller"
                 break
     bar.close()
-    if status != "interrupted" and run.data.val is not None and "val_bpt" not in st.last:
+    if status not in STOPPED_BY_SIGNAL and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = backend.val_bpt(run)
     backend.save_checkpoint(run)
     backend.write_outputs(run, status, True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scu import ScuError
 from scu.core.pi import PIConfig
@@ -22,7 +22,8 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan and inf are refused in every float: `--kp nan` must not "complete" on an untrained adapter
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -39,7 +40,7 @@ class ModelSection(Section):
 class LoraSection(Section):
     rank: int = 8
     alpha: float = 16
-    dropout: float = 0.05
+    dropout: float = Field(0.05, ge=0, lt=1)
     targets: list[str] = ALL_PROJECTIONS
     use_rslora: bool = False
     use_dora: bool = False
@@ -58,13 +59,13 @@ class ScuSection(Section):
 
     enabled: bool = True
     target_s: float = PIConfig.target_s
-    kp: float = PIConfig.kp
-    ki: float = PIConfig.ki
-    deadband: float = PIConfig.deadband
-    lambda_init: float = PIConfig.lambda_init
+    kp: float = Field(PIConfig.kp, gt=0)
+    ki: float = Field(PIConfig.ki, ge=0)
+    deadband: float = Field(PIConfig.deadband, ge=0)
+    lambda_init: float = Field(PIConfig.lambda_init, ge=0)
     lambda_min: float = PIConfig.lambda_min
     lambda_max: float = PIConfig.lambda_max
-    prior_sigma: float = 0.01
+    prior_sigma: float = Field(0.01, gt=0)
     prior: Literal["delta", "factors", "raw"] = "delta"
     law: Literal["pi", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
@@ -74,13 +75,6 @@ class ScuSection(Section):
     def _target_in_unit_interval(cls, v: float) -> float:
         if not 0.0 < v < 1.0:
             raise ValueError(f"scu.target_s must be in (0, 1), e.g. 0.05 for 5% (got {v})")
-        return v
-
-    @field_validator("prior_sigma")
-    @classmethod
-    def _positive_sigma(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("scu.prior_sigma must be > 0")
         return v
 
     @model_validator(mode="after")
@@ -101,19 +95,26 @@ class TrainingSection(Section):
     gradient_accumulation: int = 1
     block_size: int = 128
     steps: int = 300
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
-    eval_every: int = 0  # 0: evaluate only at the end
+    eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
 
-    @field_validator("batch_size", "gradient_accumulation", "block_size", "steps")
+    @field_validator("batch_size", "gradient_accumulation", "block_size", "steps", "checkpoint_every")
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         if v < 1:
-            raise ValueError("must be >= 1")
+            raise ValueError(f"must be >= 1 (got {v})")
+        return v
+
+    @field_validator("learning_rate", "max_grad_norm")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not 0 < v <= 10:
+            raise ValueError(f"must be in (0, 10], e.g. 2e-4 for a learning rate (got {v})")
         return v
 
 
@@ -121,7 +122,7 @@ class DataSection(Section):
     train_data: str = "path/to/train.jsonl"
     val_data: str | None = None
     tokens_per_epoch: int | None = None  # default: counted from the packed training set
-    val_fraction: float = 0.05
+    val_fraction: float = Field(0.05, ge=0, lt=1)  # 0: no validation split
     text_field: str = "text"
 
 
@@ -176,6 +177,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ScuError(f"{p} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
         if not isinstance(data, dict):
             raise ScuError(f"{p} must be a YAML mapping with sections model/lora/scu/training/data")
+    empty = [key for key, value in data.items() if value is None]
+    if empty:
+        raise ScuError(f"{empty[0]}: is empty in {path}; give it keys or delete the line")
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -183,6 +187,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ScuError(f"{key} in {path} must be a mapping of keys, not {node!r}; fix it to set {dotted}")
         node[leaf] = value
     return build_config(data)
 

@@ -340,7 +340,8 @@ def prepare(
     tok = load_tokenizer(tokenizer)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+    remove_dead_workdirs(out)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-{os.getpid()}-", dir=out.parent))
     bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     # K worker processes tokenize on one thread each (K processes = K cores), without the fork warning
@@ -372,6 +373,31 @@ def prepare(
         if bars_were_on:
             datasets.enable_progress_bars()
     return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_workdirs(out: Path) -> list[Path]:
+    """Delete the `.NAME.work-PID-*` folders that killed `data prepare` runs left beside `out`; return them.
+
+    A folder whose process still runs is another prepare in progress and is left alone; one without a
+    pid (written before pids were recorded) cannot be judged and is left alone too.
+    """
+    removed = []
+    for workdir in out.parent.glob(f".{out.name}.work-*"):
+        pid = workdir.name.removeprefix(f".{out.name}.work-").split("-", 1)[0]
+        if workdir.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(workdir, ignore_errors=True)
+            removed.append(workdir)
+    return removed
 
 
 def _move_into_place(staged: Path, out: Path) -> None:

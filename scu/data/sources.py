@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from scu import ScuError
-from scu.data.text import _row_text, split_txt
+from scu.data.text import _row_text, not_utf8, split_txt
 
 HUB_TIMEOUT_S = 10.0  # seconds for the reachability probe before any hub download
 TXT_READ_CHARS = 1 << 20
@@ -171,8 +171,8 @@ def iter_txt_documents(path: Path, read_chars: int = TXT_READ_CHARS) -> Iterator
     white space cut by a read boundary is split exactly as in the whole text.
     """
     buffer = ""
-    with path.open(encoding="utf-8", errors="replace") as f:
-        while chunk := f.read(read_chars):
+    with path.open(encoding="utf-8") as f:
+        while chunk := _read_utf8(f, path, read_chars):
             buffer += chunk
             cut = None
             for m in _PARAGRAPH_BREAK.finditer(buffer):
@@ -182,6 +182,13 @@ def iter_txt_documents(path: Path, read_chars: int = TXT_READ_CHARS) -> Iterator
                 yield from split_txt(buffer[: cut.start()])
                 buffer = buffer[cut.end() :]
     yield from split_txt(buffer)
+
+
+def _read_utf8(f: Any, path: Path, size: int) -> str:
+    try:
+        return f.read(size)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
 
 
 def join_articles(lines: Iterator[str]) -> Iterator[str]:

@@ -29,7 +29,7 @@ def load_documents(source: str | Path, text_field: str = "text", tokenizer: Any 
         if path.is_dir():
             return _load_datasets_dir(path, text_field)
         if path.suffix == ".txt":
-            docs = split_txt(path.read_text(encoding="utf-8", errors="replace"))
+            docs = split_txt(read_utf8(path))
         elif path.suffix in {".jsonl", ".json"}:
             docs = _load_jsonl(path, text_field, tokenizer)
         else:
@@ -47,23 +47,43 @@ def split_txt(text: str) -> list[str]:
     return [p.strip("\n") for p in re.split(r"\n\s*\n", text) if p.strip()]
 
 
+def not_utf8(path: Path, e: UnicodeDecodeError) -> ScuError:
+    return ScuError(
+        f"{path} is not UTF-8 text (it holds byte 0x{e.object[e.start]:02x}); "
+        f"convert it first, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
+    )
+
+
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are an error, never silent replacement characters."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
 def _load_jsonl(path: Path, text_field: str, tokenizer: Any) -> list[str]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScuError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
-            docs.append(_row_text(row, text_field, tokenizer, f"{path}:{lineno}"))
+    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ScuError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+        docs.append(_row_text(row, text_field, tokenizer, f"{path}:{lineno}"))
     return docs
 
 
 def _row_text(row: dict, text_field: str, tokenizer: Any, where: str) -> str:
+    if not isinstance(row, dict):
+        raise ScuError(f"{where} is a JSON {type(row).__name__}, not an object; write one {{\"{text_field}\": ...}} object per line")
     if text_field in row:
-        return str(row[text_field])
+        text = row[text_field]
+        if not isinstance(text, str):
+            shown = "null" if text is None else type(text).__name__
+            raise ScuError(f"{where}: `{text_field}` is {shown}, not a string; fix or remove that line")
+        return text
     if "messages" in row:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ScuError(f"{where} has chat `messages` but the tokenizer has no chat template; use a chat model or a `{text_field}` field")

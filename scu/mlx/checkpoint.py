@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from scu import ScuError
-from scu.driver import RunState
-from scu.torch.checkpoint import _config_changes
+from scu.driver import restored_state
+from scu.rundir import fsync_file
 
 if TYPE_CHECKING:
     from scu.mlx.loop import MlxRun
@@ -43,6 +43,7 @@ def save_checkpoint(run: "MlxRun") -> None:
     os.close(fd)
     try:
         mx.save_safetensors(tmp, arrays, metadata={"scu": json.dumps(record)})
+        fsync_file(tmp)
         os.replace(tmp, run.out / CHECKPOINT)
     except BaseException:
         os.unlink(tmp)
@@ -55,18 +56,16 @@ def load_checkpoint(run: "MlxRun") -> None:
     try:
         arrays, meta = mx.load(str(path), return_metadata=True)
         record = json.loads(meta["scu"])
+        record["state"], record["config"]
     except Exception as e:
         raise ScuError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it and start a new run without --resume"
+            f"checkpoint {path} is unreadable ({type(e).__name__}); start over with --overwrite or choose another --output"
         ) from None
-    changes = _config_changes(record["config"], run.cfg.model_dump(mode="json"))
-    if changes:
-        raise ScuError(f"the config differs from the checkpoint's ({'; '.join(changes[:3])}); resume with the original config")
     groups: dict[str, list] = {g: [] for g in GROUPS}
     for key, value in arrays.items():
         group, _, name = key.partition("/")
         groups[group].append((name, value))
-    run.state = RunState(**{f.name: record["state"][f.name] for f in fields(RunState) if f.name in record["state"]})
+    run.state = restored_state(run, record["state"], record["config"])
     run.model.load_weights(groups["trainable"], strict=False)
     run.optimizer.state = tree_unflatten(groups["optimizer"])
     if run.penalty is not None:

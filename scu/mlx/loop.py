@@ -20,7 +20,6 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
-from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import TrainData, load_train_val
@@ -29,8 +28,10 @@ from scu.driver import (
     BlockOrder,
     RunState,
     build_controllers,
+    check_block_size,
     drive,
     metadata,
+    run_fingerprints,
     write_sscu_files,
 )
 from scu.energy.runtime import ThermalRun
@@ -39,7 +40,8 @@ from scu.mlx.model import add_lora, load_base, peft_provenance, save_adapter
 from scu.mlx.penalty import LoraPenalty
 from scu.mlx.step import TrainStep, ce_sum
 from scu.report.card import write_model_card
-from scu.report.records import MetricsLog, atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json, atomic_write_text
+from scu.rundir import RunLock, check_output, claim
 
 
 @dataclass
@@ -60,18 +62,16 @@ class MlxRun:
     metrics: MetricsLog
     adapter_config: dict[str, Any]
     step: TrainStep | None = None
+    lock: RunLock | None = None
 
 
-def setup(cfg: Config, out: Path, resume: bool = False) -> MlxRun:
-    """Load and validate everything before the output directory is touched."""
+def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> MlxRun:
+    """Load and validate everything before the output directory is touched, then claim it."""
     out = Path(out)
-    has_run = (out / CHECKPOINT).exists() or (out / "metadata.json").exists()
-    if has_run and not resume:
-        raise ScuError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
-    if resume and not (out / CHECKPOINT).exists():
-        raise ScuError(f"no MLX checkpoint in {out} to resume from; drop --resume to start a new run")
+    check_output(out, CHECKPOINT, resume, overwrite)
     t = cfg.training
-    model, tokenizer, _ = load_base(cfg.model)
+    model, tokenizer, model_config = load_base(cfg.model)
+    check_block_size(cfg, model_config.get("max_position_embeddings"))
     data = load_train_val(cfg.data, tokenizer, t.block_size, t.seed)
     tokens_per_epoch = cfg.data.tokens_per_epoch or data.tokens_per_epoch
     adapter_config = add_lora(model, cfg.lora, t.seed, cfg.model.gradient_checkpointing)
@@ -89,8 +89,14 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> MlxRun:
     )
     if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
         run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, t.gradient_accumulation)
-    if resume:
-        load_checkpoint(run)
+    run.state.fingerprints = run_fingerprints(cfg, data)
+    run.lock = claim(out, CHECKPOINT, resume, overwrite)
+    try:
+        if resume:
+            load_checkpoint(run)
+    except BaseException:
+        run.lock.release()
+        raise
     run.step = TrainStep(model, optimizer, penalty)
     return run
 
@@ -130,7 +136,7 @@ def mlx_metadata(run: MlxRun, status: str) -> dict[str, Any]:
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
-    (run.out / "config.yaml").write_text(dump_config(run.cfg))
+    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", mlx_metadata(run, status))
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
@@ -139,12 +145,16 @@ def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
         run.controllers["thermal"].write()
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune under SCU control on MLX; returns metadata.json's content."""
-    run = setup(cfg, Path(out), resume)
-    run.out.mkdir(parents=True, exist_ok=True)
+def train(
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Fine-tune under SCU control on MLX; returns metadata.json's content (`out` as for scu.torch.loop.train)."""
+    run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
         "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
         save_checkpoint, write_outputs,
     )
-    return mlx_metadata(run, drive(run, backend, progress))
+    try:
+        return mlx_metadata(run, drive(run, backend, progress))
+    finally:
+        run.lock.release()

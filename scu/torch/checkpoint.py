@@ -1,26 +1,28 @@
 """Checkpoints that resume a run bit for bit: trainable weights, optimizer, RNG, loop and controller state.
 
-One file, written to a temporary name and renamed, so an interruption leaves the previous
-checkpoint intact. Only rank 0 writes; every rank reads.
+One file, written to a temporary name, synced and renamed, so an interruption leaves the previous
+checkpoint intact. It holds only tensors and plain data and is read with `weights_only=True`, so a
+crafted file cannot run code on `--resume`. Only rank 0 writes; every rank reads.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
-from dataclasses import asdict, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import torch
 
 from scu import ScuError
+from scu.driver import restored_state
 
 if TYPE_CHECKING:
     from scu.torch.loop import Run
 
 CHECKPOINT = "checkpoint.pt"
-# Keys that may differ between the interrupted run and its resumption.
-RESUMABLE_CHANGES = {("training", "steps"), ("training", "checkpoint_every"), ("training", "eval_every"), ("equilibrium", "auto_stop")}
+START_OVER = "start over with --overwrite or choose another --output"
 
 
 def _trainable(run: "Run") -> dict[str, torch.Tensor]:
@@ -41,40 +43,40 @@ def save_checkpoint(run: "Run") -> None:
     }
     run.out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=run.out, prefix=f".{CHECKPOINT}.")
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, run.out / CHECKPOINT)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
-def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    out = []
-    for section, values in current.items():
-        for key, value in values.items():
-            old = saved.get(section, {}).get(key)
-            if old != value and (section, key) not in RESUMABLE_CHANGES:
-                out.append(f"{section}.{key}: {old!r} -> {value!r}")
-    return out
+def read_checkpoint(path: os.PathLike) -> dict:
+    """The checkpoint's payload, refusing anything but tensors and plain data, in one line."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # a pickle that names a callable; anything else is just damaged
+            raise ScuError(f"checkpoint {path} is unreadable (not a torch checkpoint); {START_OVER}") from None
+        raise ScuError(
+            f"checkpoint {path} holds objects other than tensors and plain data (loading it could run code), "
+            f"so it was not loaded; {START_OVER}"
+        ) from None
+    except Exception as e:
+        raise ScuError(f"checkpoint {path} is unreadable ({type(e).__name__}); {START_OVER}") from None
+    keys = ("state", "trainable", "optimizer", "controllers", "rng", "config")
+    missing = [k for k in keys if k not in payload] if isinstance(payload, dict) else list(keys)
+    if missing:
+        raise ScuError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); {START_OVER}")
+    return payload
 
 
 def load_checkpoint(run: "Run") -> None:
-    from scu.driver import RunState
-
-    path = run.out / CHECKPOINT
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-        state = payload["state"]
-    except Exception as e:
-        raise ScuError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it and start a new run without --resume"
-        ) from None
-    changes = _config_changes(payload["config"], run.cfg.model_dump(mode="json"))
-    if changes:
-        raise ScuError(f"the config differs from the checkpoint's ({'; '.join(changes[:3])}); resume with the original config")
-    run.state = RunState(**{f.name: state[f.name] for f in fields(RunState) if f.name in state})
+    payload = read_checkpoint(run.out / CHECKPOINT)
+    run.state = restored_state(run, payload["state"], payload["config"])
     model = run.accelerator.unwrap_model(run.model)
     params = dict(model.named_parameters())
     with torch.no_grad():

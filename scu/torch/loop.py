@@ -28,14 +28,17 @@ from scu.driver import (
     RunState,
     StepResult,
     build_controllers,
+    check_block_size,
     drive,
     metadata,
+    run_fingerprints,
     write_sscu_files,
 )
 from scu.energy.runtime import ThermalRun
 from scu.eval.bpt import block_bpt, cross_entropy_sum
 from scu.report.card import write_model_card
-from scu.report.records import MetricsLog, atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json, atomic_write_text
+from scu.rundir import RunLock, check_output, claim, publish
 from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
@@ -57,24 +60,22 @@ class Run:
     order: BlockOrder
     state: RunState
     metrics: MetricsLog
+    lock: RunLock | None = None  # held by the process that writes the run's files
 
 
-def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
-    """Load and validate everything before the output directory is touched."""
+def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> Run:
+    """Load and validate everything before the output directory is touched, then claim it."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     out = Path(out)
-    has_run = (out / CHECKPOINT).exists() or (out / "metadata.json").exists()
-    if has_run and not resume:
-        raise ScuError(f"{out} already holds a run; pass --resume to continue it or choose another --output")
-    if resume and not (out / CHECKPOINT).exists():
-        raise ScuError(f"no checkpoint in {out} to resume from; drop --resume to start a new run")
+    check_output(out, CHECKPOINT, resume, overwrite)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = load_train_val(cfg.data, tokenizer, cfg.training.block_size, cfg.training.seed)
     model = load_model(cfg.model)
+    check_block_size(cfg, getattr(model.config, "max_position_embeddings", None))
     tokens_per_epoch = cfg.data.tokens_per_epoch or data.tokens_per_epoch
     set_seed(cfg.training.seed)
     model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
@@ -92,8 +93,16 @@ def setup(cfg: Config, out: Path, resume: bool = False) -> Run:
         if accelerator.num_processes > 1:
             raise ScuError("T-SCU runs in one process only (ranks would pace and pause independently); drop --controller thermal")
         run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, cfg.training.gradient_accumulation)
-    if resume:
-        load_checkpoint(run)
+    run.state.fingerprints = run_fingerprints(cfg, data)
+    if accelerator.is_main_process:
+        run.lock = claim(out, CHECKPOINT, resume, overwrite)
+    try:
+        if resume:
+            load_checkpoint(run)
+    except BaseException:
+        if run.lock is not None:
+            run.lock.release()
+        raise
     return run
 
 
@@ -145,8 +154,8 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
     if not run.accelerator.is_main_process:
         return
     if adapter:
-        run.accelerator.unwrap_model(run.model).save_pretrained(run.out)
-    (run.out / "config.yaml").write_text(dump_config(run.cfg))
+        publish(run.out, run.accelerator.unwrap_model(run.model).save_pretrained)
+    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
     atomic_write_json(run.out / "metadata.json", metadata(run, status))
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
@@ -155,14 +164,20 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
         run.controllers["thermal"].write()
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune under SCU control; returns metadata.json's content."""
-    run = setup(cfg, Path(out), resume)
-    main = run.accelerator.is_main_process
-    if main:
-        run.out.mkdir(parents=True, exist_ok=True)
+def train(
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Fine-tune under SCU control; returns metadata.json's content.
+
+    `out` must be new or empty unless `resume` (continue its checkpoint) or `overwrite` (replace what is there).
+    """
+    run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
         "scu train", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
-        save_checkpoint, write_outputs, is_main=main,
+        save_checkpoint, write_outputs, is_main=run.accelerator.is_main_process,
     )
-    return metadata(run, drive(run, backend, progress))
+    try:
+        return metadata(run, drive(run, backend, progress))
+    finally:
+        if run.lock is not None:
+            run.lock.release()

@@ -7,6 +7,7 @@ from typing import Any
 
 from scu import ScuError
 from scu.config.schema import load_config
+from scu.driver import STOPPED_BY_SIGNAL
 from scu.energy.runtime import tscu_summary
 
 # flag -> dotted config key
@@ -66,6 +67,10 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", choices=["torch", "mlx"], help="training backend (default: model.backend, torch)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an --output that is not empty, replacing the run or files there (default: refuse)",
+    )
+    p.add_argument(
         "--auto-stop", action="store_true", default=None,
         help="end training at the λ-equilibrium step and save the adapter there (equilibrium.auto_stop)",
     )
@@ -109,13 +114,13 @@ def run(args: argparse.Namespace) -> int:
         from scu.report.card import push_to_hub, require_token
 
         require_token(out)
-    meta = train(cfg, out, resume=args.resume)
+    meta = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     print(summary(meta, out))
     if cfg.tscu.enabled:
         print(tscu_summary(out))
-    if args.push_to_hub and meta["status"] != "interrupted":
+    if args.push_to_hub and meta["status"] not in STOPPED_BY_SIGNAL:
         print(f"pushed to {push_to_hub(out, args.push_to_hub)}")
-    return 130 if meta["status"] == "interrupted" else 0
+    return STOPPED_BY_SIGNAL.get(meta["status"], 0)
 
 
 def summary(meta: dict, out: str) -> str:
@@ -140,6 +145,6 @@ def summary(meta: dict, out: str) -> str:
         lines.append(f"  held-out BPT = {meta['val_bpt']:.4f}")
     if meta["nan_skips"]:
         lines.append(f"  skipped {meta['nan_skips']} steps with a NaN/inf loss")
-    if meta["status"] == "interrupted":
+    if meta["status"] in STOPPED_BY_SIGNAL:
         lines.append(f"  checkpoint saved; continue with: scu train --config {out}/config.yaml --output {out} --resume")
     return "\n".join(lines)

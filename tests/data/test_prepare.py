@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,25 @@ def test_cli_prepares_and_refuses_to_clobber(shared_slice: Path, tiny_base: Path
     assert main(["data", "prepare", "--dataset", str(tmp_path / "missing.txt"), "--tokenizer", str(tiny_base), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no work or staging folders left behind
+
+
+def test_work_folders_of_killed_runs_are_cleaned_up(tiny_base: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.work-{dead.pid}-abc123"  # what `data prepare` killed mid-way leaves
+    live = tmp_path / f".out.work-{os.getpid()}-def456"  # a prepare still running in this process
+    for d in (stale, live):
+        (d / "out").mkdir(parents=True)
+    (tmp_path / "c.txt").write_text("\n\n".join(f"document number {i} with a few words" for i in range(50)))
+    prepare(str(tmp_path / "c.txt"), str(tiny_base), tmp_path / "out", block_size=8, val_fraction=0, progress=False)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "c.txt", "out"])
+
+
+def test_non_utf8_text_is_an_error_not_replacement_characters(tiny_base: Path, tmp_path: Path) -> None:
+    (tmp_path / "c.txt").write_bytes("caf\xe9\n\nmore".encode("latin-1"))
+    with pytest.raises(ScuError, match="not UTF-8 text"):
+        prepare(str(tmp_path / "c.txt"), str(tiny_base), tmp_path / "out", block_size=4, val_fraction=0, progress=False)

@@ -79,3 +79,65 @@ data: {train_data: "path/to/train.jsonl", val_data: "path/to/val.jsonl", tokens_
     cfg = load_config(tmp_path / "t.yaml")
     assert (cfg.scu.kp, cfg.scu.ki, cfg.scu.lambda_max, cfg.training.learning_rate) == (0.8, 0.15, 2.0, 2e-5)
     assert cfg.data.tokens_per_epoch == 98304000 and cfg.lora.rank == 16
+
+
+# Values refused when the config loads: one line naming the key, exit 2, nothing written (flags or YAML).
+BAD_VALUES = {
+    "kp nan": (["--kp", "nan"], {}, "scu.kp: Input should be a finite number"),
+    "lambda_init nan": (["--lambda-init", "nan"], {}, "scu.lambda_init: Input should be a finite number"),
+    "lambda_max inf": (["--lambda-max", "inf"], {}, "scu.lambda_max: Input should be a finite number"),
+    "ki negative": (["--ki", "-0.1"], {}, "scu.ki: Input should be greater than or equal to 0"),
+    "kp zero": (["--kp", "0"], {}, "scu.kp: Input should be greater than 0"),
+    "learning rate nan": ([], {"training": {"learning_rate": float("nan")}}, "training.learning_rate: Input should be a finite"),
+    "learning rate zero": ([], {"training": {"learning_rate": 0}}, "training.learning_rate: must be in (0, 10]"),
+    "negative warmup": ([], {"training": {"warmup_steps": -1}}, "training.warmup_steps: Input should be greater than or equal to 0"),
+    "dropout 1": ([], {"lora": {"dropout": 1.0}}, "lora.dropout: Input should be less than 1"),
+    "val_fraction 1": ([], {"data": {"val_fraction": 1.0}}, "data.val_fraction: Input should be less than 1"),
+    "checkpoint_every 0": ([], {"training": {"checkpoint_every": 0}}, "training.checkpoint_every: must be >= 1"),
+    "null section plus a flag": (["--steps", "5"], {"training": None}, "training: is empty"),
+    "null section": ([], {"training": None}, "training: is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_value_refused_at_load(case, train_cli, tmp_path):
+    flags, config, expected = BAD_VALUES[case]
+    out = tmp_path / "out"
+    code, err = train_cli(out, *flags, config=config)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert not out.exists()
+
+
+def test_block_size_above_the_models_context(train_cli, tmp_path, tiny_base):
+    import json
+
+    context = json.loads((tiny_base / "config.json").read_text())["max_position_embeddings"]
+    big = tmp_path / "big.txt"  # enough distinct text that packing into long blocks succeeds
+    big.write_text("\n\n".join(f"document {i}: " + " ".join(f"w{i}x{j}" for j in range(300)) for i in range(200)))
+    out = tmp_path / "out"
+    code, err = train_cli(out, config={"training": {"block_size": 2 * context}, "data": {"train_data": str(big)}})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"exceeds the model's context of {context} tokens" in err
+    assert not out.exists()
+
+
+BAD_DATA = {
+    "null text": ('{"text": "fine"}\n{"text": null}\n', ".jsonl", ":2: `text` is null, not a string"),
+    "number text": ('{"text": 12}\n', ".jsonl", ":1: `text` is int, not a string"),
+    "not an object": ('["a list"]\n', ".jsonl", ":1 is a JSON list, not an object"),
+    "latin-1 txt": ("caf\xe9 au lait\n\nmore text", ".txt", "is not UTF-8 text (it holds byte 0xe9)"),
+    "latin-1 jsonl": ('{"text": "caf\xe9"}\n', ".jsonl", "is not UTF-8 text (it holds byte 0xe9)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_names_the_line_or_the_encoding(case, train_cli, tmp_path):
+    text, suffix, expected = BAD_DATA[case]
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(text.encode("latin-1"))
+    out = tmp_path / "out"
+    code, err = train_cli(out, config={"data": {"train_data": str(path)}})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert expected in err, err
+    assert not out.exists()

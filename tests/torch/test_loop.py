@@ -84,12 +84,13 @@ def test_resume_refuses_corrupt_checkpoint_and_changed_config(make_cfg, tmp_path
 def test_saved_adapter_reloads_with_peft_and_reproduces_logits(make_cfg, tmp_path, tiny_base):
     cfg = make_cfg(training__steps=5)
     run = loop.setup(cfg, tmp_path / "run")
-    loop.train(cfg, tmp_path / "run", progress=False)
+    run.lock.release()
+    loop.train(cfg, tmp_path / "run", overwrite=True, progress=False)
     trained = loop.setup(cfg, tmp_path / "run2")  # same init; load the trained weights through the checkpoint
     ids = torch.from_numpy(run.data.train[:2])
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "run").eval()
-    payload = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    payload = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     with torch.no_grad():
         params = dict(trained.model.named_parameters())
         for name, value in payload["trainable"].items():
