@@ -11,7 +11,6 @@ run, the results go into its eval_results.json and its model card (README.md) is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scu import ScuError
-from scu.report.records import atomic_write_json, atomic_write_text
+from scu.report.records import atomic_write_json, atomic_write_text, check_safetensors, read_json
 
 BASE = "base"
 
@@ -55,8 +54,13 @@ def adapter_names(dirs: list[str]) -> list[str]:
     return [n if names.count(n) == 1 and n != BASE else d for n, d in zip(names, dirs)]
 
 
+def adapter_keys(dirs: list[str]) -> list[str]:
+    """The names the adapters get inside PEFT, which become module names: no '.' or '/' as a directory name may hold."""
+    return [f"adapter{i}" for i in range(len(dirs))]
+
+
 def check_adapter(d: str, model: str) -> None:
-    from scu.report.card import adapter_format
+    from scu.report.card import PEFT_WEIGHTS, adapter_format
 
     path = Path(d)
     if not path.is_dir():
@@ -66,18 +70,23 @@ def check_adapter(d: str, model: str) -> None:
         raise ScuError(f"{d} holds an mlx-lm adapter; convert it with `scu export {d} --to peft --out DIR` and evaluate DIR")
     if fmt is None or not (path / "adapter_config.json").exists():
         raise ScuError(f"{d} is not a PEFT adapter (no adapter_config.json / adapter_model.safetensors)")
-    trained_on = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if (path / PEFT_WEIGHTS).exists():
+        check_safetensors(path / PEFT_WEIGHTS)
+    trained_on = (read_json(path / "adapter_config.json") or {}).get("base_model_name_or_path")
     if trained_on and trained_on != model:
         print(f"scu eval: note: {d} was trained on {trained_on!r}, evaluating it on {model!r}", file=sys.stderr)
 
 
 def check_args(args: argparse.Namespace) -> None:
+    from scu.vac.io import check_model_dir
+
     if args.block_size < 2:
         raise ScuError("--block-size must be at least 2 tokens")
     if args.stride is not None and not 1 <= args.stride <= args.block_size:
         raise ScuError(f"--stride must be between 1 and --block-size ({args.block_size})")
     if args.bootstrap < 10:
         raise ScuError("--bootstrap needs at least 10 resamples")
+    check_model_dir(args.model)
     for d in args.adapter:
         check_adapter(d, args.model)
 
@@ -100,19 +109,12 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     if max_pos and args.block_size > max_pos:
         raise ScuError(f"--block-size {args.block_size} exceeds the model's context of {max_pos} tokens; lower it")
     names = adapter_names(args.adapter)
-    if args.adapter:
-        from peft import PeftModel
-
-        with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            model = PeftModel.from_pretrained(model, args.adapter[0], adapter_name=names[0])
-            for name, d in zip(names[1:], args.adapter[1:]):
-                model.load_adapter(d, adapter_name=name)
+    model = attach_adapters(model, args.adapter, args.model)
     model.eval()
     stride = args.stride or args.block_size
     scores = {}
-    for name in [BASE, *names]:
-        with active(model, name):
+    for name, key in zip([BASE, *names], [BASE, *adapter_keys(args.adapter)]):
+        with active(model, key):
             scores[name] = score_documents(model, ids, args.block_size, stride, args.batch_size)
     boot = bootstrap_bpt(scores, args.bootstrap, args.seed)
     level = 0.95
@@ -135,16 +137,36 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any]:
     return results, model, tokenizer
 
 
+def attach_adapters(model: Any, dirs: list[str], base: str) -> Any:
+    """`model` with every adapter in `dirs` loaded under its `adapter_keys` name (the model itself when there are none)."""
+    from peft import PeftModel
+
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        for i, (key, d) in enumerate(zip(adapter_keys(dirs), dirs)):
+            try:
+                if i == 0:
+                    model = PeftModel.from_pretrained(model, d, adapter_name=key)
+                else:
+                    model.load_adapter(d, adapter_name=key)
+            except RuntimeError as e:
+                if "size mismatch" not in str(e):
+                    raise
+                raise ScuError(f"adapter {d} does not fit this base model {base} (its tensor shapes differ); "
+                               "evaluate it with the base model it was trained on") from None
+    return model
+
+
 @contextmanager
-def active(model: Any, name: str) -> Iterator[Any]:
-    """The base model (adapters disabled) or one named adapter, for the duration of the block."""
+def active(model: Any, key: str) -> Iterator[Any]:
+    """The base model (adapters disabled) or the adapter loaded as `key`, for the duration of the block."""
     if not hasattr(model, "disable_adapter"):  # no adapter loaded: the model is the base
         yield model
-    elif name == BASE:
+    elif key == BASE:
         with model.disable_adapter():
             yield model
     else:
-        model.set_adapter(name)
+        model.set_adapter(key)
         yield model
 
 
@@ -182,13 +204,14 @@ def run(args: argparse.Namespace) -> int:
 
         names = [BASE, *adapter_names(args.adapter)]
 
-        def arm(name: str):
+        def arm(key: str):
             def go(prompt: str) -> str:
-                with active(model, name):
+                with active(model, key):
                     return generate(model, tokenizer, prompt, args.max_new_tokens)
             return go
 
-        report = probe_report(probes, [(n, arm(n)) for n in names], f"Probes: {args.model}", args.max_new_tokens)
+        arms = [(n, arm(k)) for n, k in zip(names, [BASE, *adapter_keys(args.adapter)])]
+        report = probe_report(probes, arms, f"Probes: {args.model}", args.max_new_tokens)
         atomic_write_text(args.probes_out, report)
         print(f"probes: {args.probes_out}")
     return 0

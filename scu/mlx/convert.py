@@ -21,7 +21,6 @@ and per-module ranks or scales (mlx-lm has one rank and one scale per adapter).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -32,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from scu import ScuError
-from scu.report.records import atomic_write_json
+from scu.report.records import atomic_path, atomic_write_json, check_safetensors, read_json
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -58,12 +57,10 @@ def detect_format(adapter_dir: Path) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    config = read_json(path)
+    if config is None:
         raise ScuError(f"{path} is missing; an adapter directory needs its adapter_config.json")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ScuError(f"{path} is not valid JSON ({e.msg}); restore the adapter's config") from None
+    return config
 
 
 def _scale(alpha: float, r: int, rslora: bool) -> float:
@@ -72,6 +69,7 @@ def _scale(alpha: float, r: int, rslora: bool) -> float:
 
 def _peft_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     if (adapter_dir / PEFT_WEIGHTS).exists():
+        check_safetensors(adapter_dir / PEFT_WEIGHTS)
         return load_file(str(adapter_dir / PEFT_WEIGHTS))
     return torch.load(adapter_dir / PEFT_WEIGHTS_BIN, map_location="cpu", weights_only=True)
 
@@ -221,6 +219,8 @@ def peft_config_dict(**lora_kwargs: Any) -> dict[str, Any]:
 def _prepare_out(out_dir: Path, src: Path) -> None:
     if out_dir.resolve() == src.resolve():
         raise ScuError(f"--out {out_dir} is the adapter directory itself; choose a new directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScuError(f"--out {out_dir} is a file; pass a new directory path")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ScuError(f"--out {out_dir} exists and is not empty; choose a new directory or empty it")
 
@@ -228,7 +228,8 @@ def _prepare_out(out_dir: Path, src: Path) -> None:
 def _carry_records(src: Path, out_dir: Path) -> None:
     for name in CARRIED_FILES:
         if (src / name).exists():
-            shutil.copy2(src / name, out_dir / name)
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copy2(src / name, tmp)
 
 
 def export_adapter(adapter_dir: str | Path, to: str, out_dir: str | Path) -> Path:
@@ -257,10 +258,12 @@ def export_adapter(adapter_dir: str | Path, to: str, out_dir: str | Path) -> Pat
         }
         weights_name, meta = MLX_WEIGHTS, {"format": "mlx"}
     else:
+        check_safetensors(src / MLX_WEIGHTS)
         tensors, config = mlx_to_peft_tensors(cfg, load_file(str(src / MLX_WEIGHTS)), src)
         weights_name, meta = PEFT_WEIGHTS, {"format": "pt"}
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / weights_name), metadata=meta)
+    with atomic_path(out / weights_name) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     atomic_write_json(out / (MLX_CONFIG if to == "mlx" else PEFT_CONFIG), config)
     _carry_records(src, out)
     return out

@@ -8,19 +8,29 @@ rewritten whenever one of them changes, so it never disagrees with the files nex
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from scu import ScuError
-from scu.report.records import atomic_write_text
+from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE
+from scu.report.plots import FILES as PLOT_FILES
+from scu.report.plots import PLOT_DIR
+from scu.report.records import atomic_write_text, first_line, read_json
 
 CARD = "README.md"
 EVAL_RESULTS = "eval_results.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 MLX_WEIGHTS = "adapters.safetensors"
-UNPUSHED = {"checkpoint.pt", "checkpoint.mlx.safetensors", CARD}  # the optimizer state stays local; the card is rendered for the repo
+SSCU_FILES = ("scu_training_metrics.json", "scu_training_summary.json", "simple_training_config.json")
+# What --push-to-hub uploads, when present (the card is rendered for the repo): the adapter and the run's
+# records, never the optimizer state or whatever else lies in the directory.
+PUSHED = (
+    "adapter_config.json", PEFT_WEIGHTS, MLX_WEIGHTS, "metadata.json", "metrics.jsonl", "config.yaml", EVAL_RESULTS,
+    *SSCU_FILES, METRICS_FILE, ANALYSIS_FILE, *(f"{PLOT_DIR}/{name}" for name in PLOT_FILES),
+)
 
 
 def adapter_format(adapter_dir: Path) -> str | None:
@@ -32,8 +42,27 @@ def adapter_format(adapter_dir: Path) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def portable(obj: Any, run_dir: Path) -> Any:
+    """`obj` with each absolute local path relative to the run when inside it, else cut to its last component:
+    what is pushed must not reveal, or depend on, this machine's directories."""
+    if isinstance(obj, dict):
+        return {k: portable(v, run_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, run_dir) for v in obj]
+    if isinstance(obj, str) and os.path.isabs(obj):
+        path, root = Path(obj).resolve(), run_dir.resolve()
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    return obj
+
+
+def _run_file(d: Path, name: str, for_hub: bool) -> Any:
+    """A run's JSON or YAML file, parsed (None when absent); paths made `portable` for the Hub."""
+    path = d / name
+    if path.suffix == ".yaml":
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    else:
+        data = read_json(path)
+    return portable(data, d) if for_hub else data
 
 
 def _hub_id(base: str) -> bool:
@@ -152,13 +181,15 @@ def usage_section(adapter_dir: Path, base: str, fmt: str | None, where: str | No
 
 
 def render_card(adapter_dir: str | Path, repo_id: str | None = None) -> str:
-    """The card's Markdown for `adapter_dir` (usage snippets point at `repo_id` when given)."""
+    """The card's Markdown for `adapter_dir`; with `repo_id`, for that Hub repo (usage snippets point at it,
+    local paths are made `portable`)."""
     d = Path(adapter_dir)
-    meta = _read_json(d / "metadata.json")
+    for_hub = repo_id is not None
+    meta = _run_file(d, "metadata.json", for_hub)
     if meta is None:
         raise ScuError(f"{d} has no metadata.json; a model card is written for `scu train` run directories")
     base = meta.get("base_model", "BASE_MODEL")
-    config = (d / "config.yaml").read_text() if (d / "config.yaml").exists() else yaml.safe_dump(meta.get("config", {}), sort_keys=False)
+    config = yaml.safe_dump(_run_file(d, "config.yaml", for_hub) or meta.get("config", {}), sort_keys=False)
     lines = [
         front_matter(meta),
         f"# {repo_id or d.name}",
@@ -167,7 +198,7 @@ def render_card(adapter_dir: str | Path, repo_id: str | None = None) -> str:
         "",
         *method_section(meta),
         *outcome_section(meta),
-        *eval_section(_read_json(d / EVAL_RESULTS)),
+        *eval_section(_run_file(d, EVAL_RESULTS, for_hub)),
         *usage_section(d, base, adapter_format(d), repo_id),
         "## Config",
         "",
@@ -188,10 +219,11 @@ def write_model_card(adapter_dir: str | Path, repo_id: str | None = None) -> Pat
 
 
 def push_to_hub(adapter_dir: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload the adapter directory to the Hub in one commit, with the card rendered for `repo_id`.
+    """Upload the adapter and the run's records (PUSHED) to the Hub in one commit, with the card rendered for `repo_id`.
 
-    Nothing on disk changes (the local card keeps pointing at the local directory). Without a
-    token or a network the error says so and that everything is still in `adapter_dir`.
+    JSON and YAML files go up with local paths made `portable`. Nothing on disk changes (the local card
+    keeps pointing at the local directory). Without a token or a network the error says so and that
+    everything is still in `adapter_dir`.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -201,8 +233,8 @@ def push_to_hub(adapter_dir: str | Path, repo_id: str, private: bool = False) ->
     if adapter_format(d) is None:
         raise ScuError(f"{d} holds no adapter weights ({PEFT_WEIGHTS} or {MLX_WEIGHTS}); push a finished run directory")
     require_token(d)
-    files = [f for f in sorted(d.iterdir()) if f.is_file() and f.name not in UNPUSHED and not f.name.startswith(".")]
-    operations = [CommitOperationAdd(path_in_repo=f.name, path_or_fileobj=str(f)) for f in files]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=_hub_content(d, name))
+                  for name in PUSHED if (d / name).is_file()]
     operations.append(CommitOperationAdd(path_in_repo=CARD, path_or_fileobj=render_card(d, repo_id).encode()))
     api = HfApi()
     try:
@@ -211,10 +243,19 @@ def push_to_hub(adapter_dir: str | Path, repo_id: str, private: bool = False) ->
     except OfflineModeIsEnabled:
         raise ScuError(f"HF_HUB_OFFLINE is set, so the Hub cannot be reached; {keep}") from None
     except HfHubHTTPError as e:
-        raise ScuError(f"the Hub refused the upload to {repo_id} ({_first_line(e)}); {keep}") from None
+        raise ScuError(f"the Hub refused the upload to {repo_id} ({first_line(e)}); {keep}") from None
     except Exception as e:  # no network: the HTTP client's connection/DNS/timeout errors
-        raise ScuError(f"could not reach the Hugging Face Hub ({type(e).__name__}: {_first_line(e)}); {keep}") from None
+        raise ScuError(f"could not reach the Hugging Face Hub ({type(e).__name__}: {first_line(e)}); {keep}") from None
     return str(info.commit_url)
+
+
+def _hub_content(d: Path, name: str) -> str | bytes:
+    """The file to upload (its path), or for JSON and YAML its content with `portable` paths."""
+    data = _run_file(d, name, for_hub=True) if name.endswith((".json", ".yaml")) else None
+    if data is None:
+        return str(d / name)
+    text = json.dumps(data, indent=2) + "\n" if name.endswith(".json") else yaml.safe_dump(data, sort_keys=False)
+    return text.encode()
 
 
 def require_token(adapter_dir: str | Path) -> None:
@@ -224,7 +265,3 @@ def require_token(adapter_dir: str | Path) -> None:
     if get_token() is None:
         raise ScuError(f"no Hugging Face token (run `hf auth login` or set HF_TOKEN); nothing was uploaded, {adapter_dir} stays local")
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else type(e).__name__

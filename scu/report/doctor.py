@@ -15,7 +15,6 @@ The second half of the run is what counts for "stuck" and "oscillates": the star
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 from scu import ScuError
 from scu.core.equilibrium import EquilibriumConfig, replay
 from scu.core.simplified import loss_improvement
-from scu.report.records import MetricsLog
+from scu.report.records import MetricsLog, read_json
 
 STUCK = 0.5  # fraction of second-half steps
 EARLY = 0.1  # "immediately": within this fraction of the steps
@@ -201,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     rows = MetricsLog(d / "metrics.jsonl").read()
     if not rows:
         raise ScuError(f"{d} has no metrics.jsonl rows; pass a `scu train` run directory")
-    meta = json.loads((d / "metadata.json").read_text()) if (d / "metadata.json").exists() else {}
+    meta = read_json(d / "metadata.json") or {}
     findings = diagnose(rows, meta)
     for f in findings:
         print(f"CASE: {f.case}\n  seen: {f.evidence}\n  fix:  {f.fix}")

@@ -13,7 +13,6 @@ matplotlib's Agg canvas directly, so no display is needed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ import numpy as np
 from scu import ScuError
 from scu.core.equilibrium import EquilibriumConfig
 from scu.energy.figures import TSCU_PANELS, has_tscu, with_tscu
-from scu.report.records import MetricsLog
+from scu.report.records import MetricsLog, atomic_path, read_json
 
 SMOOTH = 25  # steps in the running mean of the per-step DataBPT
+PLOT_DIR = "plots"  # where `scu plot RUN_DIR` puts the PNGs of one run
 
 
 @dataclass
@@ -65,8 +65,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunRecord:
     if not rows:
         raise ScuError(f"{d} has no metrics.jsonl rows; pass a `scu train` run directory")
     rows = with_tscu(d, rows)
-    meta_path = d / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = read_json(d / "metadata.json") or {}
     return RunRecord(name or d.resolve().name, rows, meta)
 
 
@@ -185,7 +184,8 @@ def plot_runs(runs: list[RunRecord], out_dir: str | Path) -> list[Path]:
             _finish(ax, runs)
         fig.suptitle(title)
         path = out / filename
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         written.append(path)
     return written
 
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.run_dirs]
     names = [d.resolve().name for d in dirs]
     runs = [load_run(d, n if names.count(n) == 1 else str(d)) for d, n in zip(dirs, names)]
-    out = Path(args.out) if args.out else (dirs[0] / "plots" if len(dirs) == 1 else Path("plots"))
+    out = Path(args.out) if args.out else (dirs[0] / PLOT_DIR if len(dirs) == 1 else Path(PLOT_DIR))
     for path in plot_runs(runs, out):
         print(path)
     return 0

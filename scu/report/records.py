@@ -1,7 +1,8 @@
 """Files a run leaves behind, written so that an interruption never leaves a broken one.
 
-Every JSON file is written to a temporary name and renamed into place; metrics.jsonl is
-appended line by line and flushed, and truncated back to the checkpoint on resume.
+Every JSON file (and every plot and weight file scu writes) is written to a temporary name and
+renamed into place; metrics.jsonl is appended line by line and flushed, and truncated back to the
+checkpoint on resume. A corrupt JSON file is read back as a one-line error that names it.
 """
 
 from __future__ import annotations
@@ -11,25 +12,67 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from scu import ScuError
 
 PACKAGES = ["scu", "torch", "transformers", "peft", "accelerate", "trl", "datasets", "mlx", "mlx-lm"]
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file next to `path` for the block to write; renamed onto `path` only when the block succeeds.
+
+    A crash or an error mid-write leaves the previous file (or none), never a partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed file, None when it does not exist; a corrupt file is a one-line error that names it."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ScuError(f"{path} is not valid JSON ({first_line(e)}); restore it or write it again") from None
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Read the file's header, which also checks the file's size against it: a truncated copy is caught here."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except SafetensorError as e:
+        raise ScuError(f"{path} is truncated or corrupt ({first_line(e)}); re-download or re-save it") from None
+
+
+def first_line(e: Exception) -> str:
+    """An exception's message cut to one short line, for a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
 
 
 def _json_safe(obj: Any) -> Any:

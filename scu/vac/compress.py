@@ -49,8 +49,8 @@ class CompressSpec:
             raise ScuError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.order not in ORDERS:
             raise ScuError(f"unknown order {self.order!r}; choose one of {', '.join(ORDERS)}")
-        if not self.ratio > 1:
-            raise ScuError(f"--ratio must be above 1 (dense / compressed parameters), got {self.ratio}")
+        if not (math.isfinite(self.ratio) and self.ratio > 1):
+            raise ScuError(f"--ratio must be a finite number above 1 (dense / compressed parameters), got {self.ratio}")
         if not (0 <= self.attn_floor < 1 and 0 <= self.mlp_floor < 1):
             raise ScuError("rank floors are fractions of full rank in [0, 1)")
 

@@ -12,7 +12,9 @@ from scu.data.text import load_documents
 from scu.vac.compress import ORDERS, CompressSpec, compress
 from scu.vac.data import blocks, calibration_split, check_disjoint
 from scu.vac.factorize import METHODS
-from scu.vac.io import cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
+from scu.vac.io import (
+    TRUST_HELP, cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed,
+)
 from scu.vac.recover import MODES, RecoverSpec, kept_row, recover
 
 
@@ -46,6 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--eval-seq-len", type=int, default=None, help="eval window length (default: --seq-len)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
 
@@ -69,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     profile_docs, heldout_docs = calibration_split(calib_docs, args.heldout_fraction, args.seed)
 
     start = time.time()
-    tokenizer = load_tokenizer(args.model)
-    make_model = lambda: load_model(args.model, dtype=torch.float32)  # noqa: E731
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    make_model = lambda: load_model(args.model, args.trust_remote_code, dtype=torch.float32)  # noqa: E731
     calib = blocks(profile_docs, tokenizer, args.seq_len, args.calib_samples, args.seed)
     heldout = blocks(heldout_docs, tokenizer, args.seq_len, args.calib_samples, args.seed)
     report: dict = {"model": args.model, "calib": args.calib, "eval": args.eval, "calib_blocks": len(calib),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from scu import ScuError
 from scu.data.text import load_documents
-from scu.report.records import atomic_write_json
+from scu.report.records import atomic_write_json, read_json
+from scu.vac.io import TRUST_HELP, load_model, load_tokenizer
 
 
 def register(subparsers) -> None:
@@ -23,18 +23,15 @@ def register(subparsers) -> None:
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     p.add_argument("--json", help="write the results as one flat JSON object to this file")
+    p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
 
 def _baseline_path(args: argparse.Namespace) -> str | None:
     if args.baseline:
         return args.baseline
-    config = Path(args.model) / "config.json"
-    if config.exists():
-        base = json.loads(config.read_text()).get("vac_base_model")
-        if base and Path(base).exists():
-            return base
-    return None
+    base = (read_json(Path(args.model) / "config.json") or {}).get("vac_base_model")
+    return base if base and Path(base).exists() else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from scu.vac.evaluate import (
         median_ratio, measure_speed, model_summary, perplexity, predicted_prefill_flop_ratio, token_stream,
     )
-    from scu.vac.io import load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(args.model, args.trust_remote_code)
+    model = load_model(args.model, args.trust_remote_code, dtype=torch.float32).eval()
     ids = token_stream(docs, tokenizer)
     row = {"model": args.model, "data": args.data, "seq_len": args.seq_len}
     row |= perplexity(model, ids, args.seq_len, args.batch_size)
@@ -57,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_speed:
         arms = {"model": model}
         if base_path:
-            arms["baseline"] = load_model(base_path, dtype=torch.float32).eval()
+            arms["baseline"] = load_model(base_path, args.trust_remote_code, dtype=torch.float32).eval()
         speed = measure_speed(arms, len(tokenizer), args.prefill_len, args.decode_tokens, args.rounds)
         row["prefill_tok_s"], row["decode_tok_s"] = speed["model"]["prefill"], speed["model"]["decode"]
         if base_path:

@@ -5,15 +5,20 @@ with the base family's classes substituted) and a config.json whose `auto_map` p
 `vac_ranks` (the rank of every factorized layer) and `vac_int8`. Then
 `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` builds the compressed model
 directly. The directory is written under a temporary name and renamed into place when complete.
+
+scu itself lets a directory's code run only when it is exactly what this package writes for that
+family (`genuine_vac`); anything else runs only with the user's explicit --trust-remote-code.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,13 +27,15 @@ import transformers
 from torch import nn
 
 from scu import ScuError
-from scu.report.records import atomic_write_json, atomic_write_text
+from scu.report.records import atomic_write_json, atomic_write_text, check_safetensors, first_line
 from scu.vac import modeling_vac
 from scu.vac.compress import all_linears
 from scu.vac.modeling_vac import Int8Linear
 from scu.vac.profile import is_factorized
 
 MODELING_FILE = "modeling_vac.py"
+AUTO_MAP = {"AutoConfig": "modeling_vac.VacConfig", "AutoModelForCausalLM": "modeling_vac.VacForCausalLM"}
+TRUST_HELP = "run the model's own Python code (auto_map); only for sources you trust (scu's VAC directories need no flag)"
 
 
 def check_output_dir(out: str | Path) -> Path:
@@ -39,14 +46,28 @@ def check_output_dir(out: str | Path) -> Path:
     return out
 
 
-def modeling_source(model: nn.Module) -> str:
-    """modeling_vac.py with the config and causal-LM classes of `model`'s family (transformers classes)."""
-    model_cls, config_cls = type(model).__name__, type(model.config).__name__
-    if getattr(transformers, model_cls, None) is not type(model) or not hasattr(transformers, config_cls):
-        raise ScuError(f"{model_cls} is not a transformers causal-LM class; VAC can only save compressed transformers models")
-    src = Path(modeling_vac.__file__).read_text()
-    src = re.sub(r"import \w+ as BaseConfig  # BASE-CONFIG", f"import {config_cls} as BaseConfig  # BASE-CONFIG", src)
-    return re.sub(r"import \w+ as BaseForCausalLM  # BASE-MODEL", f"import {model_cls} as BaseForCausalLM  # BASE-MODEL", src)
+def family_classes(model_type: str) -> tuple[str, str] | None:
+    """Names of the config and causal-LM classes transformers builds `model_type` with, or None for no such family."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config_cls, model_cls = CONFIG_MAPPING_NAMES.get(model_type), MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if config_cls and model_cls and hasattr(transformers, config_cls) and hasattr(transformers, model_cls):
+        return config_cls, model_cls
+    return None
+
+
+def modeling_source(model_type: str) -> str | None:
+    """modeling_vac.py as scu writes it for the base family `model_type` (None: not a transformers causal-LM family).
+
+    It is a function of the family alone, so a saved directory's copy can be checked against it before it runs.
+    """
+    classes = family_classes(model_type)
+    if classes is None:
+        return None
+    src = Path(modeling_vac.__file__).read_text(encoding="utf-8")
+    src = re.sub(r"import \w+ as BaseConfig  # BASE-CONFIG", f"import {classes[0]} as BaseConfig  # BASE-CONFIG", src)
+    return re.sub(r"import \w+ as BaseForCausalLM  # BASE-MODEL", f"import {classes[1]} as BaseForCausalLM  # BASE-MODEL", src)
 
 
 def factorized_ranks(model: nn.Module) -> dict[str, int]:
@@ -97,7 +118,10 @@ def save_compressed(
     ranks = factorized_ranks(model)
     int8 = any(m.int8 for m in model.modules() if is_factorized(m))
     int8_dense = int8_linears(model)
-    source = modeling_source(model)
+    classes = family_classes(model.config.model_type)
+    if classes is None or getattr(transformers, classes[1]) is not type(model):
+        raise ScuError(f"{type(model).__name__} is not a transformers causal-LM class; VAC can only save compressed transformers models")
+    source = modeling_source(model.config.model_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
@@ -107,7 +131,7 @@ def save_compressed(
         config.update(
             model_type="vac_" + model.config.model_type,
             architectures=["VacForCausalLM"],
-            auto_map={"AutoConfig": "modeling_vac.VacConfig", "AutoModelForCausalLM": "modeling_vac.VacForCausalLM"},
+            auto_map=AUTO_MAP,
             vac_ranks=ranks,
             vac_int8=int8,
             vac_int8_linears=int8_dense,
@@ -125,25 +149,89 @@ def save_compressed(
     return out
 
 
-def _trusted(path: str) -> bool:
-    """Only a local VAC directory runs its own modeling code (the file scu wrote); hub ids never do."""
-    return (Path(path) / MODELING_FILE).exists()
+def _json_object(path: Path) -> dict:
+    """A JSON object file's content; {} when it is missing, unreadable or not an object (nothing to trust)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def load_model(path: str, **kwargs):
+def genuine_vac(directory: Path) -> bool:
+    """The directory's code is exactly what save_compressed writes: modeling_vac.py byte-identical to
+    `modeling_source` for the family config.json names, auto_map pointing at its two classes only, and
+    no auto_map anywhere else (tokenizer_config.json and the like)."""
+    config = _json_object(directory / "config.json")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type.startswith("vac_") or config.get("auto_map") != AUTO_MAP:
+        return False
+    source = modeling_source(model_type.removeprefix("vac_"))
+    modeling = directory / MODELING_FILE
+    others = [f for f in directory.glob("*config.json") if f.name != "config.json"]
+    return (source is not None and modeling.is_file() and modeling.read_bytes() == source.encode("utf-8")
+            and not any("auto_map" in _json_object(f) for f in others))
+
+
+@functools.cache
+def _warn_trusted(path: str) -> None:
+    print(f"scu: warning: --trust-remote-code: the Python code that {path} ships runs with your permissions", file=sys.stderr)
+
+
+def remote_code(path: str, trust: bool = False) -> bool:
+    """Whether transformers may run `path`'s own code: a genuine VAC directory, or anything the user trusts.
+
+    A directory that claims to be VAC (modeling_vac.py, a vac_ model type) but is not genuine is refused
+    without running anything: its code could do anything.
+    """
+    directory = Path(path)
+    if genuine_vac(directory):
+        return True
+    if trust:
+        _warn_trusted(path)
+        return True
+    claims_vac = str(_json_object(directory / "config.json").get("model_type", "")).startswith("vac_")
+    if claims_vac or (directory / MODELING_FILE).exists():
+        raise ScuError(f"{path} ships modeling code or an auto_map that differs from what scu writes, so none of it was run; "
+                       "re-save it with scu, or pass --trust-remote-code if you trust its source")
+    return False
+
+
+def check_model_dir(path: str) -> None:
+    """A local model must be a directory with config.json and intact weights (hub ids are left to transformers)."""
+    directory = Path(path)
+    if not directory.exists():
+        return
+    if not (directory / "config.json").is_file():
+        raise ScuError(f"{path} holds no model (no config.json); pass a saved model directory or hub id")
+    for f in sorted(directory.glob("*.safetensors")):
+        check_safetensors(f)
+
+
+def load_model(path: str, trust_remote_code: bool = False, **kwargs):
     """A causal LM from a directory or hub id, at its saved (compressed) shapes."""
     from transformers import AutoModelForCausalLM
 
+    from scu.models.gguf import resolve
+
+    path = resolve(path)
+    check_model_dir(path)
+    trust = remote_code(path, trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=_trusted(path), **kwargs)
-    except OSError as e:
-        raise ScuError(f"cannot load model {path!r} ({e.__class__.__name__}); pass a saved model directory or hub id") from None
+        return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ScuError(f"cannot load model {path!r} ({first_line(e)}); pass a saved model directory or hub id") from None
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from scu.models.gguf import resolve
+
+    path = resolve(path)
+    check_model_dir(path)
+    trust = remote_code(path, trust_remote_code)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=_trusted(path))
-    except OSError as e:
-        raise ScuError(f"cannot load a tokenizer from {path!r} ({e.__class__.__name__}); pass a model directory with one") from None
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        raise ScuError(f"cannot load a tokenizer from {path!r} ({first_line(e)}); pass a model directory with one") from None

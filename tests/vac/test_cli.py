@@ -32,6 +32,16 @@ def test_compress_refuses_calibration_that_contains_evaluation_text(tiny_base, t
     assert not out.exists()
 
 
+@pytest.mark.parametrize("ratio", ["inf", "nan", "1", "0.5"])
+def test_compress_refuses_a_ratio_that_is_not_finite_above_one(tiny_base, texts, tmp_path, capsys, ratio):
+    out = tmp_path / "out"
+    code = main(["compress", "--model", str(tiny_base), "--ratio", ratio, "--calib", str(texts[0]), "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ratio must be a finite number above 1" in err[0]
+    assert not out.exists()
+
+
 def test_compress_then_eval_ppl(tiny_base, texts, tmp_path):
     calib, evaluation = texts
     out = tmp_path / "out"
