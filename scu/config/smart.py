@@ -49,8 +49,11 @@ SYMPTOM_FACTORS: dict[str, tuple[str, float, str]] = {
     "s-overshoots": ("ki", 0.2 / 0.15, "S overshoots its target: Ki raised by the guide's 0.15 -> 0.2"),
 }
 # Steps: about one epoch, at least the guide's shortest validated run (500: time for lambda to
-# settle), at most its template and longest validated run (1500: OLMo-3-7B at lambda equilibrium).
+# settle), at most its template and longest validated run (1500: OLMo-3-7B at lambda equilibrium),
+# and never more passes over the data than MAX_EPOCHS unless --epochs asks: the guide's 500-step
+# floor alone planned about 220 epochs of a 72k-token dataset, which fits the text, not the task.
 MIN_STEPS, MAX_STEPS = 500, 1500
+MAX_EPOCHS = 3.0
 WARMUP_FRACTION = 0.1  # the guide's template: 150 warm-up steps of 1500
 GUIDE_BLOCK_SIZE = 2048  # the guide's template
 
@@ -331,10 +334,15 @@ class Suggestion:
 
 
 @dataclass
-class _Hardware:
+class _Plan:
     batch: int
     accum: int
-    block_size: int
+    steps: int
+    warmup: int
+
+
+@dataclass
+class _Hardware:
     dtype: str
     quant: str | None
     checkpointing: bool
@@ -358,6 +366,7 @@ def suggest(
     scales_file: str | Path | None = None,
     text_field: str = "text",
     trust_remote_code: bool = False,
+    epochs: float = MAX_EPOCHS,
 ) -> Suggestion:
     """Apply the scaling guide's rules to a model (id/path, or a bare parameter count) and a dataset."""
     if (model is None) == (params is None):
@@ -374,6 +383,9 @@ def suggest(
         raise ScuError(f"--vram must be positive GB (got {vram_gb})")
     if block_size is not None and block_size < 1:
         raise ScuError(f"--block-size must be >= 1 (got {block_size})")
+    if not 0 < epochs < math.inf:
+        raise ScuError(f"--epochs must be a positive, finite number of passes over the data (got {epochs:g}), "
+                       "e.g. --epochs 5")
     unknown = [s for s in symptoms if s not in SYMPTOM_FACTORS]
     if unknown:
         raise ScuError(f"unknown symptom {unknown[0]!r}; use {' or '.join(SYMPTOM_FACTORS)}")
@@ -395,8 +407,9 @@ def suggest(
     reasons.append(f"lora: {category} -> r {rank}, alpha {alpha}{spread}")
     reasons.append(_targets_line(info))
     gains = _pi_gains(scale, symptoms, reasons)
-    hw = _hardware(info, rank, vram_gb, block_size, reasons, warnings)
-    steps, warmup = _steps(tokens, hw.batch * hw.accum * hw.block_size, reasons)
+    block = _block_size(info, block_size, reasons)
+    plan = _steps(tokens, epochs, *_batch_row(vram_gb, reasons), block, reasons, warnings)
+    hw = _hardware(info, rank, vram_gb, plan.batch, block, reasons, warnings)
 
     if data is None:
         warnings.append("no --data: set data.train_data in the written config before training")
@@ -407,8 +420,8 @@ def suggest(
                   "gradient_checkpointing": hw.checkpointing, "trust_remote_code": trust_remote_code},
         "lora": {"rank": rank, "alpha": alpha, "targets": list(info.targets)},
         "scu": {"target_s": target, **gains},
-        "training": {"batch_size": hw.batch, "gradient_accumulation": hw.accum, "block_size": hw.block_size,
-                     "steps": steps, "warmup_steps": warmup, "weight_decay": 0.0},
+        "training": {"batch_size": plan.batch, "gradient_accumulation": plan.accum, "block_size": block,
+                     "steps": plan.steps, "warmup_steps": plan.warmup, "weight_decay": 0.0},
         "data": {"train_data": data or "path/to/train.jsonl", "text_field": text_field},
     })
     return Suggestion(config, category, info, None if tokens is None else int(tokens), hw.memory, reasons, warnings)
@@ -469,23 +482,35 @@ def _pi_gains(scale: Scale | None, symptoms: Sequence[str], reasons: list[str]) 
     return gains
 
 
-def _hardware(info: ModelInfo, rank: int, vram_gb: float | None, block_size: int | None,
-              reasons: list[str], warnings: list[str]) -> _Hardware:
-    """Block size, batch by VRAM, and the cheapest weight format whose estimate fits."""
+def _block_size(info: ModelInfo, block_size: int | None, reasons: list[str]) -> int:
+    """--block-size, else the guide's template capped by the model's context."""
     if block_size is None:
         block_size = min(GUIDE_BLOCK_SIZE, info.max_positions or GUIDE_BLOCK_SIZE)
         cap = f", capped by the model's {info.max_positions} positions" if block_size < GUIDE_BLOCK_SIZE else ""
         reasons.append(f"block size: {block_size} (the guide's template{cap})")
+    return block_size
+
+
+def _batch_row(vram_gb: float | None, reasons: list[str]) -> tuple[int, int]:
+    """The guide's (micro-batch, accumulation) row for the VRAM; its smallest without --vram (CPU)."""
     if vram_gb is None:
         _, batch, accum = BATCH_BY_VRAM[-1]
-        dtype, quant, checkpointing, device = ModelSection().dtype, None, False, "cpu"
-        reasons.append(f"batch: {batch} x {accum} (no --vram: the guide's smallest row; {dtype} weights, the "
-                       "schema's default; pass --vram GB to size both for a GPU)")
+        reasons.append(f"batch: {batch} x {accum} (no --vram: the guide's smallest row; {ModelSection().dtype} weights, "
+                       "the schema's default; pass --vram GB to size both for a GPU)")
     else:
         low, batch, accum = next((r for r in BATCH_BY_VRAM if vram_gb >= r[0]), BATCH_BY_VRAM[-1])
         row = f"{low:g} GB{'+' if low == BATCH_BY_VRAM[0][0] else ''}"
         below = f", below its {low:g} GB" if vram_gb < low else ""
         reasons.append(f"batch: {vram_gb:g} GB VRAM -> {batch} x {accum} (guide row {row}{below})")
+    return batch, accum
+
+
+def _hardware(info: ModelInfo, rank: int, vram_gb: float | None, batch: int, block_size: int,
+              reasons: list[str], warnings: list[str]) -> _Hardware:
+    """The cheapest weight format whose memory estimate fits the VRAM; the schema's dtype on CPU."""
+    if vram_gb is None:
+        dtype, quant, checkpointing, device = ModelSection().dtype, None, False, "cpu"
+    else:
         dtype, device = "bf16", "cuda"
         # Exact changes first: bf16, then checkpointing (slower, same numbers), then 4-bit weights
         # (the guide's table; changes the base model's numerics), then both.
@@ -498,23 +523,53 @@ def _hardware(info: ModelInfo, rank: int, vram_gb: float | None, block_size: int
     if vram_gb is not None and memory.total > vram_gb * GB:
         warnings.append(f"estimated {memory.total / GB:.1f} GB exceeds --vram {vram_gb:g} GB even with 4-bit weights and "
                         "gradient checkpointing; lower --block-size or use a larger GPU")
-    return _Hardware(batch, accum, block_size, dtype, quant, checkpointing, memory)
+    return _Hardware(dtype, quant, checkpointing, memory)
 
 
-def _steps(tokens: float | None, per_step: int, reasons: list[str]) -> tuple[int, int]:
-    """About one epoch within the guide's validated 500-1500 steps; 10% warm-up."""
+def _steps(tokens: float | None, epochs: float, batch: int, accum: int, block: int,
+           reasons: list[str], warnings: list[str]) -> _Plan:
+    """About one epoch within the guide's validated 500-1500 steps, but at most `epochs` passes over the data.
+
+    When that budget cannot fill MIN_STEPS, tokens per step are traded for steps: lambda's settling and
+    the warm-up are counted in steps, not tokens, and LoRA trains on small batches (docs/sscu.md's
+    fine-tunes use 8 x 128 tokens a step). Accumulation goes first (the micro-batch, and so the speed of
+    each forward pass, stays), then the micro-batch, down to one sequence a step; the block size stays,
+    as it is the model's context or the user's choice. Only when even one sequence a step leaves fewer
+    than MIN_STEPS does the plan run fewer steps, and it warns.
+    """
     if tokens is None:
         steps = MAX_STEPS
-        reasons.append(f"steps: {steps} (the guide's template; dataset size unknown)")
+        reasons.append(f"steps: {steps} (the guide's template; dataset size unknown, so no epoch cap: "
+                       "pass --tokens or --data)")
     else:
+        budget = epochs * tokens
+        row = batch, accum
+        row_epochs = MIN_STEPS * batch * accum * block / tokens
+        while budget // (batch * accum * block) < MIN_STEPS and batch * accum > 1:
+            batch, accum = (batch, accum // 2) if accum > 1 else (batch // 2, accum)
+        per_step = batch * accum * block
+        fits = int(budget // per_step)
+        if fits < 1:
+            raise ScuError(f"{int(tokens):,} tokens x {epochs:g} epochs is less than one sequence of {block} tokens; "
+                           "lower --block-size or raise --epochs")
         epoch = math.ceil(tokens / per_step)
-        steps = min(MAX_STEPS, max(MIN_STEPS, epoch))
-        reasons.append(f"steps: one epoch is {epoch} steps of {per_step:,} tokens -> {steps} "
-                       f"(kept within the guide's validated {MIN_STEPS}-{MAX_STEPS})")
+        steps = min(MAX_STEPS, max(MIN_STEPS, epoch), fits)
+        if (batch, accum) != row:
+            reasons.append(f"batch: lowered from {row[0]} x {row[1]} to {batch} x {accum} so that {epochs:g} epochs "
+                           "give more steps (lambda settles in steps, not tokens)")
+        trained = steps * per_step
+        reasons.append(f"steps: about one epoch ({epoch} steps) kept within the guide's validated {MIN_STEPS}-{MAX_STEPS}, "
+                       f"capped at {epochs:g} epochs: {steps} steps × {per_step:,} tokens = {_count(trained)} tokens "
+                       f"≈ {trained / tokens:.3g} epochs of {_count(tokens)}")
+        if steps < MIN_STEPS:
+            warnings.append(f"{_count(tokens)} tokens are too few for the guide's validated {MIN_STEPS}-{MAX_STEPS} "
+                            f"steps ({MIN_STEPS} steps at {row[0]} x {row[1]} would be {row_epochs:.3g} epochs): "
+                            f"planning {steps} steps of {per_step:,} tokens (batch {batch} x {accum}) "
+                            f"≈ {trained / tokens:.3g} epochs; for more steps lower --block-size or raise --epochs")
     warmup = max(1, round(WARMUP_FRACTION * steps))
     reasons.append(f"warm-up: {warmup} steps (10%, as in the guide's template); "
                    f"learning rate: the schema's {TrainingSection().learning_rate:g}")
-    return steps, warmup
+    return _Plan(batch, accum, steps, warmup)
 
 
 def _category_range(category: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from scu import ScuError
 from scu.config.schema import dump_config
-from scu.config.smart import SYMPTOM_FACTORS, TASK_ADJUSTMENTS, Suggestion, suggest
+from scu.config.smart import MAX_EPOCHS, SYMPTOM_FACTORS, TASK_ADJUSTMENTS, Suggestion, suggest
 from scu.report.records import atomic_write_text
 
 SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=list(TASK_ADJUSTMENTS), default="general")
     p.add_argument("--vram", type=float, metavar="GB", help="GPU memory in GB: sizes batch and weight format, warns above it")
     p.add_argument("--block-size", type=int, help="tokens per sequence (default: 2048, capped by the model's context)")
+    p.add_argument("--epochs", type=float, default=MAX_EPOCHS, metavar="E",
+                   help=f"most passes over the data the planned steps may make (default: {MAX_EPOCHS:g})")
     p.add_argument("--family", help="use this registered model family (default: the one whose patterns match --model)")
     p.add_argument("--scales", help="YAML file of model families (default: $SCU_SCALES or ~/.config/scu/scales.yaml)")
     p.add_argument("--symptom", action="append", default=[], choices=list(SYMPTOM_FACTORS),
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         scales_file=args.scales,
         text_field=args.text_field,
         trust_remote_code=args.trust_remote_code,
+        epochs=args.epochs,
     )
     for w in s.warnings:
         print(f"warning: {w}", file=sys.stderr)
