@@ -146,19 +146,23 @@ def _config_int(config: Any, *names: str, default: int | None = None) -> int | N
 
 
 def inspect_model(model: str, trust_remote_code: bool = False) -> ModelInfo:
-    """Read a model's config (local directory or hub id) and count its parameters on the meta device.
+    """Read a model's config (local directory, `.gguf` file or hub id) and count its parameters on the meta device.
 
     Only config.json is read (from the hub when `model` is not a local directory); the model is
-    instantiated on PyTorch's meta device, so no weights are downloaded or allocated.
+    instantiated on PyTorch's meta device, so no weights are downloaded or allocated. A `.gguf` file
+    is dequantized into its cache directory first, which `scu train` then reuses.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    local = Path(model)
+    from scu.models.gguf import resolve
+
+    source = resolve(model)
+    local = Path(source)
     if local.exists() and not (local / "config.json").is_file():
         raise ScuError(f"{local} has no config.json; point --model at a saved model directory or pass --params N")
     try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ScuError(
             f"could not read the config of {model!r} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -311,9 +315,10 @@ def count_tokens(data: str, tokenizer_source: str, text_field: str = "text") -> 
     from transformers import AutoTokenizer
 
     from scu.data.text import load_documents, tokenize_documents
+    from scu.models.gguf import resolve
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_source))
     except (OSError, ValueError) as e:
         raise ScuError(f"no tokenizer for {tokenizer_source!r} ({type(e).__name__}); pass --tokens N instead of --data") from None
     docs = load_documents(data, text_field, tokenizer)

@@ -1,16 +1,21 @@
-"""Load any causal LM (local path or hub id) and wrap it with PEFT LoRA from the config."""
+"""Load any causal LM (local directory, `.gguf` file or hub id) and wrap it with PEFT LoRA from the config."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from scu import ScuError
+from scu.config.schema import ModelSection
+from scu.models.gguf import is_gguf, resolve
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PLACEHOLDER = ModelSection.model_fields["base_model"].default
+LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
 def _load_error(name: str, e: Exception) -> ScuError:
@@ -18,11 +23,24 @@ def _load_error(name: str, e: Exception) -> ScuError:
     return ScuError(f"could not load model {name!r} ({first}); pass a local model directory or a reachable hub id")
 
 
+def _source(name: str) -> str:
+    """Where transformers loads `name` from. Refused at once: the placeholder and a path that is not there,
+    which transformers would otherwise try as a hub id (a minute of network retries, then "Repo id must be...")."""
+    if name == PLACEHOLDER:
+        raise ScuError(f"model.base_model is still the placeholder {name!r}; set it (or --base-model) to a model directory, a .gguf file or a hub id")
+    if not (name.startswith(LOCAL_PREFIXES) or is_gguf(name)):
+        return name
+    path = Path(name).expanduser()  # transformers takes "~/..." for a hub id
+    if not path.exists():
+        raise _load_error(name, FileNotFoundError(f"model path {name} does not exist"))
+    return resolve(str(path))
+
+
 def load_tokenizer(model_cfg: Any) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_cfg.base_model, trust_remote_code=model_cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(_source(model_cfg.base_model), trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise _load_error(model_cfg.base_model, e) from None
     if tokenizer.pad_token is None:
@@ -48,9 +66,12 @@ def load_model(model_cfg: Any) -> nn.Module:
             bnb_4bit_compute_dtype=DTYPES[model_cfg.dtype],
         )
     try:
-        return AutoModelForCausalLM.from_pretrained(model_cfg.base_model, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(_source(model_cfg.base_model), **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(model_cfg.base_model, e) from None
+    # PEFT records this as the adapter's base: for a .gguf base, the file as given, not its cache directory
+    model.name_or_path = model.config.name_or_path = model_cfg.base_model
+    return model
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
