@@ -317,6 +317,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or default_out)
     plan = Plan(scale, args.seeds)
     t0 = time.perf_counter()
+    base, manifest, work = prepare_scale(scale, data_dir)
+    s = replace(scale.run, base_model=str(base))
+    runner = Runner(out, s, manifest, work, args.jobs, args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # inherited by the workers
+    try:
+        phases(runner, plan, scale, manifest, out, args.report_only, t0)
+    finally:
+        runner.close()
+    return 0
+
+
+def prepare_scale(scale: Scale, data_dir: Path) -> tuple[Path, dict[str, Any], Path]:
+    """The scale's base model and tokenized data slices, built once and cached: (base, manifest, work dir)."""
     print(f"base model ({scale.name}): pre-training on WikiText-103 or reusing the cached one", flush=True)
     base = cached_base(scale.base, progress=False)
     spec = hdata.DataSpec(
@@ -331,14 +344,7 @@ def run(args: argparse.Namespace) -> int:
         got = manifest["sets"][name]["predicted_tokens"]
         if name != "val" and got < scale.min_heldout_tokens:
             raise ScuError(f"held-out set {name} has {got} tokens, fewer than {scale.min_heldout_tokens}")
-    s = replace(scale.run, base_model=str(base))
-    runner = Runner(out, s, manifest, work, args.jobs, args.threads)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # inherited by the workers
-    try:
-        phases(runner, plan, scale, manifest, out, args.report_only, t0)
-    finally:
-        runner.close()
-    return 0
+    return base, manifest, work
 
 
 def phases(runner: Runner, plan: Plan, scale: Scale, manifest: dict[str, Any], out: Path, report_only: bool,

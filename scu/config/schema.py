@@ -67,7 +67,7 @@ class ScuSection(Section):
     lambda_max: float = PIConfig.lambda_max
     prior_sigma: float = Field(0.01, gt=0)
     prior: Literal["delta", "factors", "raw"] = "delta"
-    law: Literal["pi", "guide"] = PIConfig.law
+    law: Literal["pi", "bumpless", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
 
     @field_validator("target_s")

@@ -1,6 +1,15 @@
 """PI control of the regularization weight lambda so that S tracks a target S*.
 
-Two update laws share one state (lambda, integral, S_hat, step):
+Three update laws share one state (lambda, integral, S_hat, step):
+
+* ``bumpless``: a velocity-form PI on log(lambda) that starts when S first reaches S*, with the
+  error on the log-odds of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT:
+      d log(lambda) = kp * (e - e_prev) + ki * clip(e, +-error_clip)        (tracking)
+  Before the first crossing S is rising from 0 whatever lambda is, so lambda is held, and only lowered
+  (by ki * clip(e_pred)) while S is not on course to reach S* within kp/ki steps at its current rate,
+  e_pred = e + (kp/ki) * (e - e_prev) < 0. The run then starts tracking from the lambda of that moment,
+  so lambda_init matters only as the starting point of a search, not as an anchor. The log-odds do not
+  saturate as S nears 1 (small data sets), where ln(S) would.
 
 * ``pi`` (default): position-form PI on log(lambda) with a logarithmic error,
       e = log(S_hat / S*),   log(lambda) = log(lambda_init) + kp * e + ki * sum(e)
@@ -27,6 +36,13 @@ from typing import Literal
 from scu.core.telemetry import Action, StepTelemetry
 
 MAX_LOG_ERROR = 10.0  # |log(S_hat/S*)| cap, so S = 0 at step 0 cannot produce -inf
+ODDS_FLOOR = 1e-9  # S is kept in [1e-9, 1 - 1e-9] for its log-odds (S = 0 exactly at step 0)
+
+
+def log_odds_error(s: float, target: float) -> float:
+    """ln(odds(S) / odds(S*)): ln(S/S*) while S is small, and unbounded as S nears 1, unlike ln(S/S*)."""
+    s = min(max(s, ODDS_FLOOR), 1.0 - ODDS_FLOOR)
+    return math.log(s / (1.0 - s)) - math.log(target / (1.0 - target))
 
 
 @dataclass
@@ -40,7 +56,8 @@ class PIConfig:
     lambda_max: float = 10.0
     ema_alpha: float = 0.1
     integral_error_clip: float = 0.5
-    law: Literal["pi", "guide"] = "pi"
+    law: Literal["pi", "bumpless", "guide"] = "pi"
+    error_clip: float = 3.0  # bumpless law: |e| used by the integral
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -64,6 +81,8 @@ class PIController:
         self.integral = 0.0
         self.s_hat: float | None = None
         self.step_count = 0
+        self.tracking = False  # bumpless law: S has reached S* at least once
+        self.prev_error: float | None = None  # bumpless law: last step's log-odds error
 
     @property
     def fixed(self) -> bool:
@@ -90,6 +109,8 @@ class PIController:
             self.lam = c.lambda_min
         elif c.law == "guide":
             self._guide_update()
+        elif c.law == "bumpless":
+            self._bumpless_update()
         else:
             self._pi_update()
         return self.lam
@@ -109,6 +130,21 @@ class PIController:
         log_lam = base + c.ki * self.integral
         self.lam = c.lambda_min if log_lam <= log_min else c.lambda_max if log_lam >= log_max else math.exp(log_lam)
 
+    def _bumpless_update(self) -> None:
+        c = self.config
+        e = log_odds_error(self.s_hat, c.target_s)
+        change = 0.0 if self.prev_error is None else e - self.prev_error
+        self.prev_error = e
+        if not self.tracking and self.s_hat >= c.target_s:
+            self.tracking = True  # first crossing: the PI starts from the lambda of this moment
+        if self.tracking:
+            step = c.kp * change + c.ki * min(max(e, -c.error_clip), c.error_clip)
+        else:
+            predicted = e + (c.kp / c.ki) * change if c.ki > 0 else e
+            step = c.ki * max(predicted, -c.error_clip) if predicted < 0 else 0.0
+        log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
+        self.lam = math.exp(log_lam)
+
     def _guide_update(self) -> None:
         c = self.config
         e = self.s_hat - c.target_s
@@ -121,13 +157,16 @@ class PIController:
         return Action(lam=self.update(telemetry.s))
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count}
+        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count,
+                "tracking": self.tracking, "prev_error": self.prev_error}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
         self.integral = float(state["integral"])
         self.s_hat = None if state["s_hat"] is None else float(state["s_hat"])
         self.step_count = int(state["step"])
+        self.tracking = bool(state.get("tracking", False))
+        self.prev_error = state.get("prev_error")
 
     def describe(self) -> dict:
         return asdict(self.config)

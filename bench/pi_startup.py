@@ -1,0 +1,163 @@
+"""Does the λ controller settle from any start? Start-up from the default λ_init and from λ*·1000 and λ*/1000.
+
+    python -m bench.pi_startup [--scale cpu|quick] [--laws pi bumpless] [--seeds 1] [--jobs 2]
+
+The harness's data and base (bench/scu_vs_baselines.py, same scale): LoRA on the Shakespeare slices,
+every training-set size × S* multiplier. Each run goes through `scu.torch.loop.train`, the code path of
+`scu train`. λ* of a (size, S*) cell is the median λ of the second half of the bumpless law's run from the
+default start (the start-up runs are placed a factor 1000 either side of it). The issue's criterion, per run:
+smoothed S within ±10% of S* for ≥ 90% of the second half, settled within 20% of the steps, overshoot ≤ 20%,
+no limit cycle. Every run is cached as one JSON file under --out, so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.harness.summary import limit_cycle
+from bench.scu_vs_baselines import DEFAULT_DATA, QUICK, SCALES, Scale, fmt, prepare_scale, scaled_target, size_label
+from scu.core.pi import PIConfig
+from scu.core.tracking import tracking_from_rows
+from scu.report.records import atomic_write_json
+
+FACTOR = 1000.0
+
+
+@dataclass(frozen=True)
+class Job:
+    law: str
+    size: str
+    multiplier: float
+    start: str  # "default", "high" (λ*·FACTOR) or "low" (λ*/FACTOR)
+    seed: int
+    lambda_init: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.law}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}"
+
+
+def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -> dict[str, Any]:
+    import torch
+
+    from scu.config.schema import build_config
+    from scu.torch.loop import train
+
+    torch.set_num_threads(1)
+    s = scale.run
+    cfg = build_config({
+        "model": {"base_model": s.base_model},
+        "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
+        "scu": {"target_s": target, "law": job.law, "lambda_init": job.lambda_init,
+                "lambda_min": 1e-7, "lambda_max": 1e4},
+        "training": {"learning_rate": s.learning_rate, "batch_size": s.batch_size, "block_size": s.block_size,
+                     "steps": s.steps, "warmup_steps": s.warmup_steps, "lr_schedule": "constant", "seed": job.seed,
+                     "checkpoint_every": 10**9},
+        "data": {"train_data": train_path, "val_fraction": 0.0},
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, Path(tmp) / "run", progress=False)
+        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    tr = tracking_from_rows(rows, target).as_dict()
+    cycle = limit_cycle(rows, target)
+    half = [r["lambda"] for r in rows[len(rows) // 2 :]]
+    result = {
+        "job": job.__dict__, "target_s": target, "steps": len(rows), "tracking": tr, "limit_cycle": cycle,
+        "lambda_2nd_half_median": statistics.median(half),
+        "meets": {
+            "in_band_90": tr["in_band"] >= 0.9,
+            "settled_20pct": tr["settling_step"] is not None and tr["settling_step"] <= 0.2 * len(rows),
+            "overshoot_20pct": tr["overshoot"] <= 0.2,
+            "no_limit_cycle": not cycle["cycle"],
+        },
+        "trace": {k: [r[k] for r in rows] for k in ("s_hat", "lambda")},
+    }
+    result["meets"]["all"] = all(result["meets"].values())
+    atomic_write_json(out / f"{job.name}.json", result)
+    return result
+
+
+def cached(out: Path, job: Job) -> dict[str, Any] | None:
+    path = out / f"{job.name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_all(jobs: list[Job], scale: Scale, manifest: dict, targets: dict, out: Path, workers: int) -> list[dict]:
+    todo = [j for j in jobs if cached(out, j) is None]
+    if todo:
+        print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} cached)", flush=True)
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(run_job, j, scale, manifest["train"][j.size]["path"], targets[j.multiplier], out)
+                       for j in todo]
+            for f in futures:
+                r = f.result()
+                print(f"  {Job(**r['job']).name}: {summary(r)}", flush=True)
+    return [cached(out, j) for j in jobs]
+
+
+def summary(r: dict[str, Any]) -> str:
+    tr, m = r["tracking"], r["meets"]
+    return (f"in-band {100 * tr['in_band']:.0f}%, settled {tr['settling_step']}, overshoot {100 * tr['overshoot']:.0f}%, "
+            f"λ½ {r['lambda_2nd_half_median']:.3g}, cycle {r['limit_cycle']['cycle']} -> {'MEETS' if m['all'] else 'fails'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", choices=["quick", *sorted(SCALES)], default="cpu")
+    ap.add_argument("--laws", nargs="+", default=["pi", "bumpless"])
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
+    ap.add_argument("--target", type=float, default=0.875, help="the middle S* (the harness's phase-1 choice at cpu scale)")
+    ap.add_argument("--sizes", nargs="*", help="training-set sizes to run (labels, e.g. 16000 pool); default: all")
+    ap.add_argument("--multipliers", nargs="*", type=float, help="S* multipliers to run; default: the scale's")
+    ap.add_argument("--out", default=None, help="default bench/results/pi_startup/SCALE")
+    args = ap.parse_args(argv)
+    scale = QUICK if args.scale == "quick" else SCALES[args.scale]
+    out = Path(args.out or f"bench/results/pi_startup/{scale.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    base, manifest, _ = prepare_scale(scale, DEFAULT_DATA)
+    from dataclasses import replace
+
+    scale = replace(scale, run=replace(scale.run, base_model=str(base)))
+    sizes = [size_label(t) for t in (scale.main_tokens, *scale.transfer_tokens)]
+    multipliers = args.multipliers or scale.multipliers
+    targets = {m: scaled_target(args.target, m) for m in multipliers}
+    cells = [(size, m) for size in (args.sizes or sizes) for m in multipliers]
+    seeds = range(args.seeds)
+    default = PIConfig.lambda_init
+    # phase 1: every law from the default start; the bumpless law's run defines λ* of the cell
+    first = run_all([Job(law, size, m, "default", seed, default) for law in args.laws for size, m in cells for seed in seeds],
+                    scale, manifest, targets, out, args.jobs)
+    lam_star = {}
+    for size, m in cells:
+        ref = [r for r in first if r["job"]["law"] == "bumpless" and r["job"]["size"] == size and r["job"]["multiplier"] == m]
+        lam_star[(size, m)] = statistics.median(r["lambda_2nd_half_median"] for r in ref)
+    # phase 2: a factor FACTOR either side of λ*
+    jobs = [Job(law, size, m, start, seed, lam_star[(size, m)] * (FACTOR if start == "high" else 1 / FACTOR))
+            for law in args.laws for size, m in cells for start in ("high", "low") for seed in seeds]
+    second = run_all(jobs, scale, manifest, targets, out, args.jobs)
+    results = first + second
+    table = {law: {"runs": sum(r["job"]["law"] == law for r in results),
+                   "meet_all": sum(r["meets"]["all"] for r in results if r["job"]["law"] == law)} for law in args.laws}
+    atomic_write_json(out / "summary.json", {
+        "scale": scale.name, "steps": scale.run.steps, "targets": {fmt(m): t for m, t in targets.items()},
+        "lambda_star": {f"N={s}, S={fmt(m)}x": v for (s, m), v in lam_star.items()}, "laws": table,
+        "runs": {Job(**r["job"]).name: {k: r[k] for k in ("tracking", "meets", "limit_cycle", "lambda_2nd_half_median")}
+                 for r in results},
+    })
+    for law, t in table.items():
+        print(f"{law}: {t['meet_all']}/{t['runs']} runs meet every start-up criterion")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
