@@ -31,8 +31,8 @@ def demo_config(base: Path, train_txt: Path, steps: int) -> dict[str, Any]:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="offline end-to-end SCU fine-tune of a tiny model (a few minutes on CPU)")
-    p.add_argument("--output", default="runs/demo", help="where the data, config and run go (default runs/demo)")
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--output", default="runs/demo", help="where the data, config and run go (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=250, help="LoRA fine-tuning steps (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -1,11 +1,15 @@
 """The training configuration: the scaling guide's YAML sections, validated by pydantic.
 
 Every key is optional and has our measured default (docs/method.md). Unknown keys are
-refused, so a typo never silently falls back to a default.
+refused, with the nearest valid key named, so a typo never silently falls back to a default.
+The ecosystem's names (ALIASES) are accepted for ours, so a config written for transformers,
+PEFT or TRL habits needs no translation (docs/cli.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +23,20 @@ from scu.core.simplified import SimplifiedConfig
 from scu.energy.runtime import TscuConfig
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# transformers' TrainingArguments, PEFT's LoraConfig and TRL's SFTConfig names for our keys; accepted at the
+# top level (flat, as those libraries write them) or inside the section they map to.
+ALIASES = {
+    "max_steps": "training.steps",
+    "learning_rate": "training.learning_rate",
+    "gradient_accumulation_steps": "training.gradient_accumulation",
+    "lr_scheduler_type": "training.lr_schedule",
+    "max_seq_length": "training.block_size",
+    "r": "lora.rank",
+    "lora_alpha": "lora.alpha",
+    "lora_dropout": "lora.dropout",
+    "target_modules": "lora.targets",
+}
 
 
 class Section(BaseModel):
@@ -135,6 +153,9 @@ class Config(Section):
     sscu: SimplifiedConfig = SimplifiedConfig()  # S-SCU rules (docs/sscu.md); validated by its __post_init__
     tscu: TscuConfig = TscuConfig()  # T-SCU power/temperature control (docs/tscu.md)
     equilibrium: EquilibriumConfig = EquilibriumConfig()  # λ-equilibrium detector and auto-stop (docs/evaluation.md)
+    # where `scu train` writes the run when --output is not given; left out of the run's record (config.yaml,
+    # metadata.json, checkpoint), so a run directory that was moved still resumes
+    output_dir: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _no_weight_decay_under_scu(self) -> "Config":
@@ -146,26 +167,87 @@ class Config(Section):
         return self
 
 
+def canonical_key(dotted: str) -> str:
+    """Our dotted name for a key that may be an alias: "max_steps" and "training.max_steps" -> "training.steps"."""
+    *parents, leaf = dotted.split(".")
+    target = ALIASES.get(leaf)
+    if target is None or parents not in ([], target.split(".")[:-1]):
+        return dotted
+    return target
+
+
+def _put(data: dict[str, Any], dotted: str, value: Any, source: Any) -> None:
+    """data[a][b] = value for "a.b", creating the sections on the way; `source` names the file for the error."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ScuError(f"{key} in {source} must be a mapping of keys, not {node!r}; fix it to set {dotted}")
+    node[leaf] = value
+
+
+def _resolve_aliases(data: dict[str, Any], source: Any) -> dict[str, Any]:
+    """A copy of `data` with every alias moved to our key; an alias next to the key it names is refused (which wins?)."""
+    out = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    given = [*data, *(f"{section}.{key}" for section, values in data.items() if isinstance(values, dict) for key in values)]
+    for dotted in given:
+        target = canonical_key(dotted)
+        if target == dotted:
+            continue
+        *parents, leaf = dotted.split(".")
+        value = (out[parents[0]] if parents else out).pop(leaf)
+        section, key = target.split(".")
+        if isinstance(out.get(section), dict) and key in out[section]:
+            raise ScuError(f"{dotted} is another name for {target}, which is also set in {source}; keep one of them")
+        _put(out, target, value, source)
+    return out
+
+
+def _known_keys(parents: list[str]) -> list[str]:
+    """The keys valid at the top level ([]) or in one section: its fields and the aliases that land there."""
+    if not parents:
+        return [*Config.model_fields, *ALIASES]
+    field = Config.model_fields.get(parents[0]) if len(parents) == 1 else None
+    if field is None:
+        return []
+    cls = field.annotation
+    names = list(cls.model_fields) if issubclass(cls, BaseModel) else [f.name for f in dataclasses.fields(cls)]
+    return names + [alias for alias, target in ALIASES.items() if target.startswith(f"{parents[0]}.")]
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    *parents, key = (str(p) for p in loc)
+    close = difflib.get_close_matches(key, _known_keys(parents), n=1)
+    if not close:
+        return "unknown key; remove it or check its spelling"
+    return f"unknown key; did you mean {'.'.join([*parents, close[0]])}?"
+
+
 def _one_line(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            msg = "unknown key; remove it or check its spelling"
+            msg = _unknown_key(err["loc"])
         parts.append(f"{where}: {msg}")
     return "invalid config: " + "; ".join(parts)
 
 
 def build_config(data: dict[str, Any]) -> Config:
+    """Validate a config mapping; the ecosystem's names (ALIASES) may stand for ours."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_resolve_aliases(data, "the config"))
     except ValidationError as e:
         raise ScuError(_one_line(e)) from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read YAML (or start from defaults), apply dotted overrides like {"scu.target_s": 0.1}, validate."""
+    """Read YAML (or start from defaults), apply dotted overrides like {"scu.target_s": 0.1} over it, validate.
+
+    A key, in the YAML or an override, may be an alias (ALIASES); an override of None writes null.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -180,16 +262,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     empty = [key for key, value in data.items() if value is None]
     if empty:
         raise ScuError(f"{empty[0]}: is empty in {path}; give it keys or delete the line")
+    data = _resolve_aliases(data, path)
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ScuError(f"{key} in {path} must be a mapping of keys, not {node!r}; fix it to set {dotted}")
-        node[leaf] = value
+        _put(data, canonical_key(dotted), value, path)
     return build_config(data)
 
 

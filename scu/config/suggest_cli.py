@@ -34,17 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--model", help="local model directory or hub id (only its config.json is read)")
     size.add_argument("--params", type=parse_count, help="parameter count instead of a model, e.g. 1.2B")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--tokens", type=parse_count, help="training tokens, e.g. 50M")
-    data.add_argument("--data", help="training data (.txt, .jsonl, datasets dir); tokens counted with the model's tokenizer")
-    p.add_argument("--task", choices=list(TASK_ADJUSTMENTS), default="general")
-    p.add_argument("--vram", type=float, metavar="GB", help="GPU memory in GB: sizes batch and weight format, warns above it")
+    data.add_argument("--tokens", type=parse_count, help="training tokens, e.g. 50M (default: unknown; the guide's template steps)")
+    data.add_argument("--data", help="training data (.txt, .jsonl, datasets dir); tokens counted with the model's tokenizer "
+                      "(default: none; set data.train_data in the written config)")
+    p.add_argument("--task", choices=list(TASK_ADJUSTMENTS), default="general",
+                   help="the guide's task adjustment of S* (default: %(default)s)")
+    p.add_argument("--vram", type=float, metavar="GB",
+                   help="GPU memory in GB: sizes batch and weight format, warns above it (default: none, the guide's smallest batch)")
     p.add_argument("--block-size", type=int, help="tokens per sequence (default: 2048, capped by the model's context)")
     p.add_argument("--epochs", type=float, default=MAX_EPOCHS, metavar="E",
                    help=f"most passes over the data the planned steps may make (default: {MAX_EPOCHS:g})")
     p.add_argument("--family", help="use this registered model family (default: the one whose patterns match --model)")
     p.add_argument("--scales", help="YAML file of model families (default: $SCU_SCALES or ~/.config/scu/scales.yaml)")
     p.add_argument("--symptom", action="append", default=[], choices=list(SYMPTOM_FACTORS),
-                   help="seen in an earlier run: apply the guide's troubleshooting to the PI gains (repeatable)")
+                   help="seen in an earlier run: apply the guide's troubleshooting to the PI gains (repeatable; default: none)")
     p.add_argument("--text-field", default="text", help="JSONL/datasets column with the text (default: text)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own config/modeling code")
     p.add_argument("--out", help="write the YAML here (default: print it)")

@@ -24,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-fraction", type=float, default=DataSection().val_fraction,
                      help="fraction of documents held out for validation, 0 for none (default: %(default)s)")
-    val.add_argument("--val", metavar="NAME_OR_PATH", help="a separate validation source; overlapping training documents are removed")
-    p.add_argument("--max-tokens", type=int, help="take the longest prefix of whole documents with at most this many tokens")
-    p.add_argument("--val-max-tokens", type=int, help="the same cap for the --val source")
+    val.add_argument("--val", metavar="NAME_OR_PATH", help="a separate validation source; overlapping training documents "
+                     "are removed (default: none, split by --val-fraction)")
+    p.add_argument("--max-tokens", type=int,
+                   help="take the longest prefix of whole documents with at most this many tokens (default: all)")
+    p.add_argument("--val-max-tokens", type=int, help="the same cap for the --val source (default: all)")
     p.add_argument("--num-proc", type=int, default=1, help="tokenizer processes for datasets.map (default: %(default)s)")
     p.add_argument("--streaming", action="store_true", help="stream a hub dataset instead of downloading it whole (on by itself with --max-tokens)")
     p.add_argument("--seed", type=int, default=TrainingSection().seed, help="seed of the train/validation split (default: %(default)s)")

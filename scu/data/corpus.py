@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,8 @@ import numpy as np
 from scu import ScuError
 from scu.data.prepare import is_prepared, prepared_train_val
 from scu.data.text import load_documents, overlapping_documents, pack, split_documents, tokenize_documents
+
+MLX_LM_TRAIN, MLX_LM_VALID = "train.jsonl", "valid.jsonl"  # mlx-lm's data folder (mlx_lm.lora --data DIR)
 
 
 @dataclass
@@ -22,8 +25,20 @@ class TrainData:
     split_rule: str
 
 
+def resolve_mlx_lm_folder(data_cfg: Any) -> Any:
+    """`data_cfg` with an mlx-lm data folder as train_data read as its train.jsonl, and its valid.jsonl as
+    val_data unless val_data is set; so a folder made for mlx_lm.lora trains here unchanged."""
+    folder = Path(data_cfg.train_data)
+    if not (folder / MLX_LM_TRAIN).is_file():
+        return data_cfg
+    valid = folder / MLX_LM_VALID
+    val_data = data_cfg.val_data or (str(valid) if valid.is_file() else None)
+    return data_cfg.model_copy(update={"train_data": str(folder / MLX_LM_TRAIN), "val_data": val_data})
+
+
 def load_train_val(data_cfg: Any, tokenizer: Any, block_size: int, seed: int) -> TrainData:
     """Load, separate (at document level) and pack the training and validation text."""
+    data_cfg = resolve_mlx_lm_folder(data_cfg)
     if is_prepared(data_cfg.train_data) or (data_cfg.val_data and is_prepared(data_cfg.val_data)):
         return prepared_train_val(data_cfg, tokenizer, block_size)  # tokenized once by `scu data prepare`
     train_docs = load_documents(data_cfg.train_data, data_cfg.text_field, tokenizer)

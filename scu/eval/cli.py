@@ -27,23 +27,26 @@ BASE = "base"
 def register(sub: Any) -> None:
     p = sub.add_parser("eval", help="held-out BPT and perplexity of a base model and its adapters, side by side")
     p.add_argument("--model", required=True, help="base model: hub id or local directory")
-    p.add_argument("--adapter", action="append", default=[], metavar="DIR", help="PEFT adapter directory (repeatable)")
+    p.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="PEFT adapter directory (repeatable; default: none, the base model alone)")
     p.add_argument("--data", required=True, help="held-out text: .txt (blank-line separated documents), .jsonl, datasets dir")
-    p.add_argument("--text-field", default="text", help="JSONL/datasets column with the text (default text)")
-    p.add_argument("--block-size", type=int, default=512, help="window length in tokens (default 512)")
+    p.add_argument("--text-field", default="text", help="JSONL/datasets column with the text (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=512, help="window length in tokens (default: %(default)s)")
     p.add_argument("--stride", type=int, help="window start spacing; below --block-size: sliding window (default: block size)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples of the documents")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="weights dtype of the base model (default: %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples of the documents (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file (default: print only)")
     p.add_argument(
         "--probes", nargs="?", const="", metavar="FILE",
         help="generate probe prompts with every model into a Markdown report; without FILE: the default probes "
-        "(math, logic riddle, SQL, knowledge, creative writing)",
+        "(math, logic riddle, SQL, knowledge, creative writing) (default: no probes)",
     )
-    p.add_argument("--probes-out", default="probes.md", metavar="OUT.md", help="where the probe report goes")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--probes-out", default="probes.md", metavar="OUT.md", help="where the probe report goes (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens generated per probe (default: %(default)s)")
     p.add_argument("--no-card", action="store_true", help="leave the adapters' eval_results.json and README.md alone")
     p.set_defaults(func=run)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from scu.mlx.convert import export_adapter
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from scu.mlx.convert import export_adapter
+
     out = export_adapter(args.adapter_dir, args.to, args.out)
     usage = (
         f"mlx_lm.load(BASE_MODEL, adapter_path={str(out)!r})"

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from scu.data.text import load_documents, pack, tokenize_documents
@@ -96,6 +95,7 @@ def train_tokenizer(docs: list[str], vocab_size: int):
 
 def tiny_llama(spec: BaseSpec, vocab_size: int):
     """An untrained Llama with the spec's dimensions (about 1M parameters by default)."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -117,6 +117,8 @@ def tiny_llama(spec: BaseSpec, vocab_size: int):
 
 def pretrain(model, blocks: np.ndarray, spec: BaseSpec, progress: bool = True) -> list[float]:
     """Full-parameter causal-LM training with AdamW and a cosine schedule; returns the losses."""
+    import torch
+
     data = torch.from_numpy(blocks)
     g = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.0)

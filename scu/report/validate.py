@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from scu import ScuError
 from scu.report.card import MLX_WEIGHTS, PEFT_WEIGHTS, adapter_format
 
@@ -33,18 +35,32 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def check_adapter(d: Path) -> Check:
+def load_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The file's tensors as NumPy arrays, read without torch where NumPy can hold them: importing torch
+    would add seconds to `scu validate`. bfloat16, which NumPy lacks, goes through torch as float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        bf16 = any(f.get_slice(k).get_dtype() == "BF16" for k in f.keys())
+    if not bf16:
+        from safetensors.numpy import load_file
+
+        return load_file(path)
     from safetensors.torch import load_file
 
+    return {k: v.float().numpy() for k, v in load_file(path).items()}
+
+
+def check_adapter(d: Path) -> Check:
     fmt = adapter_format(d)
     if fmt is None:
         return Check("adapter", "fail", f"no adapter weights ({PEFT_WEIGHTS} or {MLX_WEIGHTS}) in {d}")
     name = PEFT_WEIGHTS if fmt == "peft" else MLX_WEIGHTS
     try:
-        tensors = load_file(d / name)
+        tensors = load_tensors(d / name)
     except Exception as e:  # a truncated or foreign file
         return Check("adapter", "fail", f"{name} is unreadable ({type(e).__name__})")
-    bad = [k for k, v in tensors.items() if not bool(v.float().isfinite().all())]
+    bad = [k for k, v in tensors.items() if not np.isfinite(v).all()]
     if bad:
         return Check("adapter", "fail", f"{len(bad)} of {len(tensors)} tensors hold NaN/inf, e.g. {bad[0]}")
     return Check("adapter", "pass", f"{name}: {len(tensors)} tensors, all finite")
@@ -132,8 +148,8 @@ def validate(adapter_dir: str | Path, s_tolerance: float = S_TOLERANCE) -> list[
 
 def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="post-training checks of an adapter directory (exit 1 when one fails)")
-    p.add_argument("adapter_dir", metavar="ADAPTER_DIR")
-    p.add_argument("--s-tolerance", type=float, default=S_TOLERANCE, help="largest |final S - S*| / S* (default 0.2)")
+    p.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="`scu train` output directory or adapter directory")
+    p.add_argument("--s-tolerance", type=float, default=S_TOLERANCE, help="largest |final S - S*| / S* (default: %(default)s)")
     p.set_defaults(func=run)
 
 

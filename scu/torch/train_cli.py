@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import yaml
+
 from scu import ScuError
-from scu.config.schema import load_config
+from scu.config.schema import canonical_key, load_config
 from scu.driver import STOPPED_BY_SIGNAL
 from scu.energy.runtime import tscu_summary
 
 # flag -> dotted config key
 OVERRIDES = {
+    "output": "output_dir",
     "steps": "training.steps",
     "target_s": "scu.target_s",
     "lambda_init": "scu.lambda_init",
@@ -35,36 +38,52 @@ THERMAL_FLAGS = ("power_budget", "max_temp", "power_trace")
 CONTROLLERS = {"scu": "scu.enabled", "pi": "scu.enabled", "simplified": "sscu.enabled", "thermal": "tscu.enabled"}
 CONTROLLER_ALIASES = {"both": ("scu", "simplified")}
 TEST_RUN_STEPS = 100
+DEFAULT_OUTPUT = "runs/latest"
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="fine-tune a causal LM with LoRA under SCU control")
+    p = sub.add_parser(
+        "train", help="fine-tune a causal LM with LoRA under SCU control",
+        description="Fine-tune from a YAML config. Flags and --set override its keys; "
+        "--set on a key that a flag also sets is an error (docs/cli.md).",
+    )
     p.add_argument("--config", required=True, help="YAML with sections model/lora/scu/training/data")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--output", help="run directory (adapter, metadata.json, metrics.jsonl, checkpoint)")
+    where.add_argument(
+        "--output", help="run directory (adapter, metadata.json, metrics.jsonl, checkpoint) "
+        f"(default: the config's output_dir, else {DEFAULT_OUTPUT})",
+    )
     where.add_argument("--adapter-out", dest="output", help="same as --output")
+    p.add_argument(
+        "--set", action="append", type=config_setting, default=[], metavar="KEY=VALUE",
+        help="set any config key, e.g. lora.rank=16, training.lr_schedule=linear or max_steps=500; the value is read "
+        "as YAML (numbers, true/false, [lists], null); repeatable (default: none)",
+    )
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int)
+    length.add_argument("--steps", type=int, help=f"optimizer steps {config_default('steps')}")
     length.add_argument("--test-run", action="store_true", help=f"train {TEST_RUN_STEPS} steps on the configured data")
     p.add_argument(
         "--controller", type=controller_switches, metavar="NAME[,NAME]",
         help="controllers to run, e.g. scu,thermal: scu|pi (PI lambda loop), simplified (S-SCU, no lambda penalty "
-        "alone), thermal (T-SCU power/temperature), both (= scu,simplified); default: as the config says",
+        "alone), thermal (T-SCU power/temperature), both (= scu,simplified) (default: as the config says)",
     )
-    p.add_argument("--power-budget", type=float, metavar="W", help="T-SCU power budget in watts")
-    p.add_argument("--max-temp", type=float, metavar="C", help="T-SCU temperature limit in degrees Celsius")
-    p.add_argument("--power-trace", metavar="CSV", help="T-SCU: replay this time,watts,celsius trace instead of a sensor")
-    p.add_argument("--target-s", type=float)
-    p.add_argument("--lambda-init", type=float)
-    p.add_argument("--lambda-min", type=float)
-    p.add_argument("--lambda-max", type=float)
-    p.add_argument("--kp", type=float)
-    p.add_argument("--ki", type=float)
-    p.add_argument("--base-model")
-    p.add_argument("--train-data")
-    p.add_argument("--val-data")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--backend", choices=["torch", "mlx"], help="training backend (default: model.backend, torch)")
+    p.add_argument("--power-budget", type=float, metavar="W",
+                   help=f"T-SCU power budget in watts {config_default('power_budget')}")
+    p.add_argument("--max-temp", type=float, metavar="C",
+                   help=f"T-SCU temperature limit in degrees Celsius {config_default('max_temp')}")
+    p.add_argument("--power-trace", metavar="CSV",
+                   help=f"T-SCU: replay this time,watts,celsius trace instead of a sensor {config_default('power_trace')}")
+    p.add_argument("--target-s", type=float, help=f"target information ratio S* {config_default('target_s')}")
+    p.add_argument("--lambda-init", type=float, help=f"starting λ {config_default('lambda_init')}")
+    p.add_argument("--lambda-min", type=float, help=f"lower bound of λ {config_default('lambda_min')}")
+    p.add_argument("--lambda-max", type=float, help=f"upper bound of λ {config_default('lambda_max')}")
+    p.add_argument("--kp", type=float, help=f"proportional gain of the PI law {config_default('kp')}")
+    p.add_argument("--ki", type=float, help=f"integral gain of the PI law {config_default('ki')}")
+    p.add_argument("--base-model", help=f"hub id, local directory or .gguf file {config_default('base_model')}")
+    p.add_argument("--train-data", help=f"training data {config_default('train_data')}")
+    p.add_argument("--val-data", help=f"validation data {config_default('val_data')}")
+    p.add_argument("--seed", type=int, help=f"seed of the split, the LoRA init and the batches {config_default('seed')}")
+    p.add_argument("--backend", choices=["torch", "mlx"], help=f"training backend {config_default('backend')}")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument(
         "--overwrite", action="store_true",
@@ -72,10 +91,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--auto-stop", action="store_true", default=None,
-        help="end training at the λ-equilibrium step and save the adapter there (equilibrium.auto_stop)",
+        help=f"end training at the λ-equilibrium step and save the adapter there {config_default('auto_stop')}",
     )
-    p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished adapter directory to this Hugging Face repo")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished adapter directory to this Hugging Face repo (default: no upload)")
     p.set_defaults(func=run)
+
+
+def config_default(flag: str) -> str:
+    return f"(default: the config's {OVERRIDES[flag]})"
 
 
 def controller_switches(text: str) -> dict[str, bool]:
@@ -89,13 +112,40 @@ def controller_switches(text: str) -> dict[str, bool]:
     return {key: key in on for key in CONTROLLERS.values()}
 
 
-def config_from_args(args: argparse.Namespace):
-    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items()}
-    overrides.update(args.controller or {})
+def config_setting(text: str) -> tuple[str, Any]:
+    """--set section.key=value -> ("section.key", value), the value read as YAML so numbers, booleans and lists work."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, e.g. lora.rank=16 (got {text!r})")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a YAML value; quote it, e.g. {key}='\"{value}\"'") from None
+
+
+def option(flag: str) -> str:
+    return f"--{flag.replace('_', '-')}"
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """Dotted config key -> (the dedicated flag that sets it, value), for the flags given."""
+    given = {key: (option(flag), getattr(args, flag)) for flag, key in OVERRIDES.items() if getattr(args, flag) is not None}
+    given |= {key: ("--controller", on) for key, on in (args.controller or {}).items()}
     if args.test_run:
-        overrides["training.steps"] = TEST_RUN_STEPS
+        given["training.steps"] = ("--test-run", TEST_RUN_STEPS)
+    return given
+
+
+def config_from_args(args: argparse.Namespace):
+    """The config file, then --set, then the dedicated flags; --set and a flag on the same key is an error, not a race."""
+    flags = flag_overrides(args)
+    for key, _ in args.set:
+        clash = flags.get(canonical_key(key))
+        if clash:
+            raise ScuError(f"--set {key} and {clash[0]} both set {canonical_key(key)}; keep one of them")
+    overrides = dict(args.set) | {key: value for key, (_, value) in flags.items()}
     cfg = load_config(args.config, overrides)
-    given = [f"--{flag.replace('_', '-')}" for flag in THERMAL_FLAGS if getattr(args, flag) is not None]
+    given = [option(flag) for flag in THERMAL_FLAGS if getattr(args, flag) is not None]
     if given and not cfg.tscu.enabled:
         raise ScuError(f"{given[0]} sets the thermal controller, which is off; add --controller thermal (or scu,thermal)")
     if cfg.tscu.enabled and cfg.model.backend == "mlx":
@@ -109,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         from scu.mlx.loop import train
     else:
         from scu.torch.loop import train
-    out = args.output or "runs/latest"
+    out = cfg.output_dir or DEFAULT_OUTPUT
     if args.push_to_hub:
         from scu.report.card import push_to_hub, require_token
 

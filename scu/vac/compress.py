@@ -23,11 +23,11 @@ from torch import nn
 
 from scu import ScuError
 from scu.vac.allocate import Matrix, candidate_ranks, check_ratio, knapsack_ranks, linear_ratio, uniform_ranks
-from scu.vac.factorize import METHODS, decompose, truncation_costs
+from scu.vac.choices import METHODS, ORDERS
+from scu.vac.factorize import decompose, truncation_costs
 from scu.vac.modeling_vac import FactorizedLinear
 from scu.vac.profile import decoder_layers, layer_linears, profile_layer
 
-ORDERS = ("front", "back", "middle-out")
 NEEDS_ACTIVATIONS = {"asvd", "whiten", "vac"}
 NEEDS_FISHER = {"fwsvd", "vac"}
 

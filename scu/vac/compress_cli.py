@@ -8,46 +8,48 @@ import time
 from pathlib import Path
 
 from scu import ScuError
-from scu.data.text import load_documents
-from scu.vac.compress import ORDERS, CompressSpec, compress
-from scu.vac.data import blocks, calibration_split, check_disjoint
-from scu.vac.factorize import METHODS
-from scu.vac.io import (
-    TRUST_HELP, cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed,
-)
-from scu.vac.recover import MODES, RecoverSpec, kept_row, recover
+from scu.vac.choices import METHODS, MODES, ORDERS, TRUST_HELP
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("compress", help="low-rank compression of a causal LM (VAC)", description=__doc__)
     p.add_argument("--model", required=True, help="dense model: hub id or saved directory")
-    p.add_argument("--method", choices=METHODS, default="vac")
+    p.add_argument("--method", choices=METHODS, default="vac", help="how each matrix is factorized (default: %(default)s)")
     p.add_argument("--ratio", type=float, required=True, help="dense / compressed parameters over the linear layers, e.g. 1.8")
     p.add_argument("--calib", required=True, help="calibration text (.txt/.jsonl); must not contain --eval documents")
-    p.add_argument("--eval", help="evaluation text: checked disjoint from --calib, and perplexity reported on it")
+    p.add_argument("--eval", help="evaluation text: checked disjoint from --calib, and perplexity reported on it "
+                   "(default: none, no perplexity)")
     p.add_argument("--out", required=True, help="output directory (new or empty)")
-    p.add_argument("--order", choices=ORDERS, default="front")
-    p.add_argument("--fisher-exponent", type=float, default=1 / 3)
-    p.add_argument("--attn-floor", type=float, default=0.0, help="minimum rank of attention matrices, fraction of full rank")
-    p.add_argument("--mlp-floor", type=float, default=0.0, help="minimum rank of MLP matrices, fraction of full rank")
-    p.add_argument("--calib-samples", type=int, default=64, help="calibration sequences for profiling")
-    p.add_argument("--seq-len", type=int, default=256, help="calibration sequence length (tokens)")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="calibration documents held out for --search fitness")
-    p.add_argument("--recover", choices=MODES, default="none")
-    p.add_argument("--recover-steps", type=int, default=300)
-    p.add_argument("--recover-lr", type=float, default=3e-5)
-    p.add_argument("--attn-lr-mult", type=float, default=10.0)
-    p.add_argument("--nll-weight", type=float, default=0.0, help="weight of the NLL term next to the KL (docs/vac.md)")
-    p.add_argument("--recover-batch-size", type=int, default=8)
-    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--order", choices=ORDERS, default="front", help="order in which layers are compressed (default: %(default)s)")
+    p.add_argument("--fisher-exponent", type=float, default=1 / 3,
+                   help="exponent of the Fisher weights in fwsvd/vac (default: %(default).3g)")
+    p.add_argument("--attn-floor", type=float, default=0.0,
+                   help="minimum rank of attention matrices, fraction of full rank (default: %(default)s)")
+    p.add_argument("--mlp-floor", type=float, default=0.0,
+                   help="minimum rank of MLP matrices, fraction of full rank (default: %(default)s)")
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration sequences for profiling (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=256, help="calibration sequence length in tokens (default: %(default)s)")
+    p.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="calibration documents held out for --search fitness (default: %(default)s)")
+    p.add_argument("--recover", choices=MODES, default="none",
+                   help="after compressing, distil the dense model back in (default: %(default)s)")
+    p.add_argument("--recover-steps", type=int, default=300, help="recovery optimizer steps (default: %(default)s)")
+    p.add_argument("--recover-lr", type=float, default=3e-5, help="recovery learning rate (default: %(default)s)")
+    p.add_argument("--attn-lr-mult", type=float, default=10.0,
+                   help="recovery learning-rate multiplier of attention factors (default: %(default)s)")
+    p.add_argument("--nll-weight", type=float, default=0.0,
+                   help="weight of the NLL term next to the KL (docs/vac.md) (default: %(default)s)")
+    p.add_argument("--recover-batch-size", type=int, default=8, help="recovery sequences per step (default: %(default)s)")
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank of --recover lora (default: %(default)s)")
     p.add_argument("--search", action="store_true", help="evolutionary search over order, Fisher exponent, allocation")
-    p.add_argument("--budget", type=int, default=12, help="search budget in candidate evaluations")
+    p.add_argument("--budget", type=int, default=12, help="search budget in candidate evaluations (default: %(default)s)")
     p.add_argument("--int8", action="store_true", help="store the factors as int8 with per-channel scales")
     p.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"],
-                   help="store the floating-point weights in this dtype (e.g. bfloat16 next to --int8 factors)")
-    p.add_argument("--max-shard-size", default="2GB")
+                   help="store the floating-point weights in this dtype, e.g. bfloat16 next to --int8 factors "
+                   "(default: as computed, float32)")
+    p.add_argument("--max-shard-size", default="2GB", help="largest safetensors shard (default: %(default)s)")
     p.add_argument("--eval-seq-len", type=int, default=None, help="eval window length (default: --seq-len)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration split and sampling, recovery and search (default: %(default)s)")
     p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
@@ -55,7 +57,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from scu.data.text import load_documents
+    from scu.vac.compress import CompressSpec, compress
+    from scu.vac.data import blocks, calibration_split, check_disjoint
     from scu.vac.evaluate import perplexity, token_stream
+    from scu.vac.io import cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
+    from scu.vac.recover import RecoverSpec, kept_row, recover
 
     spec = CompressSpec(args.method, args.ratio, args.order, args.fisher_exponent, args.attn_floor, args.mlp_floor)
     spec.validate()

@@ -8,21 +8,21 @@ from pathlib import Path
 from scu import ScuError
 from scu.data.text import load_documents
 from scu.report.records import atomic_write_json, read_json
-from scu.vac.io import TRUST_HELP, load_model, load_tokenizer
+from scu.vac.choices import TRUST_HELP
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval-ppl", help="perplexity, parameters, disk size and tokens/s of a model", description=__doc__)
     p.add_argument("--model", required=True, help="saved model directory (VAC or dense) or hub id")
     p.add_argument("--data", required=True, help="evaluation text (.txt/.jsonl)")
-    p.add_argument("--seq-len", type=int, default=256, help="window length in tokens")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256, help="window length in tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     p.add_argument("--baseline", help="dense model to compare speed with (default: the model a VAC directory was made from)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing")
-    p.add_argument("--prefill-len", type=int, default=512)
-    p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
-    p.add_argument("--json", help="write the results as one flat JSON object to this file")
+    p.add_argument("--prefill-len", type=int, default=512, help="prompt tokens of the prefill timing (default: %(default)s)")
+    p.add_argument("--decode-tokens", type=int, default=64, help="tokens generated in the decode timing (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds, median reported (default: %(default)s)")
+    p.add_argument("--json", help="write the results as one flat JSON object to this file (default: print only)")
     p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
     p.set_defaults(func=run)
 
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from scu.vac.evaluate import (
         median_ratio, measure_speed, model_summary, perplexity, predicted_prefill_flop_ratio, token_stream,
     )
+    from scu.vac.io import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, args.trust_remote_code, dtype=torch.float32).eval()

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from scu import ScuError
+from scu.vac.choices import METHODS
 
-METHODS = ("svd", "fwsvd", "asvd", "whiten", "vac")
 ASVD_ALPHA = 0.5
 JITTER = 1e-6  # relative to the mean diagonal of X^T X / N; raised tenfold until Cholesky succeeds
 

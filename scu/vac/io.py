@@ -35,7 +35,6 @@ from scu.vac.profile import is_factorized
 
 MODELING_FILE = "modeling_vac.py"
 AUTO_MAP = {"AutoConfig": "modeling_vac.VacConfig", "AutoModelForCausalLM": "modeling_vac.VacForCausalLM"}
-TRUST_HELP = "run the model's own Python code (auto_map); only for sources you trust (scu's VAC directories need no flag)"
 
 
 def check_output_dir(out: str | Path) -> Path:

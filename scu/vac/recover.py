@@ -29,10 +29,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from scu import ScuError
+from scu.vac.choices import MODES
 from scu.vac.compress import all_linears, is_attention
 from scu.vac.profile import decoder_layers, is_factorized
-
-MODES = ("kd", "lora", "none")
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from scu import ScuError
-from scu.vac.compress import ORDERS, CompressResult, CompressSpec, all_linears, component, compress
+from scu.vac.choices import ORDERS
+from scu.vac.compress import CompressResult, CompressSpec, all_linears, component, compress
 from scu.vac.evaluate import window_nll
 
 WEIGHT_RANGE = 3.0

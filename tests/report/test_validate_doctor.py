@@ -77,6 +77,20 @@ def test_validate_fails_non_finite_adapter_weights(good_run, tmp_path, capsys):
     assert "FAIL  adapter" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("bad", [False, True])
+def test_validate_reads_bfloat16_adapter_weights(tmp_path, capsys, bad):
+    """NumPy has no bfloat16; such a file is read through torch, and a NaN in it is still found."""
+    import torch
+    from safetensors.torch import save_file
+
+    weights = torch.ones(4, 2, dtype=torch.bfloat16)
+    weights[0, 0] = float("nan") if bad else 2.0
+    save_file({"lora_B": weights}, tmp_path / "adapter_model.safetensors")
+    (tmp_path / "metadata.json").write_text(json.dumps({"status": "completed", "scu_enabled": False}))
+    main(["validate", str(tmp_path)])
+    assert outcomes(capsys)["adapter"] == ("FAIL" if bad else "PASS")
+
+
 def test_validate_without_metadata_is_a_usage_error(tmp_path, capsys):
     assert main(["validate", str(tmp_path)]) == 2
     assert "no metadata.json" in capsys.readouterr().err
