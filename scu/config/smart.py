@@ -354,7 +354,11 @@ class _Hardware:
     memory: MemoryEstimate
 
 
-LAWS = {"pi": "position-form PI on log lambda", "guide": "the reference's velocity law"}
+LAWS = {
+    "pi": "position-form PI on log lambda",
+    "bumpless": "velocity-form PI on log-odds, started near S*",
+    "guide": "the reference's velocity law",
+}
 
 
 def suggest(

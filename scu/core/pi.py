@@ -2,14 +2,14 @@
 
 Three update laws share one state (lambda, integral, S_hat, step):
 
-* ``bumpless``: a velocity-form PI on log(lambda) that starts when S first reaches S*, with the
-  error on the log-odds of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT:
-      d log(lambda) = kp * (e - e_prev) + ki * clip(e, +-error_clip)        (tracking)
-  Before the first crossing S is rising from 0 whatever lambda is, so lambda is held, and only lowered
-  (by ki * clip(e_pred)) while S is not on course to reach S* within kp/ki steps at its current rate,
-  e_pred = e + (kp/ki) * (e - e_prev) < 0. The run then starts tracking from the lambda of that moment,
-  so lambda_init matters only as the starting point of a search, not as an anchor. The log-odds do not
-  saturate as S nears 1 (small data sets), where ln(S) would.
+* ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
+  of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
+      d log(lambda) = kp * (e - e_prev) + (ki + schedule_gain * |c|) * c          (tracking)
+  Until S_hat first comes within start_band of S*, S is rising from 0 whatever lambda is, so lambda is
+  held, and only lowered, by start_gain * clip(e_ahead), while S is not on course to reach S* within
+  start_horizon steps at its current rate: e_ahead = e + start_horizon * (e - e_prev) < 0. Tracking then
+  starts from the lambda of that moment, so lambda_init is where a search starts, not an anchor the
+  integral must undo. The log-odds do not saturate as S nears 1 (small data sets), where ln(S) would.
 
 * ``pi`` (default): position-form PI on log(lambda) with a logarithmic error,
       e = log(S_hat / S*),   log(lambda) = log(lambda_init) + kp * e + ki * sum(e)
@@ -57,7 +57,11 @@ class PIConfig:
     ema_alpha: float = 0.1
     integral_error_clip: float = 0.5
     law: Literal["pi", "bumpless", "guide"] = "pi"
-    error_clip: float = 3.0  # bumpless law: |e| used by the integral
+    error_clip: float = 3.0  # bumpless law: largest |e| acted on
+    start_horizon: float = 20.0  # bumpless law: steps ahead that S must be on course to reach S* for lambda to be held
+    start_gain: float = 0.15  # bumpless law: d log(lambda) per unit of predicted shortfall, before the first crossing
+    start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
+    schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -133,15 +137,20 @@ class PIController:
     def _bumpless_update(self) -> None:
         c = self.config
         e = log_odds_error(self.s_hat, c.target_s)
-        change = 0.0 if self.prev_error is None else e - self.prev_error
+        change = None if self.prev_error is None else e - self.prev_error
         self.prev_error = e
-        if not self.tracking and self.s_hat >= c.target_s:
-            self.tracking = True  # first crossing: the PI starts from the lambda of this moment
-        if self.tracking:
-            step = c.kp * change + c.ki * min(max(e, -c.error_clip), c.error_clip)
+        if change is None:  # one point is no trend yet
+            return
+        if not self.tracking and self.s_hat >= (1.0 - c.start_band) * c.target_s:
+            # S is near S*: the PI starts from the lambda of this moment. Not at the crossing itself: with
+            # lambda at lambda*, S approaches S* from below and crosses only after a long tail, or never.
+            self.tracking = True
+        clipped = min(max(e, -c.error_clip), c.error_clip)
+        if self.tracking:  # the integral rate grows with |e|, so a start far below lambda* catches up fast
+            step = c.kp * change + (c.ki + c.schedule_gain * abs(clipped)) * clipped
         else:
-            predicted = e + (c.kp / c.ki) * change if c.ki > 0 else e
-            step = c.ki * max(predicted, -c.error_clip) if predicted < 0 else 0.0
+            heading = e + c.start_horizon * change  # where S is heading, start_horizon steps on
+            step = c.start_gain * max(heading, -c.error_clip) if heading < 0 else 0.0
         log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
         self.lam = math.exp(log_lam)
 

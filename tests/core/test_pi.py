@@ -59,3 +59,60 @@ def test_guide_law_reproduces_reference_update():
 def test_nan_s_is_refused():
     with pytest.raises(ValueError):
         PIController(PIConfig()).update(float("nan"))
+
+
+def bumpless(**kw) -> PIController:
+    return PIController(PIConfig(law="bumpless", target_s=0.1, lambda_init=1.0, lambda_min=1e-6, lambda_max=1e3,
+                                 ema_alpha=1.0, **kw))
+
+
+def test_bumpless_holds_lambda_while_s_rises_on_course():
+    c = bumpless()
+    # S climbing steeply toward S* (log-odds up ~0.5 per step): on course, so lambda is left where it started
+    lams = [c.update(s) for s in (1e-3, 2e-3, 3.5e-3, 6e-3, 0.01, 0.016, 0.025, 0.04, 0.06)]
+    assert lams == [1.0] * len(lams)
+    assert not c.tracking
+
+
+def test_bumpless_lowers_lambda_while_s_stalls_below_target():
+    c = bumpless()
+    lams = [c.update(0.001) for _ in range(30)]  # S stuck at 1% of S*: lambda is far too high
+    assert lams[0] == 1.0 and all(b < a for a, b in zip(lams[1:], lams[2:]))
+    # the descent is start_gain * error_clip per step at most: fast, but bounded
+    assert math.log(lams[1] / lams[-1]) == pytest.approx(28 * 0.15 * 3.0, rel=1e-9)
+
+
+def odds_error(s: float, target: float = 0.1) -> float:
+    return math.log(s / (1 - s)) - math.log(target / (1 - target))
+
+
+def test_bumpless_starts_tracking_near_the_target_from_the_lambda_of_that_moment():
+    c = bumpless()
+    for s in (0.02, 0.05, 0.08):  # rising on course, still below 0.9 * S*
+        c.update(s)
+    assert not c.tracking and c.lam == 1.0
+    c.update(0.095)  # within 10% of S*: tracking starts from lambda = 1, with no jump beyond one PI step
+    assert c.tracking
+    e, change = odds_error(0.095), odds_error(0.095) - odds_error(0.08)
+    assert math.log(c.lam) == pytest.approx(2.0 * change + (0.04 + 0.05 * abs(e)) * e, rel=1e-9)
+    # above target the integral raises lambda, faster the further S is above
+    small, large = bumpless(), bumpless()
+    for ctrl in (small, large):
+        for s in (0.05, 0.1, 0.1):
+            ctrl.update(s)
+    lam0 = small.lam
+    assert large.lam == lam0
+    d_small = math.log(small.update(0.12) / lam0)
+    d_large = math.log(large.update(0.3) / lam0)
+    assert 0 < d_small < d_large
+
+
+def test_bumpless_state_roundtrip_includes_the_phase():
+    a = bumpless()
+    seq = [0.002 * (1.15 ** i) for i in range(40)] + [0.1 + 0.01 * math.sin(i / 3) for i in range(40)]
+    for s in seq[:45]:
+        a.update(s)
+    assert a.tracking
+    b = bumpless()
+    b.load_state_dict(a.state_dict())
+    assert [a.update(s) for s in seq[45:]] == [b.update(s) for s in seq[45:]]
