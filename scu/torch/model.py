@@ -12,6 +12,7 @@ from torch import nn
 from scu import ScuError
 from scu.config.schema import ModelSection
 from scu.models.gguf import is_gguf, resolve
+from scu.report.records import check_safetensors
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PLACEHOLDER = ModelSection.model_fields["base_model"].default
@@ -65,8 +66,11 @@ def load_model(model_cfg: Any) -> nn.Module:
             load_in_8bit=model_cfg.load_in_8bit,
             bnb_4bit_compute_dtype=DTYPES[model_cfg.dtype],
         )
+    source = _source(model_cfg.base_model)
+    for weights in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []:
+        check_safetensors(weights)  # a truncated copy is one line here, a deserializing traceback in transformers
     try:
-        model = AutoModelForCausalLM.from_pretrained(_source(model_cfg.base_model), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(model_cfg.base_model, e) from None
     # PEFT records this as the adapter's base: for a .gguf base, the file as given, not its cache directory

@@ -141,3 +141,17 @@ def test_bad_data_names_the_line_or_the_encoding(case, train_cli, tmp_path):
     assert code == 2 and len(err.splitlines()) == 1, err
     assert expected in err, err
     assert not out.exists()
+
+
+def test_truncated_base_weights_are_one_line(train_cli, tmp_path, tiny_base):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base)
+    weights = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # an interrupted copy
+    out = tmp_path / "out"
+    code, err = train_cli(out, config={"model": {"base_model": str(base)}})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "model.safetensors is truncated or corrupt" in err
+    assert not out.exists()
