@@ -8,7 +8,6 @@ second `scu train` on the same directory fails at once instead of interleaving i
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
@@ -46,6 +45,12 @@ def check_output(out: Path, checkpoint: str, resume: bool, overwrite: bool) -> N
     """Refuse an unusable or occupied --output; writes nothing."""
     if out.exists() and not out.is_dir():
         raise ScuError(f"--output {out} is a file; pass a directory path")
+    if (holder := _holder(out / LOCK_FILE)) is not None:
+        raise _in_use(out, holder)
+    _check_contents(out, checkpoint, resume, overwrite)
+
+
+def _check_contents(out: Path, checkpoint: str, resume: bool, overwrite: bool) -> None:
     place = _nearest_existing(out)
     if not place.is_dir() or not _writable(place):
         raise ScuError(f"cannot write to {place}; choose a writable --output")
@@ -65,6 +70,25 @@ def check_output(out: Path, checkpoint: str, resume: bool, overwrite: bool) -> N
         raise ScuError(f"{out} is not empty ({shown}); use a new or empty --output, or pass --overwrite to write over it")
 
 
+def _in_use(out: Path, holder: str) -> ScuError:
+    return ScuError(f"{out} is in use by another scu run (pid {holder}); wait for it to end or choose another --output")
+
+
+def _holder(lock_file: Path) -> str | None:
+    """The pid of the live run holding `lock_file`, or None when no run holds it (a dead run's lock is free)."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)  # also drops the shared lock just taken
+    return None
+
+
 class RunLock:
     """An exclusive flock on `out/.scu.lock`, held until release() or process exit (the OS drops it)."""
 
@@ -74,12 +98,10 @@ class RunLock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        except BlockingIOError:
             holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self.fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise ScuError(f"{out} is in use by another scu run (pid {holder}); wait for it to end or choose another --output") from None
-            raise
+            raise _in_use(out, holder) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -95,7 +117,7 @@ def claim(out: Path, checkpoint: str, resume: bool, overwrite: bool) -> RunLock:
     """Lock `out`, re-check it under the lock (another run may have started meanwhile), clear old records."""
     lock = RunLock(out)
     try:
-        check_output(out, checkpoint, resume, overwrite)
+        _check_contents(out, checkpoint, resume, overwrite)
     except BaseException:
         lock.release()
         raise

@@ -92,14 +92,26 @@ def train_process(tmp_path: Path, tiny_base: Path, data: Path, steps: int, out: 
     )
 
 
-def test_two_concurrent_cli_runs_one_is_refused(tmp_path, tiny_base, pydoc_txt):
-    """Two real processes on one --output: exactly one trains, the other exits 2 naming the holder."""
-    procs = [train_process(tmp_path, tiny_base, pydoc_txt, 40, tmp_path / "run") for _ in range(2)]
-    results = sorted((p.wait(timeout=300), p.communicate()[1]) for p in procs)
-    assert [code for code, _ in results] == [0, 2], results
-    assert "in use by another scu run (pid" in results[1][1]
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 41))
+def wait_for_rows(proc: subprocess.Popen, metrics: Path, rows: int) -> None:
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= rows):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+
+
+def test_second_cli_run_on_a_running_directory_is_refused(tmp_path, tiny_base, pydoc_txt):
+    """Two real processes on one --output: while the first trains, the second exits 2 naming its pid."""
+    out = tmp_path / "run"
+    first = train_process(tmp_path, tiny_base, pydoc_txt, 100_000, out)
+    wait_for_rows(first, out / "metrics.jsonl", 1)
+    second = train_process(tmp_path, tiny_base, pydoc_txt, 40, out)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 2 and f"in use by another scu run (pid {first.pid})" in err, err
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert first.returncode == 143
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # one run's rows, in order
 
 
 def test_someone_elses_directory_is_not_overwritten(train_cli, tmp_path):
@@ -158,10 +170,7 @@ def test_unusable_output_is_refused_before_the_model_loads(train_cli, tmp_path, 
 def test_sigterm_checkpoints_and_exits_143(tmp_path, tiny_base, pydoc_txt):
     out = tmp_path / "run"
     proc = train_process(tmp_path, tiny_base, pydoc_txt, 100_000, out)
-    deadline = time.monotonic() + 240
-    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
+    wait_for_rows(proc, out / "metrics.jsonl", 2)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
