@@ -47,7 +47,10 @@ def compare(r0: dict, r1: dict, ref: dict) -> None:
     assert r0["grads"].keys() == ref["grads"].keys()
     for name, g in r0["grads"].items():
         assert torch.equal(g, r1["grads"][name])
-        torch.testing.assert_close(g, ref["grads"][name], rtol=1e-4, atol=1e-4 * g.abs().max().item())
+        # fp32 sums in another order (sharded reduce-scatter vs one process): seen 2.3e-7 on an element of a
+        # tensor whose largest entry is 1.5e-3 (peft 0.21 / transformers 5.25). A missing or doubled term is
+        # orders of magnitude larger than this tolerance.
+        torch.testing.assert_close(g, ref["grads"][name], rtol=1e-4, atol=1e-3 * g.abs().max().item())
 
 
 def test_trainer_ddp_matches_one_process(tmp_path):
