@@ -69,8 +69,9 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     from accelerate.utils import set_seed
 
     out = Path(out)
-    check_output(out, CHECKPOINT, resume, overwrite)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.is_main_process:  # the process that will claim and write it; others would race its claim
+        check_output(out, CHECKPOINT, resume, overwrite)
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = load_train_val(cfg.data, tokenizer, cfg.training.block_size, cfg.training.seed)
