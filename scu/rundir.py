@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from scu import ScuError
+from scu.report.records import fsync_file
 
 LOCK_FILE = ".scu.lock"
-# What a run writes (both backends); --overwrite removes these before a fresh run starts.
-RUN_RECORDS = ("checkpoint.pt", "checkpoint.mlx.safetensors", "metadata.json", "metrics.jsonl")
+# Files that mark a directory as holding a run (both backends), and the records --overwrite removes first.
+RUN_MARKERS = ("checkpoint.pt", "checkpoint.mlx.safetensors", "metadata.json")
+RUN_RECORDS = (*RUN_MARKERS, "metrics.jsonl")
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -62,7 +64,7 @@ def _check_contents(out: Path, checkpoint: str, resume: bool, overwrite: bool) -
         return
     if overwrite or not out.exists():
         return
-    if any((out / name).exists() for name in RUN_RECORDS[:3]):
+    if any((out / name).exists() for name in RUN_MARKERS):
         raise ScuError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or another --output")
     others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if others:
@@ -149,12 +151,6 @@ def base_fingerprint(base_model: str) -> str:
         elif f.name.endswith(".index.json") or f.name == "config.json":
             h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a file another library wrote to disk, before it is renamed into place."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def publish(out: Path, write: Callable[[Path], None]) -> None:

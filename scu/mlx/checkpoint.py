@@ -1,7 +1,7 @@
 """MLX checkpoints that resume a run exactly: LoRA weights, optimizer state, the `factors` prior's
 A0, and (as JSON in the file's metadata) the loop state, the controllers and the config.
 
-One safetensors file, written to a temporary name and renamed, so an interruption leaves the
+One safetensors file, written to a temporary name, synced and renamed, so an interruption leaves the
 previous checkpoint intact. Random numbers (LoRA dropout) are re-seeded from (seed, step)
 every step, so no generator state needs saving.
 """
@@ -9,8 +9,6 @@ every step, so no generator state needs saving.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -19,7 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from scu import ScuError
 from scu.driver import restored_state
-from scu.rundir import fsync_file
+from scu.report.records import atomic_path
 
 if TYPE_CHECKING:
     from scu.mlx.loop import MlxRun
@@ -38,16 +36,8 @@ def save_checkpoint(run: "MlxRun") -> None:
         "controllers": {name: c.state_dict() for name, c in run.controllers.items()},
         "config": run.cfg.model_dump(mode="json"),
     }
-    run.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run.out, prefix=f".{CHECKPOINT}.", suffix=".safetensors")
-    os.close(fd)
-    try:
-        mx.save_safetensors(tmp, arrays, metadata={"scu": json.dumps(record)})
-        fsync_file(tmp)
-        os.replace(tmp, run.out / CHECKPOINT)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(run.out / CHECKPOINT, suffix=".safetensors") as tmp:  # mlx names it .safetensors
+        mx.save_safetensors(str(tmp), arrays, metadata={"scu": json.dumps(record)})
 
 
 def load_checkpoint(run: "MlxRun") -> None:
@@ -56,11 +46,13 @@ def load_checkpoint(run: "MlxRun") -> None:
     try:
         arrays, meta = mx.load(str(path), return_metadata=True)
         record = json.loads(meta["scu"])
-        record["state"], record["config"]
     except Exception as e:
         raise ScuError(
             f"checkpoint {path} is unreadable ({type(e).__name__}); start over with --overwrite or choose another --output"
         ) from None
+    missing = [k for k in ("state", "controllers", "config") if k not in record]
+    if missing:
+        raise ScuError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); start over with --overwrite or choose another --output")
     groups: dict[str, list] = {g: [] for g in GROUPS}
     for key, value in arrays.items():
         group, _, name = key.partition("/")

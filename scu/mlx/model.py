@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 
 from scu import ScuError
 from scu.mlx.convert import MLX_CONFIG, MLX_WEIGHTS, peft_config_dict
-from scu.report.records import atomic_write_json
+from scu.report.records import atomic_path, atomic_write_json, first_line
 
 DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
 QUANT_GROUP_SIZE = 64
@@ -37,9 +37,8 @@ def load_base(model_cfg: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
             model_cfg.base_model, return_config=True, trust_remote_code=model_cfg.trust_remote_code
         )
     except Exception as e:  # missing path, offline hub, unsupported architecture: one message for the user
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ScuError(
-            f"mlx-lm could not load {model_cfg.base_model!r} ({first}); pass a local model directory or a reachable hub id"
+            f"mlx-lm could not load {model_cfg.base_model!r} ({first_line(e)}); pass a local model directory or a reachable hub id"
         ) from None
     quantized = "quantization" in config
     if model_cfg.load_in_4bit or model_cfg.load_in_8bit:
@@ -104,8 +103,6 @@ def peft_provenance(lora_cfg: Any, base_model: str) -> dict[str, Any]:
 
 def save_adapter(model: nn.Module, adapter_config: dict[str, Any], out: Path) -> None:
     """adapters.safetensors + adapter_config.json, as `mlx_lm.lora` writes them."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MLX_WEIGHTS}.tmp.safetensors"
-    mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())), metadata={"format": "mlx"})
-    tmp.replace(out / MLX_WEIGHTS)
+    with atomic_path(out / MLX_WEIGHTS, suffix=".safetensors") as tmp:
+        mx.save_safetensors(str(tmp), dict(tree_flatten(model.trainable_parameters())), metadata={"format": "mlx"})
     atomic_write_json(out / MLX_CONFIG, adapter_config)

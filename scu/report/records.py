@@ -22,18 +22,26 @@ from scu import ScuError
 PACKAGES = ["scu", "torch", "transformers", "peft", "accelerate", "trl", "datasets", "mlx", "mlx-lm"]
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file (ours, or one another library wrote) to disk, before it is renamed into place."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary file next to `path` for the block to write; renamed onto `path` only when the block succeeds.
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary file next to `path` for the block to write; synced and renamed onto `path` only when the
+    block succeeds. `suffix` ends the temporary name, for writers that add an extension otherwise.
 
     A crash or an error mid-write leaves the previous file (or none), never a partial one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,10 +49,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: str | Path) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ import torch
 
 from scu import ScuError
 from scu.driver import restored_state
+from scu.report.records import atomic_path
 
 if TYPE_CHECKING:
     from scu.torch.loop import Run
@@ -41,17 +41,8 @@ def save_checkpoint(run: "Run") -> None:
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         "config": run.cfg.model_dump(mode="json"),
     }
-    run.out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run.out, prefix=f".{CHECKPOINT}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run.out / CHECKPOINT)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(run.out / CHECKPOINT) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_checkpoint(path: os.PathLike) -> dict:
