@@ -64,7 +64,7 @@ def read_utf8(path: Path) -> str:
 
 def _load_jsonl(path: Path, text_field: str, tokenizer: Any) -> list[str]:
     docs = []
-    for lineno, line in enumerate(read_utf8(path).splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
