@@ -167,6 +167,9 @@ class Config(Section):
         return self
 
 
+SECTIONS = [name for name, f in Config.model_fields.items() if isinstance(f.annotation, type)]
+
+
 def canonical_key(dotted: str) -> str:
     """Our dotted name for a key that may be an alias: "max_steps" and "training.max_steps" -> "training.steps"."""
     *parents, leaf = dotted.split(".")
@@ -259,7 +262,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ScuError(f"{p} is not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
         if not isinstance(data, dict):
             raise ScuError(f"{p} must be a YAML mapping with sections model/lora/scu/training/data")
-    empty = [key for key, value in data.items() if value is None]
+    empty = [key for key, value in data.items() if value is None and key in SECTIONS]
     if empty:
         raise ScuError(f"{empty[0]}: is empty in {path}; give it keys or delete the line")
     data = _resolve_aliases(data, path)

@@ -12,7 +12,7 @@ from torch import nn
 from scu import ScuError
 from scu.config.schema import ModelSection
 from scu.models.gguf import is_gguf, resolve
-from scu.report.records import check_safetensors
+from scu.report.records import check_safetensors, first_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PLACEHOLDER = ModelSection.model_fields["base_model"].default
@@ -20,8 +20,7 @@ LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
 def _load_error(name: str, e: Exception) -> ScuError:
-    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    return ScuError(f"could not load model {name!r} ({first}); pass a local model directory or a reachable hub id")
+    return ScuError(f"could not load model {name!r} ({first_line(e)}); pass a local model directory or a reachable hub id")
 
 
 def _source(name: str) -> str:
