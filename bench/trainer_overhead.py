@@ -77,7 +77,7 @@ def scu_parts(trainer: SCUTrainer, reps: int) -> float:
     for _ in range(reps):
         t0 = time.perf_counter()
         trainer.scu.penalty().backward()
-        trainer.scu.step(torch.tensor(1000.0), torch.tensor(1000))
+        trainer.scu.step(ce_sum=torch.tensor(1000.0), tokens=torch.tensor(1000))
         times.append(time.perf_counter() - t0)
     trainer.model.zero_grad(set_to_none=True)
     return statistics.median(times)

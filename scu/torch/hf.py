@@ -4,7 +4,10 @@
 
     scu = SCU(model, tokens_per_epoch, {"target_s": 0.05})
     loss = loss + scu.penalty()                    # in the first micro-batch of each optimizer step
-    log(scu.step(ce_sum_nats, n_tokens))           # after optimizer.step(): this rank's summed CE and token count
+    log(scu.step(ce_sum=ce_sum_nats, tokens=n))    # after optimizer.step(): this rank's summed CE and loss tokens
+
+`step` takes keywords only, and refuses a first step whose CE is below any base model's
+(a mean loss handed over as the sum), so DataBPT and S are never silently wrong.
 
 `SCUTrainer` / `SCUSFTTrainer` do the same inside `transformers.Trainer` / `trl.SFTTrainer`:
 the penalty is added in `compute_loss` with the weight that survives the trainer's own
@@ -20,6 +23,7 @@ token counts and sharded penalty parts, so lambda is computed from identical inp
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -42,6 +46,9 @@ from scu.torch.regularizer import LoraPenalty
 STATE_FILE = "scu_state.json"
 INIT_FILE = "scu_init.safetensors"
 LOGGED = ("data_bpt", "param_bpt", "s")
+# Below this many nats per loss token, a first step's CE cannot be a summed CE: a base model is never that sure of
+# the next token over a whole batch (perplexity 1.05), while a mean loss over N tokens lands at loss / N.
+MIN_FIRST_STEP_NATS_PER_TOKEN = 0.05
 
 
 def scu_section(config: ScuSection | dict[str, Any] | None) -> ScuSection:
@@ -76,20 +83,27 @@ class SCU:
         self._parts = (replicated.detach(), local.detach())
         return (self.lam * LN2 * weight) * self.regularizer.bpt(replicated + local)
 
-    def step(self, data_nats: Tensor | float, tokens: Tensor | int) -> dict[str, float]:
+    def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None) -> dict[str, float]:
         """Close the optimizer step: one all-reduce of (CE nats, tokens, sharded penalty part), one host sync,
-        then the PI update. Returns this step's data_bpt, param_bpt, s and the lambda for the next step."""
+        then the PI update. Returns this step's data_bpt, param_bpt, s and the lambda for the next step.
+
+        `ce_sum`: this rank's cross-entropy summed (not averaged) over the step's loss tokens, in nats;
+        `tokens`: how many loss tokens that sum covers. Keywords only, so that a mean loss is never
+        passed by position where the sum belongs.
+        """
+        if positional or ce_sum is None or tokens is None:
+            raise ScuError("SCU.step takes keywords only: scu.step(ce_sum=<CE summed over the step's loss tokens, nats>, "
+                           "tokens=<number of loss tokens>), e.g. ce_sum=loss.detach() * n_tokens for a mean loss")
         if self._parts is None:
             raise ScuError("SCU.step() was called without SCU.penalty() in this optimizer step; "
                            "add scu.penalty() to the loss of the step's first micro-batch")
         replicated, local = self._parts
         self._parts = None
         as64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=replicated.device).reshape(())  # noqa: E731
-        summed = torch.stack([as64(data_nats), as64(tokens), as64(local), as64(replicated)])
+        summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated)])
         all_reduce_sum_(summed[:3])  # the replicated part is already global: never summed over ranks
-        nats, n, local_sum, rep = summed.tolist()
-        if n <= 0:
-            raise ScuError("an optimizer step had no tokens in the loss (all labels -100); check the data collator")
+        nats, n, local_sum, rep = summed.tolist()  # the same numbers on every rank, so every rank raises alike
+        check_step_loss(nats, n, first=self.controller.step_count == 0)
         data_bpt = nats / n / LN2
         param_bpt = float(self.regularizer.bpt(rep + local_sum))
         s = info_ratio(data_bpt, param_bpt)
@@ -159,6 +173,26 @@ class SCU:
         self.load_state_dict(json.loads((directory / STATE_FILE).read_text()))
         init = directory / INIT_FILE
         self.regularizer.load_init_state(load_file(init) if init.exists() else {})
+
+
+def check_step_loss(ce_sum: float, tokens: float, first: bool) -> None:
+    """Refuse numbers that cannot be an optimizer step's summed CE and loss-token count (one-line errors).
+
+    On the first step a CE far below any base model's is a mean loss passed as the sum: it would give
+    DataBPT near 0 and S near 1, and the controller would chase a number that means nothing. Later
+    steps are not judged by size, since a long run may legitimately drive its training loss that low.
+    """
+    if tokens <= 0:
+        raise ScuError("an optimizer step had no tokens in the loss (all labels -100); check the data collator")
+    if not math.isfinite(ce_sum):
+        raise ScuError(f"SCU.step got ce_sum={ce_sum}: the loss diverged; lower the learning rate or train in fp32")
+    if ce_sum < 0:
+        raise ScuError(f"SCU.step got ce_sum={ce_sum:g}, not a cross-entropy (>= 0 nats); pass the summed CE of the step")
+    if first and ce_sum / tokens < MIN_FIRST_STEP_NATS_PER_TOKEN:
+        raise ScuError(
+            f"SCU.step got ce_sum={ce_sum:.4g} nats over {tokens:.0f} tokens ({ce_sum / tokens:.2g} nats/token), below any "
+            f"base model's first-step loss: that is a mean loss; pass ce_sum=loss * n_tokens (the CE summed over the tokens)"
+        )
 
 
 def count_label_tokens(dataset: Any) -> int:
@@ -243,7 +277,7 @@ class SCUTrainerMixin:
         return (loss, *result[1:]) if return_outputs else loss
 
     def _scu_step_end(self) -> None:
-        self._scu_window.append(self.scu.step(self._scu_nats, self._scu_tokens))
+        self._scu_window.append(self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens))
         self._scu_nats, self._scu_tokens, self._scu_penalized = 0.0, 0, False
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

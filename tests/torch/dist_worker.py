@@ -91,7 +91,7 @@ def custom_loop(model, world: int, rank: int, micro_batch: int = 2) -> dict:
             grads = {n: _full(p.grad).detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         opt.step()
         opt.zero_grad(set_to_none=True)
-        rows.append(scu.step(nats, tokens))  # line 2 (line 3: log the returned dict)
+        rows.append(scu.step(ce_sum=nats, tokens=tokens))  # line 2 (line 3: log the returned dict)
     return {"rows": rows, "grads": grads}
 
 
