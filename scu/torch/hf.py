@@ -24,8 +24,6 @@ token counts and sharded penalty parts, so lambda is computed from identical inp
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ from scu.config.schema import Config, ScuSection, build_config
 from scu.core.bits import LN2, info_ratio
 from scu.core.pi import PIController
 from scu.driver import pi_config
-from scu.report.records import atomic_write_json, package_versions
+from scu.report.records import atomic_path, atomic_write_json, package_versions
 from scu.torch.distributed import all_reduce_sum_, check_layout, world_size
 from scu.torch.regularizer import LoraPenalty
 
@@ -151,14 +149,8 @@ class SCU:
         atomic_write_json(directory / STATE_FILE, self.state_dict())
         init = self.regularizer.init_state()
         if init:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{INIT_FILE}.")
-            os.close(fd)
-            try:
-                save_file(init, tmp)
-                os.replace(tmp, directory / INIT_FILE)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(directory / INIT_FILE) as tmp:
+                save_file(init, str(tmp))
         atomic_write_json(directory / "metadata.json", self.metadata(**run))
 
     def load(self, directory: str | Path) -> None:
