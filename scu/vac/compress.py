@@ -5,8 +5,19 @@
    candidate rank of every matrix (scu.vac.factorize.truncation_costs) and lets the knapsack
    (scu.vac.allocate) pick the ranks that minimize it within the budget. Those ranks are the ones used.
 2. Factorization, sequentially in the chosen order (front: first layer first; back; middle-out:
-   from the middle layer outwards, alternating). Each layer's statistics are measured on the model
-   as it is at that moment, with the layers before it in the order already compressed.
+   from the middle layer outwards, alternating). Each layer's activation statistics are measured on
+   the model as it is at that moment, with the layers before it in the order already compressed.
+
+Cost (scu.vac.profile). Activations come from cached layer inputs: the calibration batches go
+through the embeddings once, and each layer runs on the inputs its (possibly compressed)
+predecessors produced, so the activation statistics of all layers cost about one forward pass
+through the model (two for `vac`, whose allocation needs the dense model's too), not one per layer.
+
+The Fisher (fwsvd, vac) is measured once, on the dense model, in one forward and backward pass, and
+serves the allocation and every layer's factorization. This is an approximation: before, each layer's
+factorization re-measured it on the partly compressed model, a full backward pass per layer. Only
+the relative weights of rows (vac) and of rows and columns (fwsvd) enter the factorization; the
+effect on the result is measured in tests/vac/test_profile.py and docs/vac.md.
 
 The ratio is dense / compressed parameter count over the linear layers of the decoder; it must
 land within 1% of the target, and the whole-model ratio is reported next to it.
@@ -15,18 +26,21 @@ land within 1% of the target, and the whole-model ratio is reported next to it.
 from __future__ import annotations
 
 import math
-import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from scu import ScuError
 from scu.vac.allocate import Matrix, candidate_ranks, check_ratio, knapsack_ranks, linear_ratio, uniform_ranks
 from scu.vac.choices import METHODS, ORDERS
-from scu.vac.factorize import decompose, truncation_costs
+from scu.vac.factorize import LinearStats, decompose, refit_up, truncation_costs
 from scu.vac.modeling_vac import FactorizedLinear
-from scu.vac.profile import decoder_layers, layer_linears, profile_layer
+from scu.vac.profile import (
+    LayerInputs, all_linears, decoder_layers, embed, fisher_statistics, layer_linears, layer_statistics,
+)
 
 NEEDS_ACTIVATIONS = {"asvd", "whiten", "vac"}
 NEEDS_FISHER = {"fwsvd", "vac"}
@@ -43,6 +57,7 @@ class CompressSpec:
     attn_floor: float = 0.0  # minimum kept rank, as a fraction of full rank, for attention matrices
     mlp_floor: float = 0.0
     component_weights: dict[str, float] = field(default_factory=dict)  # log2 cost multiplier per projection kind
+    refit: bool = False  # whiten: least-squares update of the up factor against the dense model's outputs (refit_up)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -63,6 +78,7 @@ class CompressResult:
     linear_params_dense: int
     linear_params: int
     predicted_cost: float | None
+    seconds: dict = field(default_factory=dict)  # wall time: fisher, plan, factorize and per_layer (by layer index)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -98,20 +114,22 @@ def unique_param_count(model: nn.Module) -> int:
     return total
 
 
-def all_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    out = {}
-    for i in range(len(decoder_layers(model))):
-        out.update(layer_linears(model, i))
-    return out
+def _with_fisher(stats: dict[str, LinearStats], fisher: dict[str, LinearStats]) -> dict[str, LinearStats]:
+    for name, s in stats.items():
+        if name in fisher:
+            s.fisher_rows, s.fisher_cols = fisher[name].fisher_rows, fisher[name].fisher_cols
+    return stats
 
 
-def _log(msg: str, verbose: bool) -> None:
-    if verbose:
-        print(msg, file=sys.stderr, flush=True)
+def plan_ranks(
+    model: nn.Module, batches: torch.Tensor, spec: CompressSpec, fisher: dict[str, LinearStats] | None = None,
+    verbose: bool = False,
+) -> tuple[dict, float | None]:
+    """Ranks for every decoder linear layer (and the total predicted cost for `vac`).
 
-
-def plan_ranks(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbose: bool = False) -> tuple[dict, float | None]:
-    """Ranks for every decoder linear layer (and the total predicted cost for `vac`)."""
+    `vac` needs the dense model's statistics of every layer: the Fisher (`fisher`, measured here if not
+    given) and one pass of each layer over its cached inputs for the activations.
+    """
     linears = all_linears(model)
     if not linears:
         raise ScuError("the model has no dense linear layers left to compress")
@@ -119,37 +137,38 @@ def plan_ranks(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verb
     budget = math.floor(sum(m.dense_params for m in matrices) / spec.ratio)
     if spec.method != "vac":
         return uniform_ranks(matrices, budget), None
+    if fisher is None:
+        fisher = fisher_statistics(model, batches, verbose)
+    layers = decoder_layers(model)
+    inputs = LayerInputs(layers, *embed(model, batches))
     candidates, costs = [], []
-    for i in range(len(decoder_layers(model))):
-        _log(f"vac: profiling layer {i} for allocation", verbose)
-        stats = profile_layer(model, i, batches)
-        for name, lin in layer_linears(model, i).items():
+    for i in tqdm(range(len(layers)), desc="vac: allocation statistics", unit="layer", leave=False, disable=not verbose):
+        stats, outputs = layer_statistics(layers[i], layer_linears(model, i), inputs.get(i), inputs.kwargs)
+        inputs.put(i + 1, outputs)
+        inputs.keep([i + 1])
+        for name, s in _with_fisher(stats, fisher).items():
+            lin = linears[name]
             m = Matrix(name, lin.out_features, lin.in_features)
             floor = spec.attn_floor if is_attention(name) else spec.mlp_floor
             ranks = candidate_ranks(m, floor)
             weight = 2.0 ** spec.component_weights.get(component(name), 0.0)
-            decomp = decompose(lin.weight, "vac", stats[name], spec.fisher_exponent)
+            decomp = decompose(lin.weight, "vac", s, spec.fisher_exponent)
             candidates.append(ranks)
-            costs.append([weight * c for c in truncation_costs(decomp, stats[name], ranks)])
-        del stats
+            costs.append([weight * c for c in truncation_costs(decomp, s, ranks)])
     ranks = knapsack_ranks(matrices, candidates, costs, budget)
     chosen = sum(c[cand.index(ranks[m.name])] for m, cand, c in zip(matrices, candidates, costs) if ranks[m.name] is not None)
     return ranks, chosen
 
 
-def factorize_layer(model: nn.Module, index: int, ranks: dict, batches: torch.Tensor, spec: CompressSpec) -> None:
-    """Replace the dense linear layers of decoder layer `index` by their factorizations at `ranks`."""
-    linears = {n: m for n, m in layer_linears(model, index).items() if ranks.get(n) is not None}
-    if not linears:
-        return
-    stats = {}
-    if spec.method in NEEDS_ACTIVATIONS | NEEDS_FISHER:
-        stats = profile_layer(
-            model, index, batches, activations=spec.method in NEEDS_ACTIVATIONS, fisher=spec.method in NEEDS_FISHER
-        )
-    for name, lin in linears.items():
+def factorize_layer(model: nn.Module, index: int, ranks: dict, stats: dict[str, LinearStats], spec: CompressSpec) -> None:
+    """Replace the dense linear layers of decoder layer `index` by their factorizations at `ranks`, from their `stats`."""
+    for name, lin in layer_linears(model, index).items():
+        if ranks.get(name) is None:
+            continue
         decomp = decompose(lin.weight, spec.method, stats.get(name), spec.fisher_exponent)
-        up, down = decomp.factors(ranks[name], lin.weight.dtype)
+        up, down = decomp.factors(ranks[name], torch.float64)
+        if spec.method == "whiten" and spec.refit:
+            up = refit_up(lin.weight, down, stats[name])
         f = FactorizedLinear(lin.in_features, lin.out_features, ranks[name], bias=lin.bias is not None,
                              device=lin.weight.device, dtype=lin.weight.dtype)
         with torch.no_grad():
@@ -160,17 +179,65 @@ def factorize_layer(model: nn.Module, index: int, ranks: dict, batches: torch.Te
         model.set_submodule(name, f)
 
 
+def factorize_layers(
+    model: nn.Module, batches: torch.Tensor, ranks: dict, spec: CompressSpec, fisher: dict[str, LinearStats],
+    verbose: bool = False,
+) -> list[float]:
+    """Factorize the decoder layers in `spec.order`, each with the statistics of the model as it is then; seconds per layer.
+
+    A layer's activations come from its cached inputs, which the layers compressed before it produced.
+    With `spec.refit` (whiten), the dense model's inputs are carried along too, for `refit_up`.
+    """
+    layers = decoder_layers(model)
+    seconds = [0.0] * len(layers)
+    inputs = dense = None
+    if spec.method in NEEDS_ACTIVATIONS:
+        first, kwargs = embed(model, batches)
+        inputs = LayerInputs(layers, first, kwargs)
+        if spec.method == "whiten" and spec.refit:
+            dense = LayerInputs(layers, first, kwargs)
+    order = layer_order(len(layers), spec.order)
+    pending = set(order)
+    for i in tqdm(order, desc=f"{spec.method}: factorizing", unit="layer", leave=False, disable=not verbose):
+        start = time.perf_counter()
+        pending.discard(i)
+        linears = {n: m for n, m in layer_linears(model, i).items() if ranks.get(n) is not None}
+        if not linears:
+            continue
+        stats = {n: LinearStats() for n in linears}
+        if inputs is not None:
+            stats, outputs = layer_statistics(layers[i], linears, inputs.get(i), inputs.kwargs,
+                                              dense.get(i) if dense is not None else None)
+            if dense is not None:
+                dense.put(i + 1, outputs)  # before layer i changes: later layers' dense inputs start here
+        factorize_layer(model, i, ranks, _with_fisher(stats, fisher), spec)
+        if inputs is not None:
+            inputs.invalidate_above(i)
+            inputs.keep(pending)
+        if dense is not None:
+            dense.keep(pending)
+        seconds[i] = time.perf_counter() - start
+    return seconds
+
+
 def compress(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbose: bool = False) -> CompressResult:
     """Compress `model` in place to `spec.ratio` on its decoder linear layers; see the module docstring."""
     spec.validate()
     dense_total = unique_param_count(model)
     matrices = [Matrix(n, m.out_features, m.in_features) for n, m in all_linears(model).items()]
-    ranks, predicted = plan_ranks(model, batches, spec, verbose)
-    achieved = linear_ratio(matrices, ranks)
-    check_ratio(achieved, spec.ratio)
-    for i in layer_order(len(decoder_layers(model)), spec.order):
-        _log(f"{spec.method}: factorizing layer {i}", verbose)
-        factorize_layer(model, i, ranks, batches, spec)
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        fisher = fisher_statistics(model, batches, verbose) if spec.method in NEEDS_FISHER else {}
+        fisher_s = time.perf_counter() - start
+        ranks, predicted = plan_ranks(model, batches, spec, fisher, verbose)
+        plan_s = time.perf_counter() - start - fisher_s
+        achieved = linear_ratio(matrices, ranks)
+        check_ratio(achieved, spec.ratio)
+        per_layer = factorize_layers(model, batches, ranks, spec, fisher, verbose)
+    finally:
+        model.train(was_training)
     return CompressResult(
         ranks=ranks,
         linear_ratio=achieved,
@@ -178,4 +245,5 @@ def compress(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbos
         linear_params_dense=sum(m.dense_params for m in matrices),
         linear_params=sum(m.params(ranks[m.name]) for m in matrices),
         predicted_cost=predicted,
+        seconds={"fisher": fisher_s, "plan": plan_s, "factorize": sum(per_layer), "per_layer": per_layer},
     )

@@ -9,7 +9,8 @@ only in the metric the truncation is optimal in:
           raised to an exponent (FWSVD; default 1/3, the cube root).
 - asvd:   ||(W - W_r) diag(s)||_F, with s the mean |activation| of each input channel to the power 0.5 (ASVD).
 - whiten: ||(W - W_r) X||_F over the calibration activations X, via the Cholesky factor of X^T X
-          (SVD-LLM). Computed in float64 with jitter.
+          (SVD-LLM). Computed in float64 with jitter. `refit_up` then updates the up factor in closed form
+          (least squares against the dense model's outputs), when compress.py asks for it.
 - vac:    whitening with the output rows weighted by their Fisher mass to the exponent:
           ||diag(g)^exponent (W - W_r) X||_F, g the mean squared output gradient of each row.
 
@@ -37,14 +38,27 @@ class LinearStats:
     tokens: int = 0
     xtx: torch.Tensor | None = None  # in x in, float64: sum of x x^T
     abs_sum: torch.Tensor | None = None  # in, float64: sum of |x|
-    fisher: torch.Tensor | None = None  # out x in, float64: mean squared per-token gradient
+    cross: torch.Tensor | None = None  # in x in, float64: sum of x_dense x^T, x_dense the dense model's input for the same token
+    fisher_rows: torch.Tensor | None = None  # out, float64: row sums of the diagonal Fisher (mean squared per-token gradient)
+    fisher_cols: torch.Tensor | None = None  # in, float64: its column sums
+
+    def add(self, x: torch.Tensor, dense_x: torch.Tensor | None = None) -> None:
+        """Accumulate a [tokens, in] float64 block of inputs (and the dense model's inputs for the same tokens)."""
+        if self.xtx is None:
+            self.xtx = x.new_zeros(x.shape[1], x.shape[1])
+            self.abs_sum = x.new_zeros(x.shape[1])
+        self.xtx += x.T @ x
+        self.abs_sum += x.abs().sum(0)
+        self.tokens += x.shape[0]
+        if dense_x is not None:
+            self.cross = dense_x.T @ x if self.cross is None else self.cross + dense_x.T @ x
 
     def second_moment(self) -> torch.Tensor:
         return self.xtx / max(self.tokens, 1)
 
     def output_fisher(self) -> torch.Tensor:
         """Mean squared gradient of each output channel: diagonal Fisher row sums over E[x_j^2]."""
-        return self.fisher.sum(1) / self.second_moment().diagonal().sum().clamp_min(1e-30)
+        return self.fisher_rows / self.second_moment().diagonal().sum().clamp_min(1e-30)
 
 
 @dataclass
@@ -97,8 +111,8 @@ def decompose(W: torch.Tensor, method: str, stats: LinearStats | None = None, fi
     if stats is None:
         raise ValueError(f"method {method!r} needs calibration statistics")
     if method == "fwsvd":
-        a = _normalized(stats.fisher.sum(1), fisher_exponent)
-        b = _normalized(stats.fisher.sum(0), fisher_exponent)
+        a = _normalized(stats.fisher_rows, fisher_exponent)
+        b = _normalized(stats.fisher_cols, fisher_exponent)
         return _scaled_svd(a[:, None] * W * b, a, lambda B: B / b)
     if method == "asvd":
         s = _normalized(stats.abs_sum / max(stats.tokens, 1), ASVD_ALPHA)
@@ -110,6 +124,22 @@ def decompose(W: torch.Tensor, method: str, stats: LinearStats | None = None, fi
         # B L^-1 = solve(L^T, B^T)^T; L is lower triangular
         return _scaled_svd(M, left, lambda B: torch.linalg.solve_triangular(L, B, upper=False, left=False))
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def refit_up(W: torch.Tensor, down: torch.Tensor, stats: LinearStats) -> torch.Tensor:
+    """The `up` factor minimizing ||W X_dense - up down X||_F over the calibration tokens, `down` fixed (float64).
+
+    The closed-form least-squares update after a whitened truncation. X are the layer's inputs in the
+    model as it is, X_dense the dense model's inputs for the same tokens (`stats.cross`), so `up` also
+    absorbs the error the layers compressed before it left in X; without `cross`, X_dense = X and the
+    update only gives back what the Cholesky jitter cost. Normal equations, an r x r system:
+    up (down C down^T) = W cross down^T, C = X^T X.
+    """
+    W, B = W.detach().double(), down.double()
+    cross = stats.xtx if stats.cross is None else stats.cross
+    n = max(stats.tokens, 1)
+    L = cholesky_factor(B @ stats.xtx @ B.T / n)
+    return torch.cholesky_solve((W @ cross @ B.T / n).T, L).T
 
 
 def truncation_costs(decomp: Decomposition, stats: LinearStats, ranks: list[int]) -> list[float]:

@@ -6,7 +6,6 @@ import torch
 from scu.vac.allocate import Matrix, uniform_ranks
 from scu.vac.compress import CompressSpec, all_linears, compress, layer_order, unique_param_count
 from scu.vac.modeling_vac import FactorizedLinear
-from scu.vac.profile import layer_linears, profile_layer
 
 
 def factored(model):
@@ -62,14 +61,3 @@ def test_statistics_are_recomputed_on_the_partly_compressed_model(fresh, calib):
     q0, q1 = "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"
     assert torch.allclose(f[q0].up.weight, b[q0].up.weight, atol=1e-5)
     assert not torch.allclose(f[q1].up.weight, b[q1].up.weight, atol=1e-3)
-
-
-def test_profile_holds_one_layer_at_a_time(fresh, calib):
-    model = fresh()
-    stats = profile_layer(model, 1, calib[:2])
-    assert set(stats) == set(layer_linears(model, 1))
-    for name, s in stats.items():
-        w = model.get_submodule(name).weight
-        assert s.fisher.shape == w.shape and (s.fisher > 0).any()
-        assert s.xtx.shape == (w.shape[1], w.shape[1]) and s.tokens == 2 * calib.shape[1]
-    assert all(p.requires_grad for p in model.parameters())  # flags restored after profiling

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scu.vac.factorize import LinearStats, decompose, truncation_costs
+from scu.vac.factorize import LinearStats, decompose, refit_up, truncation_costs
 
 
 def correlated_stats(out_f=48, in_f=32, tokens=4000, seed=0):
@@ -14,7 +14,7 @@ def correlated_stats(out_f=48, in_f=32, tokens=4000, seed=0):
     X = torch.randn(tokens, in_f, generator=g, dtype=torch.float64) @ mix.T
     grads = torch.randn(out_f, generator=g, dtype=torch.float64).abs() + 0.1  # per-row output gradient scale
     fisher = (grads[:, None] ** 2) * (X**2).mean(0)[None, :]
-    stats = LinearStats(tokens=tokens, xtx=X.T @ X, abs_sum=X.abs().sum(0), fisher=fisher)
+    stats = LinearStats(tokens=tokens, xtx=X.T @ X, abs_sum=X.abs().sum(0), fisher_rows=fisher.sum(1), fisher_cols=fisher.sum(0))
     return W, X, stats
 
 
@@ -73,7 +73,7 @@ def test_truncation_costs_equal_the_second_order_formula(method):
 def test_vac_row_weights_follow_the_fisher():
     # With one output row carrying most of the gradient, vac keeps that row better than plain whitening.
     W, X, stats = correlated_stats()
-    stats.fisher[0] *= 1e4
+    stats.fisher_rows[0] *= 1e4
     rank = 4
     for method, exponent in (("whiten", 0.0), ("vac", 0.5)):
         up, down = decompose(W, method, stats, exponent).factors(rank, torch.float64)
@@ -82,3 +82,28 @@ def test_vac_row_weights_follow_the_fisher():
             whiten_err = err
         else:
             assert err < 0.5 * whiten_err
+
+
+@pytest.mark.parametrize("rank", [3, 8, 20])
+def test_refit_never_raises_the_calibration_reconstruction_loss(rank):
+    # Same inputs on both sides: the whitened truncation is already (nearly) optimal and the update keeps it.
+    W, X, stats = correlated_stats()
+    up, down = decompose(W, "whiten", stats).factors(rank, torch.float64)
+    new_up = refit_up(W, down, stats)
+    before = torch.linalg.norm((W - up @ down) @ X.T)
+    after = torch.linalg.norm((W - new_up @ down) @ X.T)
+    assert after <= before * (1 + 1e-9)
+
+
+def test_refit_absorbs_the_error_in_its_inputs():
+    # The layer now sees X_hat (earlier layers compressed); the update targets the dense outputs W X.
+    W, X, _ = correlated_stats(seed=3)
+    g = torch.Generator().manual_seed(4)
+    X_hat = X + 0.3 * X @ torch.randn(X.shape[1], X.shape[1], generator=g, dtype=torch.float64) / X.shape[1] ** 0.5
+    stats = LinearStats(tokens=len(X), xtx=X_hat.T @ X_hat, cross=X.T @ X_hat)
+    up, down = decompose(W, "whiten", stats).factors(8, torch.float64)
+    new_up = refit_up(W, down, stats)
+    loss = lambda u: torch.linalg.norm(X @ W.T - X_hat @ (u @ down).T)  # noqa: E731
+    assert loss(new_up) < 0.9 * loss(up)
+    for _ in range(5):  # and it is the least-squares optimum for this `down`
+        assert loss(new_up + 1e-3 * torch.randn(up.shape, generator=g, dtype=torch.float64)) >= loss(new_up)

@@ -131,7 +131,7 @@ def test_int8_covers_layers_kept_dense(fresh, calib, tokenizer, tmp_path):
     model = fresh()
     names = list(layer_linears(model, 0))
     kept = "model.layers.0.mlp.down_proj"
-    factorize_layer(model, 0, {n: (None if n == kept else 8) for n in names}, calib, CompressSpec(method="svd"))
+    factorize_layer(model, 0, {n: (None if n == kept else 8) for n in names}, {}, CompressSpec(method="svd"))
     quantize_int8(model)
     assert type(model.get_submodule(kept)).__name__ == "Int8Linear"
     with torch.no_grad():
