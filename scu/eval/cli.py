@@ -5,7 +5,8 @@
 
 Every input is checked before a model is loaded. The base model is loaded once; the adapters are
 attached to it with PEFT and switched in turn. For each adapter directory that is a `scu train`
-run, the results go into its eval_results.json and its model card (README.md) is re-rendered.
+run, the results go into its eval_results.json and its model card (README.md) is re-rendered; other
+adapter directories are left alone, with a note.
 """
 
 from __future__ import annotations
@@ -221,10 +222,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def update_cards(adapter_dirs: list[str], results: dict[str, Any]) -> None:
-    """eval_results.json and a re-rendered README.md in each adapter directory that is a scu run."""
-    from scu.report.card import EVAL_RESULTS, write_model_card
+    """eval_results.json and a re-rendered README.md in each adapter directory that is a `scu train` run; any other
+    directory is left alone, with a one-line note (its card would otherwise state facts its records do not hold)."""
+    from scu.report.card import add_eval_results
 
-    for d in adapter_dirs:
-        if (Path(d) / "metadata.json").exists():
-            atomic_write_json(Path(d) / EVAL_RESULTS, results)
-            write_model_card(d)
+    for d, name in zip(adapter_dirs, adapter_names(adapter_dirs)):
+        try:
+            add_eval_results(d, results, name)
+        except ScuError as e:
+            print(f"scu eval: note: {e}; its README.md is left alone (--json keeps the results)", file=sys.stderr)

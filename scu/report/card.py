@@ -2,13 +2,20 @@
 
 The card is rendered from what the run left behind: metadata.json (base model, controller,
 outcome), config.yaml, and eval_results.json when `scu eval` was run on the adapter. It is
-rewritten whenever one of them changes, so it never disagrees with the files next to it.
+rewritten whenever one of them changes, so it never disagrees with the files next to it, and
+it is only rendered from a metadata.json that holds every fact it states (a `scu train` run's):
+a card that filled gaps with defaults would publish false facts ("SCU off", "tokens seen 0").
+
+Its YAML front matter is what the Hub indexes: base_model (a Hub id only, never a local path),
+library_name, tags, datasets (the Hub datasets it was trained on) and a model-index with the
+held-out results (validation BPT at the end of training, and `scu eval`'s row for this adapter).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +25,7 @@ from scu import ScuError
 from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE
 from scu.report.plots import FILES as PLOT_FILES
 from scu.report.plots import PLOT_DIR
-from scu.report.records import atomic_write_text, first_line, read_json
+from scu.report.records import atomic_write_json, atomic_write_text, first_line, read_json
 
 CARD = "README.md"
 EVAL_RESULTS = "eval_results.json"
@@ -65,18 +72,105 @@ def _run_file(d: Path, name: str, for_hub: bool) -> Any:
     return portable(data, d) if for_hub else data
 
 
-def _hub_id(base: str) -> bool:
-    """A hub model id (owner/name), as opposed to a local directory: only those go into the card's metadata."""
-    return not Path(base).exists() and base.count("/") == 1 and " " not in base
+# The facts the card states, so what metadata.json must hold (scu.driver.metadata writes them all).
+CARD_FACTS = ("base_model", "scu_enabled", "status", "steps", "steps_planned", "tokens_seen", "config")
+LORA_FACTS = ("rank", "alpha", "targets")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_LOCAL_SUFFIXES = {".txt", ".jsonl", ".json", ".gz", ".zst", ".parquet", ".gguf", ".safetensors", ".bin", ".yaml"}
 
 
-def front_matter(meta: dict[str, Any]) -> str:
+def card_problem(adapter_dir: Path) -> str | None:
+    """Why no truthful card can be rendered for `adapter_dir` (None when one can): no metadata.json, or one that
+    lacks facts the card states, as the metadata the Trainer integration or another tool writes does."""
+    meta = read_json(adapter_dir / "metadata.json")
+    if meta is None:
+        return "no metadata.json (not a `scu train` run)"
+    if not isinstance(meta, dict):
+        return "metadata.json is not a JSON object (not a `scu train` run)"
+    missing = [k for k in CARD_FACTS if k not in meta]
+    lora = meta.get("config", {}).get("lora") if isinstance(meta.get("config"), dict) else None
+    missing += [f"config.lora.{k}" for k in LORA_FACTS if not isinstance(lora, dict) or k not in lora]
+    if meta.get("scu_enabled") and meta.get("target_s") is None:
+        missing.append("target_s")
+    if missing:
+        return f"metadata.json lacks {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} (not written by `scu train`)"
+    return None
+
+
+def hub_id(spec: Any, kind: str = "models") -> str | None:
+    """The Hub id that `spec` (a base model or data setting) names, or None for local data.
+
+    An id stays; a path into the Hub cache (`.../models--owner--name/snapshots/...`) gives its id back; any
+    other local path (existing, absolute, relative, or a file by its suffix) is None: it means nothing on the Hub.
+    """
+    if not isinstance(spec, str) or not spec:
+        return None
+    for part in Path(spec).parts:
+        if part.startswith(f"{kind}--"):
+            return part[len(kind) + 2 :].replace("--", "/", 1)
+    local = os.path.isabs(spec) or spec.startswith((".", "~")) or Path(spec).expanduser().exists()
+    if local or Path(spec).suffix.lower() in _LOCAL_SUFFIXES:
+        return None
+    return spec if _HUB_ID.fullmatch(spec) else None
+
+
+def hub_datasets(data_cfg: dict[str, Any]) -> list[str]:
+    """The Hub datasets the run trained and validated on: `data.train_data` / `val_data` given as Hub ids, or the
+    sources recorded in the prep.json of a directory `scu data prepare` made from the Hub."""
+    from scu.data.prepare import PREP_FILE
+
+    found: list[str] = []
+    for spec in (data_cfg.get("train_data"), data_cfg.get("val_data")):
+        prep = read_json(Path(spec) / PREP_FILE) if isinstance(spec, str) and Path(spec).is_dir() else None
+        if isinstance(prep, dict):
+            sources = [prep.get("source"), prep.get("val_source")]
+            ids = [src.get("hub_id") for src in sources if isinstance(src, dict) and src.get("kind") == "hub"]
+        else:
+            ids = [hub_id(spec, "datasets")]
+        found += [i for i in ids if i and i not in found]
+    return found
+
+
+def _data_name(spec: Any) -> str:
+    """How the card names a data setting: its Hub id, else the file or folder name (never a local path)."""
+    return hub_id(spec, "datasets") or Path(str(spec)).name
+
+
+def model_index(meta: dict[str, Any], results: dict[str, Any] | None) -> list[Any]:
+    """The held-out results as Hub EvalResults: the validation BPT at the end of training, and this adapter's
+    row of `scu eval` (named in eval_results.json by `adapter`), each with its perplexity."""
+    from huggingface_hub import EvalResult
+
+    def measured(data: Any, split: str | None, bpt: float, source: str) -> list[Any]:
+        name = _data_name(data)
+        common = dict(task_type="text-generation", task_name="Causal language modeling", dataset_type=name,
+                      dataset_name=f"{name} ({source})", dataset_split=split)
+        return [EvalResult(**common, metric_type="bpt", metric_value=round(bpt, 6), metric_name="held-out bits per token"),
+                EvalResult(**common, metric_type="perplexity", metric_value=round(2.0**bpt, 4), metric_name="perplexity")]
+
+    out: list[Any] = []
+    data = meta["config"].get("data") or {}
+    if meta.get("val_bpt") is not None:
+        held_out = data.get("val_data") or data.get("train_data")
+        source = "validation at the end of training" if data.get("val_data") else "documents held out of training"
+        out += measured(held_out, "validation", meta["val_bpt"], source)
+    row = next((r for r in (results or {}).get("results", []) if r.get("name") == (results or {}).get("adapter")), None)
+    if row is not None:
+        out += measured(results["data"], None, row["bpt"], "scu eval")
+    return out
+
+
+def front_matter(meta: dict[str, Any], results: dict[str, Any] | None, name: str, fmt: str | None) -> str:
+    """The card's YAML header for the Hub, from the run's own (not `portable`) records, so ids are judged on this
+    machine: a local base model is left out of `base_model` rather than named by a path."""
     from huggingface_hub import ModelCardData
 
-    base = meta.get("base_model") or ""
+    library = "mlx" if fmt == "mlx" else "peft"
     data = ModelCardData(
-        library_name="peft", base_model=base if _hub_id(base) else None, tags=["scu", "lora", "peft", "text-generation"],
-        pipeline_tag="text-generation",
+        base_model=hub_id(meta["base_model"]), library_name=library, pipeline_tag="text-generation",
+        tags=["peft", "lora", "scu", *(["mlx"] if library == "mlx" else []), "text-generation"],
+        datasets=hub_datasets(meta["config"].get("data") or {}) or None,
+        model_name=name, eval_results=model_index(meta, results) or None,
     )
     return f"---\n{data.to_yaml()}\n---\n"
 
@@ -86,16 +180,16 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def method_section(meta: dict[str, Any]) -> list[str]:
-    cfg = meta.get("config", {})
-    lora = cfg.get("lora", {})
+    cfg = meta["config"]
+    lora = cfg["lora"]
     lines = [
         "## Method",
         "",
-        f"LoRA (rank {lora.get('rank')}, alpha {lora.get('alpha')}, on {', '.join(lora.get('targets', []))}) "
-        f"fine-tuned from `{meta.get('base_model')}`.",
+        f"LoRA (rank {lora['rank']}, alpha {lora['alpha']}, on {', '.join(lora['targets'])}) "
+        f"fine-tuned from `{meta['base_model']}`.",
     ]
-    scu = cfg.get("scu", {})
-    if not meta.get("scu_enabled"):
+    scu = cfg.get("scu") or {}
+    if not meta["scu_enabled"]:
         lines += ["", "Plain LoRA (SCU off)."]
     elif scu.get("lambda_min") == scu.get("lambda_max"):
         lines += ["", f"Trained with a fixed SCU penalty λ = {scu.get('lambda_min'):g} on ParamBPT (no PI control)."]
@@ -110,8 +204,8 @@ def method_section(meta: dict[str, Any]) -> list[str]:
 
 
 def outcome_section(meta: dict[str, Any]) -> list[str]:
-    steps = f"{meta.get('steps')} of {meta.get('steps_planned')} planned optimizer steps ({meta.get('status')})"
-    rows = [("Steps", steps), ("Tokens seen", f"{meta.get('tokens_seen', 0):,}")]
+    steps = f"{meta['steps']} of {meta['steps_planned']} planned optimizer steps ({meta['status']})"
+    rows = [("Steps", steps), ("Tokens seen", f"{meta['tokens_seen']:,}")]
     if meta.get("equilibrium_step") is not None:
         rows.append(("λ-equilibrium step", str(meta["equilibrium_step"])))
     if meta.get("scu_enabled"):
@@ -180,32 +274,48 @@ def usage_section(adapter_dir: Path, base: str, fmt: str | None, where: str | No
     return ["## Usage", "", *peft, *mlx]
 
 
+def active_config(config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The config without the sections that did nothing in this run: those with `enabled: false`, and the
+    equilibrium detector's when it did not run (SCU off, or λ fixed). config.yaml keeps them all."""
+    ran = meta.get("controllers") or {}
+
+    def idle(name: str, section: Any) -> bool:
+        return isinstance(section, dict) and (section.get("enabled") is False or (name == "equilibrium" and name not in ran))
+
+    return {name: section for name, section in config.items() if not idle(name, section)}
+
+
 def render_card(adapter_dir: str | Path, repo_id: str | None = None) -> str:
     """The card's Markdown for `adapter_dir`; with `repo_id`, for that Hub repo (usage snippets point at it,
-    local paths are made `portable`)."""
+    local paths are made `portable`). Refused, in one line, for a directory whose records cannot back it."""
     d = Path(adapter_dir)
+    problem = card_problem(d)
+    if problem:
+        raise ScuError(f"{d}: {problem}; no model card is written from it")
     for_hub = repo_id is not None
-    meta = _run_file(d, "metadata.json", for_hub)
-    if meta is None:
-        raise ScuError(f"{d} has no metadata.json; a model card is written for `scu train` run directories")
-    base = meta.get("base_model", "BASE_MODEL")
-    config = yaml.safe_dump(_run_file(d, "config.yaml", for_hub) or meta.get("config", {}), sort_keys=False)
+    own_meta, own_results = read_json(d / "metadata.json"), read_json(d / EVAL_RESULTS)
+    meta = portable(own_meta, d) if for_hub else own_meta
+    results = portable(own_results, d) if for_hub else own_results
+    base = meta["base_model"]
+    fmt = adapter_format(d)
+    config = active_config(_run_file(d, "config.yaml", for_hub) or meta["config"], meta)
     lines = [
-        front_matter(meta),
+        front_matter(own_meta, own_results, repo_id or d.name, fmt),
         f"# {repo_id or d.name}",
         "",
         f"A LoRA adapter for `{base}`, trained with `scu train`.",
         "",
         *method_section(meta),
         *outcome_section(meta),
-        *eval_section(_run_file(d, EVAL_RESULTS, for_hub)),
-        *usage_section(d, base, adapter_format(d), repo_id),
+        *eval_section(results),
+        *usage_section(d, base, fmt, repo_id),
         "## Config",
         "",
         "```yaml",
-        config.rstrip(),
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
         "```",
         "",
+        "Sections that did nothing in this run are left out; the full config, defaults included, is in `config.yaml`. "
         "The run's step-by-step record is in `metrics.jsonl`, its outcome in `metadata.json`.",
         "",
     ]
@@ -216,6 +326,18 @@ def write_model_card(adapter_dir: str | Path, repo_id: str | None = None) -> Pat
     path = Path(adapter_dir) / CARD
     atomic_write_text(path, render_card(adapter_dir, repo_id))
     return path
+
+
+def add_eval_results(adapter_dir: str | Path, results: dict[str, Any], adapter: str) -> Path:
+    """`scu eval`'s results into a run's eval_results.json (with `adapter`, the name of this adapter's row) and
+    its card re-rendered: the eval table and model-index are what change. Refused, touching nothing, where
+    the run's records cannot back a card."""
+    d = Path(adapter_dir)
+    problem = card_problem(d)
+    if problem:
+        raise ScuError(f"{d}: {problem}")
+    atomic_write_json(d / EVAL_RESULTS, {**results, "adapter": adapter})
+    return write_model_card(d)
 
 
 def push_to_hub(adapter_dir: str | Path, repo_id: str, private: bool = False) -> str:

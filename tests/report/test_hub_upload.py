@@ -13,9 +13,10 @@ from scu.report.card import push_to_hub
 def fake_run(d: Path, base: Path) -> Path:
     """A finished run directory (SCU off) whose records name local absolute paths, plus files that must stay local."""
     d.mkdir(parents=True)
-    config = {"model": {"base_model": str(base)}, "data": {"train_data": str(d / "data" / "train.txt")}}
+    config = {"model": {"base_model": str(base)}, "lora": {"rank": 4, "alpha": 8, "targets": ["q_proj"]},
+              "data": {"train_data": str(d / "data" / "train.txt")}}
     meta = {"status": "completed", "base_model": str(base), "scu_enabled": False, "steps": 10, "steps_planned": 10,
-            "config": config}
+            "tokens_seen": 1280, "config": config}
     (d / "metadata.json").write_text(json.dumps(meta))
     (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (d / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 4}))
