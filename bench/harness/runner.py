@@ -1,11 +1,10 @@
-"""One fine-tune of the harness, driven step by step through the product's loop (scu.torch.loop).
+"""One fine-tune of the harness: `scu train`'s entry point (scu.torch.loop.train) with a callback.
 
-The harness steps the loop's own `train_step` through `scu.driver.optimizer_step`, as `scu train`
-does, so every arm trains exactly as `scu train` would with the same config; between steps it adds
-what `scu train` does not do:
-held-out evaluations at intervals, validation early stopping with a restored best checkpoint, the
-held-out BPT at the step where auto-stop fires (the run then continues to the budget, which it may:
-the detector only observes), and a mid-run switch of the training data.
+Every arm trains through the product's own loop, so the loop can change underneath the harness. The
+callback (`Measure`) adds what `scu train` does not do: held-out evaluations at intervals, validation
+early stopping with a restored best checkpoint, the held-out BPT at the step where λ-equilibrium
+fires (the run then continues to the budget: the harness only observes the detector), and a mid-run
+switch of the training data.
 """
 
 from __future__ import annotations
@@ -25,9 +24,9 @@ import torch
 from bench.scu_overhead import timed_step
 from scu.config.schema import build_config
 from scu.core.tracking import tracking
-from scu.driver import BlockOrder, optimizer_step
+from scu.driver import BlockOrder, Callback
 from scu.eval.bpt import block_bpt
-from scu.torch.loop import Run, setup, train_step
+from scu.torch.loop import Run, setup, train
 from scu.torch.regularizer import LoraPenalty
 
 PATIENCE = 3  # validation evaluations without improvement before early stopping (the issue's rule)
@@ -120,69 +119,82 @@ def run_job(job: Job, s: Settings, train_path: str, blocks: dict[str, np.ndarray
         return run_overhead(job, s, train_path)
     cfg = build_config(make_config(job, s, train_path))
     work = Path(tempfile.mkdtemp(prefix="scu-vs-baselines-"))
+    measure = Measure(job, s, blocks)
     try:
-        run = setup(cfg, work / "run")
-        return train_and_measure(job, s, run, blocks)
+        train(cfg, work / "run", progress=False, callbacks=[measure])  # `scu train`'s own entry point
+        return measure.result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def train_and_measure(job: Job, s: Settings, run: Run, blocks: dict[str, np.ndarray]) -> dict[str, Any]:
-    t, st = run.cfg.training, run.state
-    evaluate = Evaluator(run, blocks, s.eval_batch)
-    val_at = eval_steps(t.steps, s.val_evals) if job.evals == "curve" and job.early_stop else set()  # only patience reads it
-    test_at = eval_steps(t.steps, s.test_evals) if job.evals == "curve" else set()
-    switch_step = None if job.switch_at is None else round(t.steps * job.switch_at)
-    rows: list[dict[str, Any]] = []
-    curve: list[dict[str, Any]] = []
-    best_val, best_val_step, best_state, bad_evals = math.inf, None, None, 0
-    early: dict[str, Any] | None = None
-    auto: dict[str, Any] | None = None
-    switch_info: dict[str, Any] | None = None
-    t_start = time.perf_counter()
-    run.model.train()
-    while st.step < t.steps:
-        if switch_step is not None and st.step == switch_step:
-            switch_info = switch_data(run, blocks["switch"])
-        _, row, _ = optimizer_step(run, train_step)
-        if row is None:  # NaN/inf step: skipped, as `scu train` skips it
-            continue
-        st.last = row
-        rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
-        if row.get("stop") and auto is None:  # λ-equilibrium with auto_stop: where `scu train --auto-stop` ends
-            auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
+class Measure(Callback):
+    """What the harness adds to `scu train`, as a callback: held-out curves, validation early stopping with a
+    restored best checkpoint, the held-out BPT where λ-equilibrium fires (observed, training goes on to the
+    budget), and the mid-run data switch."""
+
+    def __init__(self, job: Job, s: Settings, blocks: dict[str, np.ndarray]) -> None:
+        self.job, self.s, self.blocks = job, s, blocks
+        self.evaluate: Evaluator | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.curve: list[dict[str, Any]] = []
+        self.best_val, self.best_val_step, self.best_state, self.bad_evals = math.inf, None, None, 0
+        self.early: dict[str, Any] | None = None
+        self.auto: dict[str, Any] | None = None
+        self.switch_info: dict[str, Any] | None = None
+        self.t_start = time.perf_counter()
+        self.result: dict[str, Any] = {}
+
+    def on_step_end(self, run: Run, row: dict[str, Any]) -> None:
+        job, st, steps = self.job, run.state, run.cfg.training.steps
+        if self.evaluate is None:
+            self.evaluate = Evaluator(run, self.blocks, self.s.eval_batch)
+            self.val_at = eval_steps(steps, self.s.val_evals) if job.evals == "curve" and job.early_stop else set()
+            self.test_at = eval_steps(steps, self.s.test_evals) if job.evals == "curve" else set()
+            self.switch_step = None if job.switch_at is None else round(steps * job.switch_at)
+        evaluate = self.evaluate
+        self.rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
+        if self.auto is None and st.equilibrium_step == st.step:  # where `scu train --auto-stop` would end
+            self.auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
         point: dict[str, Any] = {}
-        if st.step in val_at:
+        if st.step in self.val_at:
             point.update(evaluate("val"))
-        if st.step in test_at:
+        if st.step in self.test_at:
             point.update(evaluate("test"))
         if point:
-            curve.append({"step": st.step, **point})
-        if job.early_stop and "val" in point and early is None:
-            if point["val"] < best_val:
-                best_val, best_val_step, best_state, bad_evals = point["val"], st.step, trainable_state(run), 0
+            self.curve.append({"step": st.step, **point})
+        if job.early_stop and "val" in point and self.early is None:
+            if point["val"] < self.best_val:
+                self.best_val, self.best_val_step, self.best_state, self.bad_evals = point["val"], st.step, trainable_state(run), 0
             else:
-                bad_evals += 1
-            if bad_evals >= PATIENCE:
-                early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, True)
-    last = curve[-1] if curve and curve[-1]["step"] == st.step else {}  # the last curve point is the final one
-    final = {"step": st.step, **last, **evaluate(*(n for n in ("val", "test", "wiki") if n not in last))}
-    if job.early_stop and early is None and best_state is not None:  # never triggered: keep the best checkpoint
-        early = restored_eval(run, evaluate, best_state, st.step, best_val_step, st.wall_time, False)
-    result: dict[str, Any] = {
-        "arm": job.arm, "seed": job.seed, "size": job.size, "tokens_per_epoch": run.tokens_per_epoch,
-        "config": run.cfg.model_dump(mode="json"),
-        "steps": st.step, "nan_skips": st.nan_skips,
-        "train_wall_s": st.wall_time, "eval_wall_s": evaluate.seconds, "wall_s": time.perf_counter() - t_start,
-        "median_step_s": statistics.median(r["step_time"] for r in rows) if rows else None,
-        "final": final, "curve": curve, "early_stop": early, "auto_stop": auto,
-        "equilibrium_step": st.equilibrium_step,
-        "rows": rows,
-    }
-    result.update(s_summary(run, rows, switch_step))
-    if switch_info is not None:
-        result["switch"] = {**switch_info, **switch_tracking(rows, switch_step, run.cfg.scu.target_s)}
-    return result
+                self.bad_evals += 1
+            if self.bad_evals >= PATIENCE:
+                self.early = restored_eval(run, evaluate, self.best_state, st.step, self.best_val_step, st.wall_time, True)
+        if self.switch_step is not None and st.step == self.switch_step:  # the next step trains on the new data
+            self.switch_info = switch_data(run, self.blocks["switch"])
+
+    def on_train_end(self, run: Run, status: str) -> None:
+        job, st, evaluate, curve = self.job, run.state, self.evaluate, self.curve
+        last = curve[-1] if curve and curve[-1]["step"] == st.step else {}  # the last curve point is the final one
+        final = {"step": st.step, **last, **evaluate(*(n for n in ("val", "test", "wiki") if n not in last))}
+        if job.early_stop and self.early is None and self.best_state is not None:  # never triggered: keep the best
+            self.early = restored_eval(run, evaluate, self.best_state, st.step, self.best_val_step, st.wall_time, False)
+        rows = self.rows
+        result: dict[str, Any] = {
+            "arm": job.arm, "seed": job.seed, "size": job.size, "tokens_per_epoch": run.tokens_per_epoch,
+            "config": run.cfg.model_dump(mode="json"), "status": status,
+            "steps": st.step, "nan_skips": st.nan_skips,
+            "train_wall_s": st.wall_time, "eval_wall_s": evaluate.seconds, "wall_s": time.perf_counter() - self.t_start,
+            "median_step_s": statistics.median(r["step_time"] for r in rows) if rows else None,
+            "train_bpt_final": rows[-1]["data_bpt"] if rows else None,
+            "final": final, "curve": curve, "early_stop": self.early, "auto_stop": self.auto,
+            "equilibrium_step": st.equilibrium_step,
+            "prior_sigma": run.penalty.sigma if run.penalty is not None else None,
+            "rows": rows,
+        }
+        result.update(s_summary(run, rows, self.switch_step))
+        if self.switch_info is not None:
+            result["switch"] = {**self.switch_info, **switch_tracking(rows, self.switch_step, run.cfg.scu.target_s)}
+        self.result = result
 
 
 def restored_eval(run: Run, evaluate: Evaluator, best: dict[str, torch.Tensor], stop_step: int, best_step: int,

@@ -83,10 +83,32 @@ class ScuSection(Section):
     lambda_init: float = Field(PIConfig.lambda_init, ge=0)
     lambda_min: float = PIConfig.lambda_min
     lambda_max: float = PIConfig.lambda_max
-    prior_sigma: float = Field(0.01, gt=0)
+    prior_sigma: float | Literal["auto"] = 0.01  # auto: the RMS of the adapted base weights (scu.core.bits)
     prior: Literal["delta", "factors", "raw"] = "delta"
     law: Literal["pi", "bumpless", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_target(cls, data: Any) -> Any:
+        """`target_s: auto` is shorthand for the two-part code itself: λ fixed at 1 under the weight-scale prior.
+
+        Nothing is tuned: DataBits + ParamBits is minimized as it stands (docs/method.md, "target_s: auto").
+        """
+        if not isinstance(data, dict) or data.get("target_s") != "auto":
+            return data
+        clash = sorted({"lambda_init", "lambda_min", "lambda_max", "kp", "ki"} & set(data))
+        if clash:
+            raise ValueError(f"scu.target_s: auto fixes lambda at 1; drop scu.{clash[0]} or give a numeric target_s")
+        out = {k: v for k, v in data.items() if k != "target_s"}
+        return {**out, "lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0, "prior_sigma": out.get("prior_sigma", "auto")}
+
+    @field_validator("prior_sigma")
+    @classmethod
+    def _positive_sigma(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:
+            raise ValueError(f"scu.prior_sigma must be > 0 or auto (got {v})")
+        return v
 
     @field_validator("target_s")
     @classmethod
@@ -142,6 +164,8 @@ class DataSection(Section):
     tokens_per_epoch: int | None = None  # default: counted from the packed training set
     val_fraction: float = Field(0.05, ge=0, lt=1)  # 0: no validation split
     text_field: str = "text"
+    # chat `messages` rows: the loss on the assistant's tokens only (SFT), or on every token (scu.data.chat)
+    train_on: Literal["assistant", "all"] = "assistant"
 
 
 class Config(Section):

@@ -29,6 +29,18 @@ def param_bpt(sq_norm, sigma: float, tokens_per_epoch: int):
     return param_bits(sq_norm, sigma) / tokens_per_epoch
 
 
+def weight_scale_sigma(sq_sum: float, count: int) -> float:
+    """The `prior_sigma: auto` scale: the RMS of the base weights the adapters change.
+
+    A change as large as the weights themselves is a priori plausible and much larger is not; the
+    scale follows the model (0.08 on the tiny harness base, 0.19 on SmolLM2-135M), so the same
+    setting means the same thing on both (docs/method.md).
+    """
+    if count <= 0:
+        raise ValueError("no base weights to take the prior scale from")
+    return math.sqrt(sq_sum / count)
+
+
 def info_ratio(data_bpt: float, param_bpt_value: float) -> float:
     """S = ParamBPT / (DataBPT + ParamBPT); 0 when both are 0."""
     total = data_bpt + param_bpt_value

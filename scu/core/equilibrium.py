@@ -1,14 +1,17 @@
 """λ-equilibrium: the step at which the controller has found the regularization the data supports.
 
 The scaling guide's stopping rule, on telemetry only. Over the last `window` optimizer steps
-(at least 100) all of these must hold:
+(default 50; the guide's 100 is longer than a 100-step fine-tune) all of these must hold:
 
 1. λ is stable: the least-squares trend of λ over the window changes it by at most
    `lambda_tolerance`, relative to its mean (the guide's absolute "Δλ < 0.001" made relative,
    so it means the same at λ = 0.01 and at λ = 5);
-2. S is on target: the window's mean S is within `s_tolerance` (5%) of S*, relative;
+2. S is settled: with a PI target, the window's mean S is within `s_tolerance` (5%) of S*,
+   relative; with a fixed λ (`target_s: auto`), S's own least-squares trend changes it by at
+   most `s_tolerance`: the balance of data and parameter bits has stopped moving;
 3. the loss has plateaued or is rising: the least-squares trend of the training DataBPT
-   falls by at most `loss_tolerance` of its mean over the window.
+   falls by at most `loss_tolerance` of its mean per 100 steps (a rate, so a shorter window does
+   not let a steadily falling loss pass as a plateau).
 
 None of this reads the PI deadband: the detector fires just the same with deadband 0, where the
 PI integrator never rests. It fires once, at the first step where all three hold, and with
@@ -29,7 +32,7 @@ import numpy as np
 from scu.core.simplified import loss_improvement
 from scu.core.telemetry import Action, StepTelemetry
 
-MIN_WINDOW = 100  # the guide's "over 100+ steps"
+MIN_WINDOW = 20  # below this the fitted trends are mostly noise
 
 
 @dataclass
@@ -37,14 +40,14 @@ class EquilibriumConfig:
     """The `equilibrium:` config section."""
 
     auto_stop: bool = False  # end training at the equilibrium step and save the adapter there (scu train --auto-stop)
-    window: int = MIN_WINDOW  # steps over which all three conditions must hold
+    window: int = 50  # steps over which all three conditions must hold
     lambda_tolerance: float = 0.05  # largest relative change of λ's trend over the window
     s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
-    loss_tolerance: float = 0.01  # largest relative loss drop over the window that still counts as a plateau
+    loss_tolerance: float = 0.01  # largest relative loss drop per 100 steps that still counts as a plateau
 
     def __post_init__(self) -> None:
         if self.window < MIN_WINDOW:
-            raise ValueError(f"window must be >= {MIN_WINDOW} steps (the guide's rule), got {self.window}")
+            raise ValueError(f"window must be >= {MIN_WINDOW} steps, got {self.window}")
         for name in ("lambda_tolerance", "s_tolerance", "loss_tolerance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -56,8 +59,8 @@ class Signals:
 
     step: int
     lambda_change: float  # relative change of λ's least-squares trend over the window (signed)
-    s_error: float  # (mean S - S*) / S*
-    loss_change: float  # relative change of the loss trend over the window (negative: falling)
+    s_error: float  # (mean S - S*) / S*, or with a fixed λ the relative change of S's trend over the window
+    loss_change: float  # relative change of the loss trend per 100 steps (negative: falling)
 
     def holds(self, c: EquilibriumConfig) -> dict[str, bool]:
         return {
@@ -68,8 +71,8 @@ class Signals:
 
     def describe(self) -> str:
         return (
-            f"λ trend {100 * self.lambda_change:+.2f}%, S {100 * self.s_error:+.2f}% off target, "
-            f"loss trend {100 * self.loss_change:+.2f}% over the window"
+            f"λ trend {100 * self.lambda_change:+.2f}%, S {100 * self.s_error:+.2f}% off target or trend, "
+            f"loss trend {100 * self.loss_change:+.2f}% per 100 steps"
         )
 
 
@@ -80,7 +83,8 @@ class EquilibriumDetector:
         self.config = config
         n = config.window
         self.lams: deque[float] = deque(maxlen=n)
-        self.s_errors: deque[float] = deque(maxlen=n)
+        self.s_errors: deque[float] = deque(maxlen=n)  # S / S* - 1, or S itself when λ is fixed
+        self.fixed: bool | None = None  # λ fixed (no target): S's trend is judged instead of its error
         self.losses: deque[float] = deque(maxlen=n)
         self.equilibrium_step: int | None = None
         self.signals: Signals | None = None  # the last measurement (at the equilibrium step once fired)
@@ -88,11 +92,14 @@ class EquilibriumDetector:
     def step(self, telemetry: StepTelemetry) -> Action:
         if self.equilibrium_step is not None:
             return Action()
-        if telemetry.lam is None or telemetry.target_s is None or not math.isfinite(telemetry.data_bpt):
-            self._reset()  # a step without a controlled λ breaks the window
-            return Action()
+        fixed = telemetry.target_s is None
+        if telemetry.lam is None or fixed != self.fixed or not math.isfinite(telemetry.data_bpt):
+            self._reset()  # a step without a penalty, or a switch between fixed and controlled λ, restarts the window
+            self.fixed = fixed
+            if telemetry.lam is None or not math.isfinite(telemetry.data_bpt):
+                return Action()
         self.lams.append(float(telemetry.lam))
-        self.s_errors.append(telemetry.s / telemetry.target_s - 1.0)
+        self.s_errors.append(telemetry.s if fixed else telemetry.s / telemetry.target_s - 1.0)
         self.losses.append(float(telemetry.data_bpt))
         if len(self.lams) < self.config.window:
             return Action()
@@ -109,8 +116,8 @@ class EquilibriumDetector:
         return Signals(
             step=step,
             lambda_change=-loss_improvement(list(self.lams)),
-            s_error=float(np.mean(self.s_errors)),
-            loss_change=-loss_improvement(list(self.losses)),
+            s_error=-loss_improvement(list(self.s_errors)) if self.fixed else float(np.mean(self.s_errors)),
+            loss_change=-loss_improvement(list(self.losses)) * 100 / max(1, len(self.losses) - 1),
         )
 
     def _reset(self) -> None:
@@ -124,6 +131,7 @@ class EquilibriumDetector:
             "s_errors": list(self.s_errors),
             "losses": list(self.losses),
             "equilibrium_step": self.equilibrium_step,
+            "fixed": self.fixed,
             "signals": None if self.signals is None else vars(self.signals).copy(),
         }
 
@@ -133,6 +141,7 @@ class EquilibriumDetector:
         self.s_errors.extend(float(v) for v in state["s_errors"])
         self.losses.extend(float(v) for v in state["losses"])
         self.equilibrium_step = None if state["equilibrium_step"] is None else int(state["equilibrium_step"])
+        self.fixed = state.get("fixed")
         self.signals = None if state["signals"] is None else Signals(**state["signals"])
 
 

@@ -11,6 +11,7 @@ are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from scu.data.corpus import TrainData, load_train_val
 from scu.driver import (
     Backend,
     BlockOrder,
+    Callback,
     RunState,
     build_controllers,
     check_block_size,
@@ -146,7 +148,8 @@ def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Fine-tune under SCU control on MLX; returns metadata.json's content (`out` as for scu.torch.loop.train)."""
     run = setup(cfg, Path(out), resume, overwrite)
@@ -155,6 +158,6 @@ def train(
         save_checkpoint, write_outputs,
     )
     try:
-        return mlx_metadata(run, drive(run, backend, progress))
+        return mlx_metadata(run, drive(run, backend, progress, callbacks))
     finally:
         run.lock.release()

@@ -25,7 +25,7 @@ from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
 from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 
 from scu import ScuError
-from scu.core.bits import LN2, param_bpt
+from scu.core.bits import LN2, param_bpt, weight_scale_sigma
 
 Prior = Literal["delta", "factors", "raw"]
 LORA_TYPES = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
@@ -58,14 +58,13 @@ class LoraPenalty:
     ``nn.value_and_grad``), the penalty reads the current values.
     """
 
-    def __init__(self, model: nn.Module, prior: Prior, sigma: float, tokens_per_epoch: int) -> None:
+    def __init__(self, model: nn.Module, prior: Prior, sigma: float | str, tokens_per_epoch: int) -> None:
         if prior not in ("delta", "factors", "raw"):
             raise ScuError(f"unknown prior {prior!r}; use delta, factors or raw")
         dora = [p for p, m in model.named_modules() if isinstance(m, (DoRALinear, DoRAEmbedding))]
         if dora:
             raise ScuError(f"the MLX backend has no DoRA penalty ({dora[0]} is DoRA); set lora.use_dora: false")
         self.prior = prior
-        self.sigma = sigma
         self.tokens_per_epoch = tokens_per_epoch
         self.sites = [
             _Site(p, m, mx.array(m.lora_a) if prior == "factors" else None)
@@ -74,8 +73,17 @@ class LoraPenalty:
         ]
         if not self.sites:
             raise ScuError("the model has no mlx-lm LoRA layers; check lora.targets against the model's module names")
+        self.sigma = self.base_weight_rms() if sigma == "auto" else float(sigma)
         if prior == "factors":
             mx.eval([s.a0 for s in self.sites])
+
+    def base_weight_rms(self) -> float:
+        """RMS of the frozen weights under the LoRA layers (`prior_sigma: auto`); quantized bases are refused."""
+        weights = [s.module.linear.weight if hasattr(s.module, "linear") else s.module.embedding.weight for s in self.sites]
+        if any(w.dtype == mx.uint32 for w in weights):
+            raise ScuError("prior_sigma: auto needs unquantized base weights; set scu.prior_sigma to a number")
+        sq_sum = sum(float(mx.sum(w.astype(mx.float32) ** 2)) for w in weights)
+        return weight_scale_sigma(sq_sum, sum(w.size for w in weights))
 
     def initial_factors(self) -> dict[str, mx.array]:
         """A0 per module path (only for the `factors` prior); saved in checkpoints so a resume keeps it."""

@@ -11,6 +11,7 @@ The whole step is `train_step`; `scu.driver.drive` around it records, controls a
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from scu.data.corpus import TrainData, load_train_val
 from scu.driver import (
     Backend,
     BlockOrder,
+    Callback,
     RunState,
     StepResult,
     build_controllers,
@@ -166,11 +168,13 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool = True, overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Fine-tune under SCU control; returns metadata.json's content.
+    """Fine-tune under SCU control (`scu train`); returns metadata.json's content.
 
     `out` must be new or empty unless `resume` (continue its checkpoint) or `overwrite` (replace what is there).
+    `callbacks` (scu.driver.Callback) see every recorded step and the end of training.
     """
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
@@ -178,7 +182,7 @@ def train(
         save_checkpoint, write_outputs, is_main=run.accelerator.is_main_process,
     )
     try:
-        return metadata(run, drive(run, backend, progress))
+        return metadata(run, drive(run, backend, progress, callbacks))
     finally:
         if run.lock is not None:
             run.lock.release()

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from scu import ScuError
-from scu.core.bits import param_bpt
+from scu.core.bits import param_bpt, weight_scale_sigma
 
 Prior = Literal["delta", "factors", "raw"]
 
@@ -96,6 +96,17 @@ def lora_pairs(model: nn.Module, keep_init: bool) -> list[LoraPair]:
     return pairs
 
 
+def base_weight_rms(pairs: list[LoraPair]) -> float:
+    """RMS of the frozen weights under the LoRA layers (`prior_sigma: auto`), over every adapted matrix."""
+    sq_sum, count = 0.0, 0
+    with torch.no_grad():
+        for p in pairs:
+            w = _full(p.module.get_base_layer().weight)
+            sq_sum += float(w.float().pow(2).sum())
+            count += w.numel()
+    return weight_scale_sigma(sq_sum, count)
+
+
 @dataclass
 class SavedModule:
     """A trainable copy PEFT keeps for `modules_to_save`; its reference is the frozen original."""
@@ -136,11 +147,12 @@ def _stack_full(tensors: list[Tensor]) -> Tensor:
 class LoraPenalty:
     """Computes ParamBPT (bits per training token) of the learned change of a PEFT model."""
 
-    def __init__(self, model: nn.Module, prior: Prior, sigma: float, tokens_per_epoch: int) -> None:
+    def __init__(self, model: nn.Module, prior: Prior, sigma: float | str, tokens_per_epoch: int) -> None:
         if tokens_per_epoch <= 0:
             raise ScuError("tokens_per_epoch must be > 0; check data.tokens_per_epoch")
-        self.prior, self.sigma, self.tokens_per_epoch = prior, sigma, tokens_per_epoch
+        self.prior, self.tokens_per_epoch = prior, tokens_per_epoch
         self.pairs = lora_pairs(model, keep_init=(prior == "factors"))
+        self.sigma = base_weight_rms(self.pairs) if sigma == "auto" else float(sigma)
         self.saved = saved_modules(model)
         self._build_groups()
 

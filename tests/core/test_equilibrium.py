@@ -10,7 +10,7 @@ from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, replay
 from scu.core.telemetry import StepTelemetry
 
 TARGET = 0.05
-W = 100
+W = EquilibriumConfig().window
 
 
 def stream(n, lam=0.15, lam_change=0.0, s_off=0.0, loss_change=0.0, seed=0, lam_noise=0.01, s_noise=0.02, loss_noise=0.003):
@@ -99,10 +99,11 @@ def test_no_controlled_lambda_no_equilibrium_and_a_gap_restarts_the_window():
         det.step(telemetry(i + 1, None, s[i], loss[i], target=None))
     assert det.equilibrium_step is None
     det = EquilibriumDetector(EquilibriumConfig())
-    feed(det, lams[:50], s[:50], loss[:50])
-    det.step(telemetry(51, None, s[50], loss[50], target=None))
-    feed(det, lams[51:], s[51:], loss[51:], start=52)
-    assert det.equilibrium_step == 51 + W
+    h = W // 2
+    feed(det, lams[:h], s[:h], loss[:h])
+    det.step(telemetry(h + 1, None, s[h], loss[h], target=None))
+    feed(det, lams[h + 1 :], s[h + 1 :], loss[h + 1 :], start=h + 2)
+    assert det.equilibrium_step == h + 1 + W
 
 
 def test_state_dict_continues_exactly():
@@ -133,7 +134,20 @@ def test_replay_of_metrics_rows_matches_the_live_detector():
     assert replay(rows).equilibrium_step == live.equilibrium_step
 
 
-@pytest.mark.parametrize("bad", [{"window": 99}, {"lambda_tolerance": 0.0}, {"s_tolerance": -1.0}, {"loss_tolerance": 0.0}])
+@pytest.mark.parametrize("bad", [{"window": 19}, {"lambda_tolerance": 0.0}, {"s_tolerance": -1.0}, {"loss_tolerance": 0.0}])
 def test_config_refuses_a_short_window_and_non_positive_tolerances(bad):
     with pytest.raises(ValueError):
         EquilibriumConfig(**bad)
+
+
+def test_fixed_lambda_fires_once_s_stops_moving_and_not_while_it_climbs():
+    """target_s: auto: no target to reach, so the detector waits for S's own trend (and the loss) to flatten."""
+    lams, s, loss = stream(3 * W, lam=1.0, seed=7)
+    climbing = s * (1 + 0.5) ** (np.arange(3 * W) / (W - 1))  # S up 50% per window: the change still grows
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed_fixed = lambda d, ss: [d.step(telemetry(i + 1, 1.0, ss[i], loss[i], target=None)) for i in range(3 * W)]  # noqa: E731
+    feed_fixed(det, climbing)
+    assert det.equilibrium_step is None and not det.signals.holds(det.config)["s_on_target"]
+    det = EquilibriumDetector(EquilibriumConfig())
+    feed_fixed(det, np.concatenate([climbing[:W], np.full(2 * W, climbing[W - 1]) * s[W:] / TARGET]))
+    assert det.equilibrium_step is not None and W < det.equilibrium_step <= 2 * W + 1

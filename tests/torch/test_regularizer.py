@@ -106,3 +106,23 @@ def test_penalty_gradient_is_lambda_times_analytic_derivative(make_cfg, tmp_path
             assert expected.abs().max() > 1e-3 * g0[key].abs().max()
             changed += 1
     assert changed >= 4
+
+
+def test_auto_sigma_is_the_rms_of_the_adapted_base_weights_and_scales_the_gradient():
+    """prior_sigma: auto measures the frozen weights under the LoRA layers; the penalty's gradient is then
+    exactly (SIGMA / rms)^2 times the one at prior_sigma SIGMA."""
+    model = tiny_peft()
+    bases = [m.get_base_layer().weight for m in lora_modules(model)]
+    rms = math.sqrt(sum(w.pow(2).sum().item() for w in bases) / sum(w.numel() for w in bases))
+    auto, fixed = LoraPenalty(model, "delta", "auto", N), LoraPenalty(model, "delta", SIGMA, N)
+    assert auto.sigma == pytest.approx(rms, rel=1e-6) and 0.001 < rms < 1
+    B = lora_modules(model)[0].lora_B["default"].weight
+    with torch.no_grad():
+        B.copy_(torch.randn(B.shape, generator=torch.Generator().manual_seed(3)) * 0.01)  # a non-zero change
+    grads = []
+    for penalty in (auto, fixed):
+        B.grad = None
+        penalty().backward()
+        grads.append(B.grad.clone())
+    assert torch.allclose(grads[0], grads[1] * (SIGMA / rms) ** 2, rtol=1e-5, atol=0)
+    assert grads[1].abs().max() > 0
