@@ -243,8 +243,8 @@ def execute(job: Job, s: Settings, train_path: str, work: str, threads: int) -> 
 
 
 def compact(result: dict[str, Any]) -> dict[str, Any]:
-    """Per-step rows are kept only where λ is controlled (for the traces); floats to 6 significant digits."""
-    if "tracking" not in result:
+    """Per-step rows are kept only where S is measured (traces, auto-stop replays); floats to 6 significant digits."""
+    if not any(r.get("s") is not None for r in result.get("rows", [])):
         result.pop("rows", None)
 
     def r(x: Any) -> Any:
