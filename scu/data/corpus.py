@@ -9,20 +9,37 @@ from typing import Any
 import numpy as np
 
 from scu import ScuError
+from scu.data.chat import epoch_tokens, tokenize_examples
 from scu.data.prepare import is_prepared, prepared_train_val
-from scu.data.text import load_documents, overlapping_documents, pack, split_documents, tokenize_documents
+from scu.data.text import Blocks, load_documents, overlapping_documents, pack_documents, split_documents
 
 MLX_LM_TRAIN, MLX_LM_VALID = "train.jsonl", "valid.jsonl"  # mlx-lm's data folder (mlx_lm.lora --data DIR)
 
 
 @dataclass
 class TrainData:
-    train: np.ndarray  # [n_blocks, block_size] int64
-    val: np.ndarray | None
-    tokens_per_epoch: int  # tokens in the packed training set
+    """The packed training and validation blocks (ids, per-document positions, loss targets) and their record."""
+
+    train_blocks: Blocks
+    val_blocks: Blocks | None
+    tokens_per_epoch: int  # tokens in the packed training set; with assistant-only chat data, its loss targets
     train_docs: int
     val_docs: int
     split_rule: str
+
+    @property
+    def train(self) -> np.ndarray:
+        """The training blocks' token ids, [n_blocks, block_size] int64."""
+        return self.train_blocks.ids
+
+    @train.setter
+    def train(self, ids: np.ndarray) -> None:
+        """Swap in other training blocks known by their ids alone (a benchmark that changes the text mid-run)."""
+        self.train_blocks = Blocks.of_ids(ids)
+
+    @property
+    def val(self) -> np.ndarray | None:
+        return None if self.val_blocks is None else self.val_blocks.ids
 
 
 def resolve_mlx_lm_folder(data_cfg: Any) -> Any:
@@ -59,14 +76,17 @@ def load_train_val(data_cfg: Any, tokenizer: Any, block_size: int, seed: int) ->
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ScuError("the tokenizer has no EOS token; use a tokenizer with eos_token set")
-    train = pack(tokenize_documents(train_docs, tokenizer), block_size, eos)
+    train_ids, trained = tokenize_examples(train_docs, tokenizer, data_cfg.train_on)
+    train = pack_documents(train_ids, block_size, eos, trained)
     val = None
     if val_docs:
+        val_ids, val_trained = tokenize_examples(val_docs, tokenizer, data_cfg.train_on)
         try:
-            val = pack(tokenize_documents(val_docs, tokenizer), block_size, eos)
+            val = pack_documents(val_ids, block_size, eos, val_trained)
         except ScuError:
             raise ScuError(
                 f"the validation text is shorter than one block of {block_size} tokens; "
                 "give more validation data (data.val_data / data.val_fraction) or lower training.block_size"
             ) from None
-    return TrainData(train, val, int(train.size), len(train_docs), len(val_docs), rule)
+        epoch_tokens(val, val_trained, "validation")  # refuses validation blocks without a loss target
+    return TrainData(train, val, epoch_tokens(train, trained, "training"), len(train_docs), len(val_docs), rule)

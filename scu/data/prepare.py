@@ -28,7 +28,11 @@ import numpy as np
 
 from scu import ScuError
 from scu.data.sources import HUB_TIMEOUT_S, Source, iter_documents, resolve_source
-from scu.data.text import MIN_OVERLAP_DOC_CHARS, load_documents, normalized_hash, pack, tokenize_documents
+from scu.data.chat import epoch_tokens, tokenize_examples
+from scu.data.text import (
+    MIN_OVERLAP_DOC_CHARS, Blocks, Chat, block_positions, load_documents, normalized_hash, pack_documents,
+    tokenize_documents,
+)
 from scu.report.records import atomic_write_json, package_versions
 
 PREP_FILE = "prep.json"
@@ -194,6 +198,7 @@ class BlockWriter:
         self.tokens = 0  # document tokens + one EOS each, before the tail is dropped
         self.blocks = 0
         self.keys: list[np.ndarray] = []  # normalized-hash keys of the documents written
+        self.lengths: list[np.ndarray] = []  # tokens of each document written, its EOS included: the positions
         self.long_keys: list[np.ndarray] = []  # ... of those long enough to count as overlap
 
     def add(self, ids: np.ndarray, lengths: np.ndarray, keys: np.ndarray, chars: np.ndarray) -> None:
@@ -211,6 +216,7 @@ class BlockWriter:
         self.documents += n
         self.tokens += stream.size
         self.keys.append(keys)
+        self.lengths.append((lengths + 1).astype(np.int64))
         self.long_keys.append(keys[chars >= MIN_OVERLAP_DOC_CHARS])
         buf = np.concatenate([self._carry, stream])
         full = buf.size // self.block_size
@@ -227,6 +233,9 @@ class BlockWriter:
 
     def all_keys(self) -> np.ndarray:
         return np.concatenate(self.keys) if self.keys else np.empty(0, dtype=np.uint64)
+
+    def doc_lengths(self) -> np.ndarray:
+        return np.concatenate(self.lengths) if self.lengths else np.empty(0, dtype=np.int64)
 
     def overlap_keys(self) -> np.ndarray:
         """Sorted unique keys of the documents of >= MIN_OVERLAP_DOC_CHARS characters."""
@@ -254,9 +263,15 @@ class _Reader:
     tokens: int = 0
     truncated: bool = False
     progress: Any = None
+    chats: int = 0  # chat `messages` rows read: rendered as text, so their assistant tokens are not marked
+
+    def _counted(self, docs: Iterator[str]) -> Iterator[str]:
+        for d in docs:
+            self.chats += isinstance(d, Chat)
+            yield d
 
     def chunks(self, tokenizer: Any, seed: int, num_proc: int, workdir: Path, tag: str, chunk_chars: int) -> Iterator[_Chunk]:
-        docs = iter_documents(self.source, tokenizer)
+        docs = self._counted(iter_documents(self.source, tokenizer))
         for chunk in _tokenized_chunks(docs, tokenizer, seed, num_proc, workdir, tag, chunk_chars):
             cost = chunk.lengths + 1
             if self.max_tokens is not None:
@@ -280,6 +295,7 @@ class _Reader:
             "tokens_read": self.tokens,
             "max_tokens": self.max_tokens,
             "truncated_by_max_tokens": self.truncated,
+            "chat_documents": self.chats,
         }
 
 
@@ -360,8 +376,8 @@ def prepare(
             splits["validation"] = datasets.Dataset.from_file(str(workdir / "validation.arrow"))
         datasets.DatasetDict(splits).save_to_disk(str(staged))
         del splits
-        for keys in workdir.glob("*.overlap_keys.npy"):
-            keys.rename(staged / keys.name)
+        for side_file in [*workdir.glob("*.overlap_keys.npy"), *workdir.glob("*.doc_lengths.npy")]:
+            side_file.rename(staged / side_file.name)
         atomic_write_json(staged / PREP_FILE, info)
         _move_into_place(staged, out)
     finally:
@@ -467,6 +483,7 @@ def _run(
     for w in (train, valw):
         if w is not None:
             np.save(w.path.with_suffix(".overlap_keys.npy"), w.overlap_keys())
+            np.save(w.path.with_suffix(".doc_lengths.npy"), w.doc_lengths())
     train_keys = train.all_keys()
     val_keys = valw.all_keys() if valw is not None else np.empty(0, dtype=np.uint64)
     all_keys = np.concatenate([train_keys, val_keys])
@@ -555,20 +572,45 @@ def load_prepared(
     return train, val, int(info["tokens_per_epoch"]), info
 
 
-def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) -> tuple[np.ndarray, np.ndarray | None, int, int, np.ndarray, str]:
+def prepared_blocks(path: str | Path, split: str, ids: np.ndarray) -> Blocks:
+    """`Blocks` of a prepared split: positions from its recorded document lengths, every token a target but the
+    first of each document. A directory prepared before the lengths were recorded gets one document per block,
+    the positions and targets it was trained with before."""
+    lengths_file = Path(path) / f"{split}.doc_lengths.npy"
+    if not lengths_file.exists():
+        return Blocks.of_ids(ids)
+    positions = block_positions(np.load(lengths_file), ids.shape[1], len(ids))
+    return Blocks(ids, positions, positions > 0)
+
+
+def _check_no_chat(path: str, info: dict[str, Any], train_on: str) -> None:
+    """Refuse assistant-only training on a directory prepared from chat rows: they were rendered as text, unmarked."""
+    chats = sum((source or {}).get("chat_documents", 0) for source in (info.get("source"), info.get("val_source")))
+    if chats and train_on == "assistant":
+        raise ScuError(
+            f"{path} was prepared from {chats} chat conversations rendered as text, so their assistant tokens are not "
+            "marked; give the .jsonl itself as data.train_data, or set data.train_on: all to train on every token"
+        )
+
+
+def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) -> tuple[Blocks, Blocks | None, int, int, np.ndarray, str]:
     """(blocks, prepared validation blocks, tokens_per_epoch, documents, overlap keys, rule) of one data path.
 
     role "val": a prepared directory gives its validation split (or its train split if it has none).
     """
     if is_prepared(path):
         train, val, tokens, info = load_prepared(path, tokenizer, block_size)
+        _check_no_chat(path, info, data_cfg.train_on)
         split = "validation" if role == "val" and val is not None else "train"
-        blocks = val if split == "validation" else train
+        blocks = prepared_blocks(path, split, val if split == "validation" else train)
+        own_val = prepared_blocks(path, "validation", val) if role == "train" and val is not None else None
         keys = np.load(Path(path) / f"{split}.overlap_keys.npy")
-        return blocks, val if role == "train" else None, tokens, info[split]["documents"], keys, info["split"]["rule"]
+        return blocks, own_val, tokens, info[split]["documents"], keys, info["split"]["rule"]
     docs = load_documents(path, data_cfg.text_field, tokenizer)
-    blocks = pack(tokenize_documents(docs, tokenizer), block_size, tokenizer.eos_token_id)
-    return blocks, None, int(blocks.size), len(docs), document_keys(docs, MIN_OVERLAP_DOC_CHARS), "raw text"
+    ids, trained = tokenize_examples(docs, tokenizer, data_cfg.train_on)
+    blocks = pack_documents(ids, block_size, tokenizer.eos_token_id, trained)
+    tokens = epoch_tokens(blocks, trained, "training" if role == "train" else "validation")
+    return blocks, None, tokens, len(docs), document_keys(docs, MIN_OVERLAP_DOC_CHARS), "raw text"
 
 
 def prepared_train_val(data_cfg: Any, tokenizer: Any, block_size: int) -> Any:

@@ -1,7 +1,11 @@
 """Load documents, tokenize, pack into blocks, and keep validation text out of training.
 
 Packing concatenates documents with an EOS token between them and cuts the stream into
-blocks of `block_size` tokens; the tail that does not fill a block is dropped.
+blocks of `block_size` tokens; the tail that does not fill a block is dropped. Alongside the
+ids, packing records each token's position within its document (restarting at every document
+and block start), so a forward pass given these position ids attends within documents only,
+and which tokens are loss targets (not a document's first token, whose context is another
+document; for chat data, only the assistant's tokens unless data.train_on is `all`).
 Arrays are NumPy so every backend can use them.
 """
 
@@ -10,14 +14,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from scu import ScuError
 
 MIN_OVERLAP_DOC_CHARS = 64  # shorter documents ("ACT I", "Amen.") may legitimately repeat
+
+
+class Chat(str):
+    """A chat example: its text as the chat template renders it (what splitting, hashing and overlap checks
+    read, as for any document), carrying its `messages` so that the assistant's tokens can be found."""
+
+    messages: list[dict[str, Any]]
+    where: str  # file:line, for error messages
+
+    def __new__(cls, text: str, messages: list[dict[str, Any]], where: str) -> "Chat":
+        chat = super().__new__(cls, text)
+        chat.messages, chat.where = messages, where
+        return chat
 
 
 def load_documents(source: str | Path, text_field: str = "text", tokenizer: Any = None) -> list[str]:
@@ -87,7 +105,7 @@ def _row_text(row: dict, text_field: str, tokenizer: Any, where: str) -> str:
     if "messages" in row:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ScuError(f"{where} has chat `messages` but the tokenizer has no chat template; use a chat model or a `{text_field}` field")
-        return tokenizer.apply_chat_template(row["messages"], tokenize=False)
+        return Chat(tokenizer.apply_chat_template(row["messages"], tokenize=False), row["messages"], where)
     raise ScuError(f"{where} has neither a `{text_field}` field nor `messages`; set data.text_field to the right column")
 
 
@@ -122,21 +140,87 @@ def tokenize_documents(docs: Iterable[str], tokenizer: Any) -> list[list[int]]:
     return tokenizer(list(docs), add_special_tokens=False)["input_ids"]
 
 
-def pack(token_docs: list[list[int]], block_size: int, eos_id: int) -> np.ndarray:
-    """Concatenate documents with EOS after each and cut into [n_blocks, block_size] int64 blocks."""
-    total = sum(len(d) + 1 for d in token_docs)
-    stream = np.empty(total, dtype=np.int64)
-    i = 0
-    for d in token_docs:
-        stream[i : i + len(d)] = d
-        stream[i + len(d)] = eos_id
-        i += len(d) + 1
+@dataclass
+class Blocks:
+    """Packed documents, [n_blocks, block_size] each: token ids (int64), each token's position within its document
+    (int32; 0 at every document start and at every block start), and whether the token is a loss target (bool)."""
+
+    ids: np.ndarray
+    positions: np.ndarray
+    loss_mask: np.ndarray
+
+    @classmethod
+    def of_ids(cls, ids: np.ndarray) -> "Blocks":
+        """Blocks known by their token ids alone: one document per block, every token a target but the first,
+        which is what a forward pass without position ids and a loss over all tokens 2..T amount to."""
+        positions = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), ids.shape).copy()
+        return cls(ids, positions, positions > 0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, idx: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """The model inputs of blocks `idx`: input_ids, position_ids (int64, as models take them) and loss_mask."""
+        return {"input_ids": self.ids[idx], "position_ids": self.positions[idx].astype(np.int64), "loss_mask": self.loss_mask[idx]}
+
+    def loss_tokens(self, idx: np.ndarray | slice = slice(None)) -> int:
+        """Loss targets in blocks `idx`: a block's first token is never one (nothing in the block precedes it)."""
+        return int(self.loss_mask[idx, 1:].sum())
+
+
+def block_positions(doc_lengths: Sequence[int] | np.ndarray, block_size: int, n_blocks: int) -> np.ndarray:
+    """[n_blocks, block_size] int32: each token's index since the later of its document's start and its block's.
+
+    Restarting at block starts keeps positions below block_size (a model with learned absolute positions never
+    sees one past its context) and matches what a block without position ids gets.
+    """
+    total = n_blocks * block_size
+    starts = np.zeros(total, dtype=bool)
+    doc_starts = np.concatenate([[0], np.cumsum(np.asarray(doc_lengths, dtype=np.int64))[:-1]])
+    starts[doc_starts[doc_starts < total]] = True
+    starts[::block_size] = True
+    index = np.arange(total)
+    return (index - np.maximum.accumulate(np.where(starts, index, 0))).astype(np.int32).reshape(n_blocks, block_size)
+
+
+def pack_documents(
+    token_docs: list[list[int]], block_size: int, eos_id: int, trained: Sequence[Sequence[bool] | None] | None = None
+) -> Blocks:
+    """Concatenate documents with EOS after each and cut into [n_blocks, block_size] blocks.
+
+    `trained[i]`: which tokens of document i the loss is taken on (None: all, and its EOS). A token is a loss
+    target when it is trained and not its document's first (position 0): predicting a document's first token
+    from the end of another one would teach the model nothing about either. Blocks without a target are left
+    out (blocks are independent: positions restart in each), so every training step has tokens to measure.
+    """
+    lengths = np.array([len(d) + 1 for d in token_docs], dtype=np.int64)
+    total = int(lengths.sum())
     n_blocks = total // block_size
     if n_blocks == 0:
         raise ScuError(
             f"block_size {block_size} is longer than the data ({total} tokens); lower training.block_size or add data"
         )
-    return stream[: n_blocks * block_size].reshape(n_blocks, block_size)
+    stream = np.empty(total, dtype=np.int64)
+    in_loss = np.ones(total, dtype=bool)
+    i = 0
+    for k, d in enumerate(token_docs):
+        stream[i : i + len(d)] = d
+        stream[i + len(d)] = eos_id
+        mask = None if trained is None else trained[k]
+        if mask is not None:
+            in_loss[i : i + len(d)] = mask
+            in_loss[i + len(d)] = False  # the EOS after a conversation is no assistant token
+        i += len(d) + 1
+    cut = n_blocks * block_size
+    positions = block_positions(lengths, block_size, n_blocks)
+    loss_mask = in_loss[:cut].reshape(n_blocks, block_size) & (positions > 0)
+    busy = loss_mask[:, 1:].any(axis=1)  # a block of prompts only would give a step nothing to learn or measure
+    return Blocks(stream[:cut].reshape(n_blocks, block_size)[busy], positions[busy], loss_mask[busy])
+
+
+def pack(token_docs: list[list[int]], block_size: int, eos_id: int) -> np.ndarray:
+    """The token ids of `pack_documents`: [n_blocks, block_size] int64."""
+    return pack_documents(token_docs, block_size, eos_id).ids
 
 
 def normalized_hash(doc: str) -> str:
