@@ -79,7 +79,7 @@ def main() -> None:
         (on.penalty() * 0.5).backward()
         penalty_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        on.controllers["pi"].update(0.05)
+        on.session.controllers["pi"].update(0.05)
         pi_s.append(time.perf_counter() - t0)
     on.optimizer.zero_grad(set_to_none=True)
     result = {

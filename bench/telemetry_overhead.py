@@ -3,16 +3,17 @@
 Arms, interleaved in a rotating order every round so that load from other processes hits
 them alike:
   off          plain training steps
-  unavailable  ThermalRun with no sensor (this machine): thread + per-step bookkeeping
-  rapl         ThermalRun reading a fake powercap/hwmon tree (real file reads: 3 zones, 2 temps)
-  replay       ThermalRun replaying a CSV trace
+  unavailable  T-SCU (a control session running the thermal controller alone) with no sensor (this machine):
+               thread + per-step bookkeeping
+  rapl         T-SCU reading a fake powercap/hwmon tree (real file reads: 3 zones, 2 temps)
+  replay       T-SCU replaying a CSV trace
   rapl-10ms    rapl with the background thread at 100 Hz instead of 10 Hz
 Each round times `--steps` optimizer steps of a tiny Llama (forward, backward, AdamW) per arm,
-each step including its ThermalRun.step call; a round's ratio is the median step time of the arm
+each step including its ControlSession.step call; a round's ratio is the median step time of the arm
 over that of `off` in the same round (medians shed bursts from other processes), and the
 overhead is the median over rounds of that ratio, minus 1, for wall time and for the process's
 CPU time (which includes the sampler thread and is less disturbed by other processes). It also
-reports the cost of one ThermalRun.step call alone (median of many) and the CPU the sampler
+reports the cost of one ControlSession.step call alone (median of many) and the CPU the sampler
 thread burns per second of training; these two bound the overhead on any step length.
 
     python bench/telemetry_overhead.py            # writes bench/results/telemetry_overhead.json
@@ -29,13 +30,15 @@ from pathlib import Path
 
 import torch
 
-from scu.core.telemetry import StepTelemetry
+from scu.config.schema import Config, ScuSection
+from scu.core.bits import LN2
 from scu.energy import Sampler
 from scu.energy.base import Unavailable
 from scu.energy.rapl import RaplSensor
 from scu.energy.replay import ReplaySensor
-from scu.energy.runtime import ThermalRun, TscuConfig
+from scu.energy.runtime import EnergyMeter, TscuConfig
 from scu.models.tiny import BaseSpec, tiny_llama
+from scu.session import ControlSession, StepResult
 
 RESULTS = Path(__file__).parent / "results" / "telemetry_overhead.json"
 NEVER_THROTTLE = dict(enabled=True, power_budget_watts=1e9, max_temperature_celsius=1000.0)
@@ -69,19 +72,28 @@ def make_sensor(arm: str, tmp: Path):
     return Unavailable("benchmark")
 
 
+def tscu_session(config: TscuConfig, sensor, out: Path) -> ControlSession:
+    """The thermal controller alone in a control session, as `scu train --controller thermal` runs it."""
+    cfg = Config(scu=ScuSection(enabled=False), tscu=config)
+    return ControlSession(cfg, 10_000, out, meter=EnergyMeter(config, sensor))
+
+
+def telemetry_step(session: ControlSession, bits: float, wall: float) -> None:
+    session.step(StepResult(bits * LN2 * 1024, None, None, 1024), 0.0, 1e-3, wall)
+
+
 def run_arm(arm: str, steps: int, step_fn, tmp: Path) -> list[tuple[float, float]]:
     thermal = None
     if arm != "off":
         period = 0.01 if arm == "rapl-10ms" else 0.1
-        thermal = ThermalRun(TscuConfig(**NEVER_THROTTLE, sample_period_s=period), 10_000, sensor=make_sensor(arm, tmp))
-        thermal.start(tmp / f"out-{arm}")
+        thermal = tscu_session(TscuConfig(**NEVER_THROTTLE, sample_period_s=period), make_sensor(arm, tmp), tmp / f"out-{arm}")
+        thermal.start()
     times = []
     for i in range(steps):
         s0, c0 = time.perf_counter(), time.process_time()
         loss = step_fn()
         if thermal is not None:
-            tel = StepTelemetry(step=i + 1, data_bpt=loss, param_bpt=0.0, tokens=1024, lr=1e-3, wall_time=time.perf_counter() - s0)
-            thermal.step(tel)
+            telemetry_step(thermal, loss, time.perf_counter() - s0)
         times.append((time.perf_counter() - s0, time.process_time() - c0))
     if thermal is not None:
         thermal.close()
@@ -89,14 +101,13 @@ def run_arm(arm: str, steps: int, step_fn, tmp: Path) -> list[tuple[float, float
 
 
 def call_cost_us(arm: str, tmp: Path, calls: int = 2000) -> float:
-    """Median wall time of one ThermalRun.step (sensor read at the mark, controller, row)."""
-    thermal = ThermalRun(TscuConfig(**NEVER_THROTTLE), 10_000, sensor=make_sensor(arm, tmp / "calls"))
-    thermal.start(tmp / f"calls-out-{arm}", background=False)
+    """Median wall time of one ControlSession.step with T-SCU (sensor read at the mark, controller, row)."""
+    thermal = tscu_session(TscuConfig(**NEVER_THROTTLE), make_sensor(arm, tmp / "calls"), tmp / f"calls-out-{arm}")
+    thermal.start(background=False)
     times = []
     for i in range(calls):
-        tel = StepTelemetry(step=i + 1, data_bpt=3.0, param_bpt=0.0, tokens=1024, lr=1e-3, wall_time=0.05)
         t0 = time.perf_counter()
-        thermal.step(tel)
+        telemetry_step(thermal, 3.0, 0.05)
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
@@ -167,7 +178,7 @@ def main() -> None:
         "arms": {},
     }
     print(f"median step without telemetry: {step_ms:.1f} ms ({args.rounds} rounds x {args.steps} steps per arm, interleaved)")
-    print(f"{'arm':<12} {'wall overhead (IQR)':>30} {'CPU overhead (IQR)':>30} {'ThermalRun.step':>16}")
+    print(f"{'arm':<12} {'wall overhead (IQR)':>30} {'CPU overhead (IQR)':>30} {'session step':>16}")
     for arm in arms[1:]:
         entry = {"call_us": costs.get(arm)}
         text = []

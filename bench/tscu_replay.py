@@ -45,7 +45,7 @@ def main() -> None:
         run = replay_run(trace, TscuConfig(enabled=True), 220.0, Path(d) / "run", step_s=0.2)
     timeline = []
     last = None
-    for r in run.rows:
+    for r in run.tscu.rows:
         if r["control_factor"] != last or r["reasons"]:
             timeline.append({k: r[k] for k in ("step", "t_end", "power_watts", "temperature_celsius", "control_factor", "paused_s", "reasons")})
             last = r["control_factor"]
@@ -53,7 +53,7 @@ def main() -> None:
     for e in timeline:
         print(f"{e['t_end']:7.1f} {e['power_watts']:6.1f} {e['temperature_celsius']:6.1f} {e['control_factor']:7.3f} "
               f"{e['paused_s']:7.1f}  {'; '.join(e['reasons'])}")  # fmt: skip
-    analysis = run.analysis()
+    analysis = run.tscu.analysis(run.controllers["thermal"], run.meter)
     keys = ["total_energy_joules", "avg_power_watts", "avg_temperature_celsius", "max_temperature_celsius",
             "time_over_budget_s", "throttle_events", "pause_events", "paused_s", "steps"]  # fmt: skip
     print("\n".join(f"{k}: {analysis[k]:.4g}" if isinstance(analysis[k], float) else f"{k}: {analysis[k]}" for k in keys))

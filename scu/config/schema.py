@@ -142,6 +142,8 @@ class TrainingSection(Section):
     seed: int = 0
     checkpoint_every: int = 100
     eval_every: int = Field(0, ge=0)  # 0: evaluate only at the end
+    # experiment trackers (Accelerate's names: tensorboard, wandb, mlflow, trackio, comet_ml, ...; scu.trackers)
+    report_to: list[str] = []
 
     @field_validator("batch_size", "gradient_accumulation", "block_size", "steps", "checkpoint_every")
     @classmethod

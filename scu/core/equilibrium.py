@@ -14,10 +14,11 @@ The scaling guide's stopping rule, on telemetry only. Over the last `window` opt
    not let a steadily falling loss pass as a plateau).
 
 None of this reads the PI deadband: the detector fires just the same with deadband 0, where the
-PI integrator never rests. It fires once, at the first step where all three hold, and with
-`auto_stop` that step's Action asks the loop to stop. With per-step loss noise of relative size
-σ, the fitted loss trend has a standard error of about σ·sqrt(12 / window); a noisier run needs a
-longer window or a looser `loss_tolerance` (docs/evaluation.md has the measurements).
+PI integrator never rests. It fires once, at the first step where all three hold: that step's Action
+reports it (`equilibrium_step`) and, with `auto_stop`, asks the loop to stop. With per-step loss
+noise of relative size σ, the fitted loss trend has a standard error of about σ·sqrt(12 / window);
+a noisier run needs a longer window or a looser `loss_tolerance` (docs/evaluation.md has the
+measurements).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class EquilibriumDetector:
         reason = f"SCU Step {telemetry.step}: λ-equilibrium ({self.signals.describe()})"
         if self.config.auto_stop:
             reason += "; stopping (auto-stop)"
-        return Action(stop=self.config.auto_stop, reasons=[reason])
+        return Action(stop=self.config.auto_stop, reasons=[reason], report={"equilibrium_step": telemetry.step})
 
     def measure(self, step: int) -> Signals:
         return Signals(

@@ -75,13 +75,18 @@ class PIConfig:
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
 
+    @property
+    def lambda_start(self) -> float:
+        """The lambda of the first step: lambda_init inside the bounds."""
+        return min(max(self.lambda_init, self.lambda_min), self.lambda_max)
+
 
 class PIController:
     """Updates lambda once per optimizer step from that step's complete S."""
 
     def __init__(self, config: PIConfig) -> None:
         self.config = config
-        self.lam = min(max(config.lambda_init, config.lambda_min), config.lambda_max)
+        self.lam = config.lambda_start
         self.integral = 0.0
         self.s_hat: float | None = None
         self.step_count = 0
@@ -102,46 +107,47 @@ class PIController:
             return "max"
         return None
 
-    def update(self, s: float) -> float:
-        """Feed one step's measured S; return the lambda for the next step."""
+    def update(self, s: float, target_s: float | None = None) -> float:
+        """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda."""
         if not math.isfinite(s):
             raise ValueError(f"S must be finite, got {s}")
         c = self.config
+        target = c.target_s if target_s is None else target_s
         self.step_count += 1
         self.s_hat = s if self.s_hat is None else (1.0 - c.ema_alpha) * self.s_hat + c.ema_alpha * s
         if self.fixed:
             self.lam = c.lambda_min
         elif c.law == "guide":
-            self._guide_update()
+            self._guide_update(target)
         elif c.law == "bumpless":
-            self._bumpless_update()
+            self._bumpless_update(target)
         else:
-            self._pi_update()
+            self._pi_update(target)
         return self.lam
 
-    def _pi_update(self) -> None:
+    def _pi_update(self, target: float) -> None:
         c = self.config
-        e = math.log(max(self.s_hat, c.target_s * math.exp(-MAX_LOG_ERROR)) / c.target_s)
+        e = math.log(max(self.s_hat, target * math.exp(-MAX_LOG_ERROR)) / target)
         e = min(e, MAX_LOG_ERROR)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         base = math.log(c.lambda_init) + c.kp * e
         candidate = self.integral + min(max(e, -c.integral_error_clip), c.integral_error_clip)
         log_lam = base + c.ki * candidate
-        in_deadband = abs(self.s_hat - c.target_s) <= c.deadband
+        in_deadband = abs(self.s_hat - target) <= c.deadband
         winds_up = (log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)
         if not (in_deadband or winds_up):
             self.integral = candidate
         log_lam = base + c.ki * self.integral
         self.lam = c.lambda_min if log_lam <= log_min else c.lambda_max if log_lam >= log_max else math.exp(log_lam)
 
-    def _bumpless_update(self) -> None:
+    def _bumpless_update(self, target: float) -> None:
         c = self.config
-        e = log_odds_error(self.s_hat, c.target_s)
+        e = log_odds_error(self.s_hat, target)
         change = None if self.prev_error is None else e - self.prev_error
         self.prev_error = e
         if change is None:  # one point is no trend yet
             return
-        if not self.tracking and self.s_hat >= (1.0 - c.start_band) * c.target_s:
+        if not self.tracking and self.s_hat >= (1.0 - c.start_band) * target:
             # S is near S*: the PI starts from the lambda of this moment. Not at the crossing itself: with
             # lambda at lambda*, S approaches S* from below and crosses only after a long tail, or never.
             self.tracking = True
@@ -154,16 +160,18 @@ class PIController:
         log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
         self.lam = math.exp(log_lam)
 
-    def _guide_update(self) -> None:
+    def _guide_update(self, target: float) -> None:
         c = self.config
-        e = self.s_hat - c.target_s
+        e = self.s_hat - target
         if abs(e) <= c.deadband:
             return
         self.integral = min(max(c.leak * self.integral + c.ki * e, -c.integral_limit), c.integral_limit)
         self.lam = min(max(self.lam * math.exp(c.kp * e + self.integral), c.lambda_min), c.lambda_max)
 
     def step(self, telemetry: StepTelemetry) -> Action:
-        return Action(lam=self.update(telemetry.s))
+        """The next lambda, toward the S* the loop holds (telemetry.target_s); S_hat, integral and bound for the record."""
+        lam = self.update(telemetry.s, telemetry.target_s)
+        return Action(lam=lam, report={"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound})
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count,

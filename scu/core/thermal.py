@@ -21,10 +21,11 @@ Control law, once per control period (1 / control_frequency seconds of training)
 * both fine: f rises by at most recovery_rate per update, and never above f * B / P, the
   factor predicted to reach the budget, so recovery is a ramp that does not overshoot.
 
-Every step, whatever the period: a reading at or above the hard limit pauses training until
-a reading at or below the resume threshold (the loop polls `cool()`), and training resumes
-at half the factor it had. Missing readings (None) never throttle and never pause: without a
-sensor the controller does nothing and the run reports "unavailable".
+Every step, whatever the period: a reading at or above the hard limit asks the loop to pause
+training until a reading at or below the resume threshold (`Action.pause_until_celsius`; the
+loop waits, the controller never blocks), and training resumes at half the factor it had.
+Missing readings (None) never throttle and never pause: without a sensor the controller does
+nothing and the run reports "unavailable".
 
 Bits learned are the decrease of the total description length of the training set,
 (DataBPT + ParamBPT) * tokens_per_epoch, smoothed by an EMA because one step's loss is a
@@ -106,17 +107,6 @@ class ThermalConfig:
             raise ValueError("target_efficiency_bits_per_joule must be > 0 (or null for no target)")
 
 
-@dataclass
-class StepReport:
-    """What the controller concluded from one step (for the per-step metrics)."""
-
-    factor: float
-    paused: bool
-    bits_learned: float | None
-    bits_per_joule: float | None
-    landauer_efficiency: float | None
-
-
 class ThermalController:
     """Power-budget and temperature control on telemetry only; state is plain numbers."""
 
@@ -137,7 +127,6 @@ class ThermalController:
         self.throttle_events = 0
         self.pause_events = 0
         self._reset_window()
-        self.report = StepReport(1.0, False, None, None, None)
 
     def _reset_window(self) -> None:
         self.window_s = 0.0
@@ -150,6 +139,7 @@ class ThermalController:
     # -- per step -----------------------------------------------------------------------
     def step(self, telemetry: StepTelemetry) -> Action:
         c = self.config
+        self.paused = False  # the loop waited out the pause asked for at the previous step, if any
         self.step_count += 1
         dt = telemetry.wall_time + self.last_sleep_s
         power, temp, energy = telemetry.power_watts, telemetry.temperature_celsius, telemetry.energy_joules
@@ -177,14 +167,16 @@ class ThermalController:
         elif self.window_s >= 1.0 / c.control_frequency - 1e-9:  # tolerate float sums of step times
             stop = self._control(reasons)
 
-        self.report = StepReport(
-            self.factor,
-            self.paused,
-            bits,
-            bits_per_joule(bits, energy),
-            landauer_efficiency(bits, energy, temp),
-        )
-        return self._action(telemetry.wall_time, reasons, stop)
+        action = self._action(telemetry.wall_time, reasons, stop)
+        action.report = {
+            "control_factor": self.factor,
+            "bits_learned": bits,
+            "bits_per_joule": bits_per_joule(bits, energy),
+            "landauer_efficiency": landauer_efficiency(bits, energy, temp),
+        }
+        if self.paused:
+            action.pause_until_celsius = c.resume_temperature_celsius
+        return action
 
     def _bits_learned(self, telemetry: StepTelemetry) -> float | None:
         length = telemetry.data_bpt + telemetry.param_bpt
@@ -245,12 +237,11 @@ class ThermalController:
         return False
 
     def _pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.pause_events += 1
-            if self.factor >= 1.0:
-                self.throttle_events += 1
-            self.factor = max(self.config.min_factor, self.factor / 2.0)
+        self.paused = True
+        self.pause_events += 1
+        if self.factor >= 1.0:
+            self.throttle_events += 1
+        self.factor = max(self.config.min_factor, self.factor / 2.0)
         self._reset_window()
 
     def _action(self, wall_time: float, reasons: list[str], stop: bool) -> Action:
@@ -263,17 +254,6 @@ class ThermalController:
         if c.actuator == "lr":
             return Action(lr_factor=f, stop=stop, reasons=reasons)
         return Action(grad_accum=max(1, round(f * self.base_grad_accum)), stop=stop, reasons=reasons)
-
-    # -- while paused ---------------------------------------------------------------------
-    def cool(self, temperature_celsius: float | None) -> bool:
-        """Feed a reading taken while paused; return True while training must stay paused.
-
-        A missing reading cannot show that the device cooled down, so it keeps the pause
-        (the loop bounds the wait).
-        """
-        if self.paused and temperature_celsius is not None and temperature_celsius <= self.config.resume_temperature_celsius:
-            self.paused = False
-        return self.paused
 
     # -- serialization --------------------------------------------------------------------
     _STATE = (
@@ -288,7 +268,6 @@ class ThermalController:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in self._STATE:
             setattr(self, name, state[name])
-        self.report = StepReport(self.factor, self.paused, None, None, None)
 
     def describe(self) -> dict[str, Any]:
         return asdict(self.config)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from scu.core.telemetry import StepTelemetry
+from scu.config.schema import Config, ScuSection
+from scu.core.bits import LN2
 from scu.energy.replay import ReplaySensor
-from scu.energy.runtime import ThermalRun, TscuConfig
+from scu.energy.runtime import EnergyMeter, TscuConfig
+from scu.session import ControlSession, StepResult
 
 
 class SimClock:
@@ -36,22 +38,22 @@ def replay_run(
     step_s: float = 0.2,
     tokens_per_epoch: int | None = None,
     bits_per_token: Callable[[int], float] = lambda step: 0.0,
-) -> ThermalRun:
-    """Run T-SCU against `trace` for `seconds` of simulated time; each row gets `t_end`, the
-    simulated time its step ended. `bits_per_token(step)` stands in for the training loss."""
+) -> ControlSession:
+    """Run T-SCU alone, through a control session, against `trace` for `seconds` of simulated time; each
+    T-SCU row gets `t_end`, the simulated time its step ended. `bits_per_token(step)` stands in for the loss."""
     clock = SimClock()
-    run = ThermalRun(config, tokens_per_epoch, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
-    run.start(out, background=False)
+    cfg = Config(scu=ScuSection(enabled=False), tscu=config)
+    meter = EnergyMeter(config, ReplaySensor(trace, clock=clock), sleep=clock.sleep)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    session = ControlSession(cfg, tokens_per_epoch, out, meter=meter, sleep=clock.sleep)
+    session.start(background=False)
     step = 0
     while clock.now < seconds:
         clock.sleep(step_s)
         step += 1
-        telemetry = StepTelemetry(
-            step=step, data_bpt=bits_per_token(step), param_bpt=0.0, tokens=1, lr=1.0, wall_time=step_s
-        )
-        action = run.step(telemetry)
-        run.rows[-1]["t_end"] = clock.now - run.rows[-1]["paused_s"]
-        clock.sleep(action.sleep_s)  # what the loop does with the pacing
-    run.write()
-    run.close()
-    return run
+        ended = clock.now
+        session.record(session.step(StepResult(bits_per_token(step) * LN2, None, None, 1), 0.0, 1.0, step_s))
+        session.tscu.rows[-1]["t_end"] = ended
+    session.write_records("completed")
+    session.close()
+    return session

@@ -11,7 +11,7 @@ are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,30 +20,22 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_unflatten
 
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import TrainData, load_train_val
-from scu.driver import (
-    Backend,
-    BlockOrder,
-    Callback,
-    RunState,
-    build_controllers,
-    check_block_size,
-    drive,
-    metadata,
-    run_fingerprints,
-    write_sscu_files,
-)
-from scu.energy.runtime import ThermalRun
-from scu.mlx.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from scu.driver import Backend, BlockOrder, Callback, check_block_size, drive, lr_schedule, restore, run_fingerprints
+from scu.mlx import checkpoint
+from scu.mlx.checkpoint import CHECKPOINT
 from scu.mlx.model import add_lora, load_base, peft_provenance, save_adapter
 from scu.mlx.penalty import LoraPenalty
 from scu.mlx.step import TrainStep, ce_sum
 from scu.report.card import write_model_card
-from scu.report.records import MetricsLog, atomic_write_json, atomic_write_text
+from scu.report.records import atomic_write_text
 from scu.rundir import RunLock, check_output, claim
+from scu.session import ControlSession, RunFacts, RunState
+from scu.trackers import ReportTo
 
 
 @dataclass
@@ -58,13 +50,16 @@ class MlxRun:
     tokens_per_epoch: int
     penalty: LoraPenalty | None
     optimizer: optim.Optimizer
-    controllers: dict[str, Any]
+    session: ControlSession
     order: BlockOrder
-    state: RunState
-    metrics: MetricsLog
+    lr_at: Callable[[int], float]
     adapter_config: dict[str, Any]
     step: TrainStep | None = None
     lock: RunLock | None = None
+
+    @property
+    def state(self) -> RunState:
+        return self.session.state
 
 
 def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> MlxRun:
@@ -84,13 +79,10 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     }
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
     optimizer = optim.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay, bias_correction=True)
-    run = MlxRun(
-        cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, build_controllers(cfg),
-        BlockOrder(len(data.train), t.seed), RunState(grad_accum=t.gradient_accumulation),
-        MetricsLog(out / "metrics.jsonl"), adapter_config,
-    )
-    if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
-        run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, t.gradient_accumulation)
+    facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule)
+    session = ControlSession(cfg, tokens_per_epoch, out, facts)
+    run = MlxRun(cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, session,
+                 BlockOrder(len(data.train), t.seed), lr_schedule(t), adapter_config)
     run.state.fingerprints = run_fingerprints(cfg, data)
     run.lock = claim(out, CHECKPOINT, resume, overwrite)
     try:
@@ -101,6 +93,23 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
         raise
     run.step = TrainStep(model, optimizer, penalty)
     return run
+
+
+def save_checkpoint(run: MlxRun) -> None:
+    a0 = run.penalty.initial_factors() if run.penalty is not None else {}
+    checkpoint.save_checkpoint(run.out, run.model.trainable_parameters(), run.optimizer.state, a0,
+                               run.session.state_dict(), run.cfg.model_dump(mode="json"))
+
+
+def load_checkpoint(run: MlxRun) -> None:
+    """Restore everything saved; call before the compiled step is built (it captures the optimizer state)."""
+    groups, record = checkpoint.read_checkpoint(run.out / CHECKPOINT)
+    restore(run, record, record["config"])
+    run.model.load_weights(groups["trainable"], strict=False)
+    run.optimizer.state = tree_unflatten(groups["optimizer"])
+    if run.penalty is not None:
+        run.penalty.load_initial_factors(dict(groups["a0"]))
+    mx.eval(run.model.parameters(), run.optimizer.state)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -131,20 +140,13 @@ def block_bpt(model: nn.Module, blocks: np.ndarray, batch_size: int = 16) -> flo
     return nats / (blocks.shape[0] * (blocks.shape[1] - 1)) / LN2
 
 
-def mlx_metadata(run: MlxRun, status: str) -> dict[str, Any]:
-    return {**metadata(run, status), "backend": "mlx"}
-
-
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
     atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
-    atomic_write_json(run.out / "metadata.json", mlx_metadata(run, status))
+    run.session.write_records(status)
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
-    write_sscu_files(run)
-    if "thermal" in run.controllers:
-        run.controllers["thermal"].write()
 
 
 def train(
@@ -157,7 +159,13 @@ def train(
         "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
         save_checkpoint, write_outputs,
     )
+    trackers = []
+    if cfg.training.report_to:  # Accelerate's trackers need an Accelerator, not a torch model
+        from accelerate import Accelerator
+
+        trackers.append(ReportTo(Accelerator(cpu=True, log_with=cfg.training.report_to, project_dir=run.out), cfg,
+                                 run.state.tokens_seen))
     try:
-        return mlx_metadata(run, drive(run, backend, progress, callbacks))
+        return run.session.metadata(drive(run, backend, progress, [*callbacks, *trackers]))
     finally:
         run.lock.release()

@@ -22,7 +22,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
-from scu.driver import StepResult
+from scu.session import StepResult
 from scu.mlx.penalty import LoraPenalty
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints that resume a run bit for bit: trainable weights, optimizer, RNG, loop and controller state.
+"""Checkpoints that resume a run bit for bit: trainable weights, optimizer, RNG, and the control session's state.
 
 One file, written to a temporary name, synced and renamed, so an interruption leaves the previous
 checkpoint intact. It holds only tensors and plain data and is read with `weights_only=True`, so a
@@ -9,39 +9,30 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import asdict
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from scu import ScuError
-from scu.driver import restored_state
 from scu.report.records import atomic_path
-
-if TYPE_CHECKING:
-    from scu.torch.loop import Run
+from scu.report.schema import SessionState
 
 CHECKPOINT = "checkpoint.pt"
 START_OVER = "start over with --overwrite or choose another --output"
 
 
-def _trainable(run: "Run") -> dict[str, torch.Tensor]:
-    model = run.accelerator.unwrap_model(run.model)
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(run: "Run") -> None:
-    if not run.accelerator.is_main_process:
-        return
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, session: SessionState,
+                    config: dict[str, Any]) -> None:
+    """`model` unwrapped (its trainable parameters are saved); `session` is ControlSession.state_dict()."""
     payload = {
-        "state": asdict(run.state),
-        "trainable": _trainable(run),
-        "optimizer": run.optimizer.state_dict(),
-        "controllers": {name: c.state_dict() for name, c in run.controllers.items()},
+        **session,
+        "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "config": run.cfg.model_dump(mode="json"),
+        "config": config,
     }
-    with atomic_path(run.out / CHECKPOINT) as tmp:
+    with atomic_path(out / CHECKPOINT) as tmp:
         torch.save(payload, tmp)
 
 
@@ -65,19 +56,13 @@ def read_checkpoint(path: os.PathLike) -> dict:
     return payload
 
 
-def load_checkpoint(run: "Run") -> None:
-    payload = read_checkpoint(run.out / CHECKPOINT)
-    run.state = restored_state(run, payload["state"], payload["config"])
-    model = run.accelerator.unwrap_model(run.model)
+def load_tensors(payload: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The payload's trainable weights, optimizer state and RNG into `model` (unwrapped) and `optimizer`."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in payload["trainable"].items():
             params[name].copy_(value)
-    run.optimizer.load_state_dict(payload["optimizer"])
-    for name, controller in run.controllers.items():
-        controller.load_state_dict(payload["controllers"][name])
+    optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng"]["torch"])
     if payload["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-    if run.accelerator.is_main_process:
-        run.metrics.truncate_after(run.state.step)

@@ -47,6 +47,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def all_reduce_sum_(t: Tensor) -> Tensor:
     """Sum `t` over all ranks in place (no-op in one process). Every rank gets the same bits back."""
     if world_size() > 1:

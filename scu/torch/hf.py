@@ -1,4 +1,4 @@
-"""SCU in Hugging Face trainers and in any PyTorch loop.
+"""SCU in Hugging Face trainers and in any PyTorch loop, through the same control session as `scu train`.
 
 `SCU` is the small API for your own loop (three lines):
 
@@ -11,10 +11,12 @@
 
 `SCUTrainer` / `SCUSFTTrainer` do the same inside `transformers.Trainer` / `trl.SFTTrainer`:
 the penalty is added in `compute_loss` with the weight that survives the trainer's own
-gradient-accumulation scaling, lambda moves once per optimizer step (`on_step_end`), the
-numbers go through `Trainer.log` (so `report_to` sees them), and every `save_model` (final
-save and each checkpoint) writes metadata.json plus the controller state that
-`resume_from_checkpoint` reads back.
+gradient-accumulation scaling; `SCUCallback` (a TrainerCallback) applies the session's LR and
+clipping factors before each optimizer step and hands the finished step to the session after it
+(PI, S-SCU, T-SCU pacing, λ-equilibrium and auto-stop); the numbers go through `Trainer.log` under
+`scu/` (so `report_to` sees them); metrics.jsonl is written as the run goes, and every `save_model`
+(final save and each checkpoint) writes metadata.json, the S-SCU/T-SCU files and the session state
+that `resume_from_checkpoint` reads back: the same record as `scu train` (scu.report.schema).
 
 Across processes (DDP, FSDP2) each rank adds the full penalty; DDP's and FSDP2's gradient
 averaging then leaves exactly lambda * dpenalty. Per step, one all-reduce sums the CE nats,
@@ -23,8 +25,10 @@ token counts and sharded penalty parts, so lambda is computed from identical inp
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +37,17 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
 from scu import ScuError
-from scu.config.schema import Config, ScuSection, build_config
-from scu.core.bits import LN2, info_ratio
-from scu.core.pi import PIController
-from scu.driver import pi_config
-from scu.report.records import atomic_path, atomic_write_json, package_versions
-from scu.torch.distributed import all_reduce_sum_, check_layout, world_size
+from scu.config.schema import Config, DataSection, LoraSection, ModelSection, ScuSection, TrainingSection, build_config
+from scu.core.bits import LN2
+from scu.report.records import atomic_path, atomic_write_json
+from scu.report.schema import CONTROL_KEYS
+from scu.session import ControlSession, RunFacts, StepResult
+from scu.torch.distributed import all_reduce_sum_, check_layout, rank, world_size
 from scu.torch.regularizer import LoraPenalty
+from scu.trackers import scu_logs
 
 STATE_FILE = "scu_state.json"
 INIT_FILE = "scu_init.safetensors"
-LOGGED = ("data_bpt", "param_bpt", "s")
 # Below this many nats per loss token, a first step's CE cannot be a summed CE: a base model is never that sure of
 # the next token over a whole batch (perplexity 1.05), while a mean loss over N tokens lands at loss / N.
 MIN_FIRST_STEP_NATS_PER_TOKEN = 0.05
@@ -57,23 +61,36 @@ def scu_section(config: ScuSection | dict[str, Any] | None) -> ScuSection:
 
 
 class SCU:
-    """PI-controlled lambda * ParamBPT penalty for one PEFT model, stepped once per optimizer step."""
+    """λ·ParamBPT penalty for one PEFT model; each optimizer step goes to a ControlSession (PI λ and the rest)."""
 
-    def __init__(self, model: nn.Module, tokens_per_epoch: int, config: ScuSection | dict[str, Any] | None = None) -> None:
+    def __init__(self, model: nn.Module, tokens_per_epoch: int, config: ScuSection | dict[str, Any] | None = None,
+                 output_dir: str | Path | None = None, session: ControlSession | None = None) -> None:
+        """`config`: the scu: section's keys; `output_dir`: where metrics.jsonl goes (rank 0; default: nowhere);
+        `session`: a session built elsewhere (SCUTrainer's, with the other sections), instead of both."""
         check_layout(model)
-        self.config = scu_section(config)
-        if not self.config.enabled:
+        if session is None:
+            section = scu_section(config)
+            if section.enabled:
+                facts = RunFacts("SCU loop API", tokens_per_epoch_source="given", world_size=world_size())
+                session = ControlSession(Config(scu=section), tokens_per_epoch, output_dir, facts, is_main=rank() == 0)
+        if session is None or not session.cfg.scu.enabled:
             raise ScuError("scu.enabled is false; train with the plain Trainer/loop instead of SCU's")
+        self.session = session
+        self.config = session.cfg.scu
         self.tokens_per_epoch = tokens_per_epoch
         self.regularizer = LoraPenalty(model, self.config.prior, self.config.prior_sigma, tokens_per_epoch)
-        self.controller = PIController(pi_config(Config(scu=self.config)))
         self._parts: tuple[Tensor, Tensor] | None = None
-        self.lambda_range: list[float] = [self.controller.lam, self.controller.lam]
-        self.last: dict[str, float] = {}
+        self._began = time.perf_counter()
 
     @property
     def lam(self) -> float:
-        return self.controller.lam
+        return self.session.lam
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The control columns of the last recorded step (the same on every rank)."""
+        last = self.session.state.last
+        return {k: last[k] for k in CONTROL_KEYS} if last else {}
 
     def penalty(self, weight: float = 1.0) -> Tensor:
         """lambda * ParamBPT * ln 2 (nats) times `weight`, differentiable. Once per optimizer step."""
@@ -81,13 +98,16 @@ class SCU:
         self._parts = (replicated.detach(), local.detach())
         return (self.lam * LN2 * weight) * self.regularizer.bpt(replicated + local)
 
-    def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None) -> dict[str, float]:
+    def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None,
+             grad_norm: Tensor | float | None = None, lr: float = 0.0, seconds: float | None = None) -> dict[str, Any]:
         """Close the optimizer step: one all-reduce of (CE nats, tokens, sharded penalty part), one host sync,
-        then the PI update. Returns this step's data_bpt, param_bpt, s and the lambda for the next step.
+        then the control session. Returns the step's control columns (data_bpt, param_bpt, s, lambda for the
+        next step, ...; scu.report.schema.CONTROL_KEYS).
 
         `ce_sum`: this rank's cross-entropy summed (not averaged) over the step's loss tokens, in nats;
         `tokens`: how many loss tokens that sum covers. Keywords only, so that a mean loss is never
-        passed by position where the sum belongs.
+        passed by position where the sum belongs. Optional: the step's gradient norm (S-SCU reads it), its LR,
+        and its duration (default: since this step's penalty()).
         """
         if positional or ce_sum is None or tokens is None:
             raise ScuError("SCU.step takes keywords only: scu.step(ce_sum=<CE summed over the step's loss tokens, nats>, "
@@ -98,71 +118,41 @@ class SCU:
         replicated, local = self._parts
         self._parts = None
         as64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=replicated.device).reshape(())  # noqa: E731
-        summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated)])
-        all_reduce_sum_(summed[:3])  # the replicated part is already global: never summed over ranks
-        nats, n, local_sum, rep = summed.tolist()  # the same numbers on every rank, so every rank raises alike
-        check_step_loss(nats, n, first=self.controller.step_count == 0)
-        data_bpt = nats / n / LN2
+        norm = math.nan if grad_norm is None else grad_norm
+        summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated), as64(norm)])
+        all_reduce_sum_(summed[:3])  # the replicated part and the gradient norm are already global: never summed
+        nats, n, local_sum, rep, norm = summed.tolist()  # the same numbers on every rank, so every rank raises alike
+        check_step_loss(nats, n, first=self.session.state.step == 0)
         param_bpt = float(self.regularizer.bpt(rep + local_sum))
-        s = info_ratio(data_bpt, param_bpt)
-        lam_used = self.lam
-        lam = self.controller.update(s)
-        self.lambda_range = [min(self.lambda_range[0], lam), max(self.lambda_range[1], lam)]
-        self.last = {"data_bpt": data_bpt, "param_bpt": param_bpt, "s": s, "lambda": lam, "lambda_used": lam_used,
-                     "s_hat": self.controller.s_hat, "tokens": int(n)}
-        return dict(self.last)
+        dt = time.perf_counter() - self._began if seconds is None else seconds
+        result = StepResult(nats, param_bpt, None if grad_norm is None else norm, int(n))
+        row = self.session.step(result, self.lam, lr, dt)
+        if row is not None:
+            self.session.record(row)
+        self._began = time.perf_counter()
+        return self.last
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"controller": self.controller.state_dict(), "lambda_range": self.lambda_range, "last": self.last}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.lambda_range = list(state["lambda_range"])
-        self.last = dict(state["last"])
-
-    def metadata(self, **run: Any) -> dict[str, Any]:
-        """metadata.json: the run's SCU settings and where the controller stands; `run` adds caller facts."""
-        return {
-            **run,
-            "target_s": self.config.target_s,
-            "final_s": self.last.get("s"),
-            "final_s_hat": self.controller.s_hat,
-            "final_lambda": self.lam,
-            "lambda_range": self.lambda_range,
-            "final_data_bpt": self.last.get("data_bpt"),
-            "final_param_bpt": self.last.get("param_bpt"),
-            "prior": {"type": self.config.prior, "sigma": self.config.prior_sigma},
-            "tokens_per_epoch": self.tokens_per_epoch,
-            "controller_steps": self.controller.step_count,
-            "world_size": world_size(),
-            "scu": self.config.model_dump(mode="json"),
-            "controllers": {"pi": self.controller.state_dict()},
-            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": package_versions(),
-        }
-
-    def save(self, directory: str | Path, **run: Any) -> None:
-        """Write metadata.json, the controller state and the penalty's initial values (call on rank 0 only)."""
+    def save(self, directory: str | Path, status: str = "running") -> None:
+        """Write metadata.json (and the S-SCU/T-SCU files), the session state and the penalty's initial values
+        (call on rank 0 only)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        atomic_write_json(directory / STATE_FILE, self.state_dict())
+        atomic_write_json(directory / STATE_FILE, self.session.state_dict())
         init = self.regularizer.init_state()
         if init:
             with atomic_path(directory / INIT_FILE) as tmp:
                 save_file(init, str(tmp))
-        atomic_write_json(directory / "metadata.json", self.metadata(**run))
+        self.session.write_records(status, directory)
 
     def load(self, directory: str | Path) -> None:
         """Restore what `save` wrote (every rank), so lambda continues its trajectory."""
-        import json
-
         from safetensors.torch import load_file
 
         directory = Path(directory)
         if not (directory / STATE_FILE).exists():
             raise ScuError(f"{directory} has no {STATE_FILE} (saved without SCU); resume from a checkpoint of an SCU run")
-        self.load_state_dict(json.loads((directory / STATE_FILE).read_text()))
+        self.session.load_state_dict(json.loads((directory / STATE_FILE).read_text()))
         init = directory / INIT_FILE
         self.regularizer.load_init_state(load_file(init) if init.exists() else {})
 
@@ -213,30 +203,90 @@ def _predicted_tokens(inputs: dict[str, Any], shifts: bool) -> Tensor:
     return labels.ne(-100).sum()
 
 
-class _StepEnd(TrainerCallback):
+def trainer_config(trainer: Trainer, sections: dict[str, Any]) -> Config:
+    """The run's Config as `scu train` would record it: the control sections as given (validated), and the model,
+    LoRA, training and data sections read from the Trainer, its arguments and the PEFT config."""
+    cfg = build_config({name: dict(values or {}) for name, values in sections.items()})
+    if cfg.tscu.enabled and cfg.tscu.actuator == "grad_accum":
+        raise ScuError("tscu.actuator grad_accum needs `scu train` (the Trainer's accumulation is fixed); use sleep or lr")
+    args, model = trainer.args, trainer.accelerator.unwrap_model(trainer.model)
+    peft = getattr(model, "peft_config", {}).get("default")
+    targets = getattr(peft, "target_modules", None) or []
+    lora = LoraSection.model_construct(
+        rank=getattr(peft, "r", None), alpha=getattr(peft, "lora_alpha", None), dropout=getattr(peft, "lora_dropout", 0.0),
+        targets=[targets] if isinstance(targets, str) else sorted(targets), use_rslora=getattr(peft, "use_rslora", False),
+        use_dora=getattr(peft, "use_dora", False), init=getattr(peft, "init_lora_weights", True),
+    )
+    base = getattr(peft, "base_model_name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    training = TrainingSection.model_construct(
+        learning_rate=args.learning_rate, batch_size=args.per_device_train_batch_size, block_size=None,
+        gradient_accumulation=args.gradient_accumulation_steps, steps=args.max_steps, lr_schedule=schedule,
+        warmup_steps=args.get_warmup_steps(max(args.max_steps, 0)), weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm, seed=args.seed, checkpoint_every=args.save_steps, eval_every=0,
+    )
+    data = DataSection.model_construct(train_data=f"{type(trainer).__name__} train_dataset", val_fraction=0.0)
+    sscu = dataclasses.replace(cfg.sscu, max_batch_factor=1)  # the Trainer's accumulation is fixed: no batch actions
+    return Config.model_construct(**{**dict(cfg), "model": ModelSection(base_model=str(base)), "lora": lora,
+                                     "training": training, "data": data, "sscu": sscu})
+
+
+class SCUCallback(TrainerCallback):
+    """The Trainer's loop into SCU's control session: the session's LR and clipping factors before each optimizer
+    step, the finished step into the session after it, and the session's stop decision back to the Trainer."""
+
     def __init__(self, trainer: "SCUTrainerMixin") -> None:
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        session = self.trainer.scu.session
+        session.cfg.training.steps = state.max_steps
+        session.start()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._scu_step_begin()
+
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._scu_step_end()
+        if self.trainer._scu_step_end():
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.scu.session.close()
 
 
 class SCUTrainerMixin:
-    """Adds SCU to a `transformers.Trainer` subclass. Extra keyword arguments:
-    `scu` (the scu: config keys, or a ScuSection) and `tokens_per_epoch` (default: counted from train_dataset)."""
+    """Adds SCU to a `transformers.Trainer` subclass. Extra keyword arguments: `scu` (the scu: config keys, or a
+    ScuSection), `sscu`, `tscu`, `equilibrium` (those sections' keys: S-SCU, T-SCU, λ-equilibrium and auto-stop)
+    and `tokens_per_epoch` (default: counted from train_dataset)."""
 
-    def __init__(self, *args: Any, scu: ScuSection | dict[str, Any] | None = None, tokens_per_epoch: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, scu: ScuSection | dict[str, Any] | None = None, sscu: dict[str, Any] | None = None,
+                 tscu: dict[str, Any] | None = None, equilibrium: dict[str, Any] | None = None,
+                 tokens_per_epoch: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if tokens_per_epoch is None:
+        given = tokens_per_epoch is not None
+        if not given:
             tokens_per_epoch = count_label_tokens(self.train_dataset)
-        self.scu = SCU(self.model, tokens_per_epoch, scu)
+        section = scu_section(scu).model_dump()
+        cfg = trainer_config(self, {"scu": section, "sscu": sscu, "tscu": tscu, "equilibrium": equilibrium})
+        facts = RunFacts(
+            type(self).__name__, base_model=cfg.model.base_model,
+            tokens_per_epoch_source="given" if given else "loss tokens of train_dataset",
+            train_docs=len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None,
+            val_docs=len(self.eval_dataset) if hasattr(self.eval_dataset, "__len__") else None,
+            world_size=self.args.world_size,
+        )
+        session = ControlSession(cfg, tokens_per_epoch, self.args.output_dir, facts, is_main=self.args.process_index == 0)
+        self.scu = SCU(self.model, tokens_per_epoch, session=session)
         self._scu_nats: Tensor | float = 0.0
         self._scu_tokens: Tensor | int = 0
+        self._scu_grad_norm: Tensor | float | None = None
         self._scu_penalized = False  # the penalty of the current optimizer step is in the loss
         self._scu_layout_checked = False
-        self._scu_window: list[dict[str, float]] = []  # steps since the last log
-        self.add_callback(_StepEnd(self))
+        self._scu_max_grad_norm = self.args.max_grad_norm
+        self._scu_lr, self._scu_began = 0.0, 0.0
+        self._scu_window: list[dict[str, Any]] = []  # metrics rows since the last log
+        self._scu_logged_tokens = 0
+        self.add_callback(SCUCallback(self))
 
     def _scu_loss_is_scaled(self, num_items_in_batch: Any) -> bool:
         """The rule Trainer.training_step uses to decide whether it divides the loss by the accumulation steps."""
@@ -268,27 +318,49 @@ class SCUTrainerMixin:
             self._scu_penalized = True
         return (loss, *result[1:]) if return_outputs else loss
 
-    def _scu_step_end(self) -> None:
-        self._scu_window.append(self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens))
-        self._scu_nats, self._scu_tokens, self._scu_penalized = 0.0, 0, False
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm before clipping, as the Trainer measures it, kept for S-SCU."""
+        self._scu_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        return self._scu_grad_norm
+
+    def _scu_step_begin(self) -> None:
+        """The session's factors for this step: LR (on the Trainer's schedule) and gradient clipping."""
+        st = self.scu.session.state
+        scheduled = self.lr_scheduler.get_last_lr()
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            group["lr"] = lr * st.lr_factor
+        self._scu_lr = scheduled[0] * st.lr_factor
+        self.args.max_grad_norm = self._scu_max_grad_norm * st.grad_clip_factor
+        self._scu_began = time.perf_counter()
+
+    def _scu_step_end(self) -> bool:
+        """The step into the session; True when the session stops the run (auto-stop, a T-SCU stop)."""
+        seconds = time.perf_counter() - self._scu_began
+        self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens, grad_norm=self._scu_grad_norm, lr=self._scu_lr,
+                      seconds=seconds)
+        if self.scu.session.state.last.get("step") == self.state.global_step:
+            self._scu_window.append(self.scu.session.state.last)
+        self._scu_nats, self._scu_tokens, self._scu_grad_norm, self._scu_penalized = 0.0, 0, None, False
+        return self.scu.session.stop_status is not None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._scu_window and "loss" in logs:  # a training log: means since the last one, and the current lambda
-            window = self._scu_window
-            logs.update({k: sum(r[k] for r in window) / len(window) for k in LOGGED})
-            logs["lambda"] = window[-1]["lambda"]
-            window.clear()
+        if self._scu_window and "loss" in logs:  # a training log: the scu/ keys of the steps since the last one
+            logs.update(scu_logs(self._scu_window, self._scu_logged_tokens))
+            self._scu_logged_tokens = self._scu_window[-1]["tokens"]
+            self._scu_window.clear()
         super().log(logs, *args, **kwargs)
+
+    def _scu_status(self) -> str:
+        if self.scu.session.stop_status is not None:
+            return self.scu.session.stop_status
+        return "completed" if self.state.max_steps and self.state.global_step >= self.state.max_steps else "running"
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call=_internal_call)
         if self.args.should_save:
             directory = Path(output_dir or self.args.output_dir)
             directory.mkdir(parents=True, exist_ok=True)
-            status = "completed" if self.state.max_steps and self.state.global_step >= self.state.max_steps else "running"
-            base = getattr(getattr(self.accelerator.unwrap_model(self.model), "config", None), "_name_or_path", None)
-            self.scu.save(directory, status=status, base_model=base, steps=self.state.global_step,
-                          steps_planned=self.state.max_steps)
+            self.scu.save(directory, self._scu_status())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

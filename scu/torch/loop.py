@@ -3,7 +3,7 @@
 Data flows one way, once per optimizer step:
 
     micro-batches -> CE (+ lambda * ParamBPT * ln2) -> backward -> clip -> optimizer step
-    -> StepTelemetry (one host sync) -> controllers -> merged Action -> next step's lambda, LR, ...
+    -> StepResult (one host sync) -> ControlSession: telemetry -> controllers -> Action -> next step's lambda, LR, ...
 
 The whole step is `train_step`; `scu.driver.drive` around it records, controls and checkpoints (shared with MLX).
 """
@@ -11,7 +11,7 @@ The whole step is `train_step`; `scu.driver.drive` around it records, controls a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +27,24 @@ from scu.driver import (
     Backend,
     BlockOrder,
     Callback,
-    RunState,
     StepResult,
-    build_controllers,
     check_block_size,
     drive,
-    metadata,
+    lr_schedule,
+    restore,
     run_fingerprints,
-    write_sscu_files,
 )
-from scu.energy.runtime import ThermalRun
 from scu.eval.bpt import block_bpt, cross_entropy_sum
 from scu.report.card import write_model_card
-from scu.report.records import MetricsLog, atomic_write_json, atomic_write_text
+from scu.report.records import atomic_write_text
 from scu.rundir import RunLock, check_output, claim, publish
-from scu.torch.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from scu.session import ControlSession, RunFacts, RunState
+from scu.torch import checkpoint
+from scu.torch.checkpoint import CHECKPOINT
 from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
 from scu.torch.regularizer import LoraPenalty
+from scu.trackers import ReportTo
 
 
 @dataclass
@@ -58,11 +58,14 @@ class Run:
     penalty: LoraPenalty | None
     optimizer: torch.optim.Optimizer
     accelerator: Any
-    controllers: dict[str, Any]
+    session: ControlSession
     order: BlockOrder
-    state: RunState
-    metrics: MetricsLog
+    lr_at: Callable[[int], float]
     lock: RunLock | None = None  # held by the process that writes the run's files
+
+    @property
+    def state(self) -> RunState:
+        return self.session.state
 
 
 def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> Run:
@@ -71,9 +74,12 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     from accelerate.utils import set_seed
 
     out = Path(out)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    trackers = {"log_with": cfg.training.report_to, "project_dir": out} if cfg.training.report_to else {}
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), **trackers)
     if accelerator.is_main_process:  # the process that will claim and write it; others would race its claim
         check_output(out, CHECKPOINT, resume, overwrite)
+    if cfg.tscu.enabled and accelerator.num_processes > 1:
+        raise ScuError("T-SCU runs in one process only (ranks would pace and pause independently); drop --controller thermal")
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model)
     data = load_train_val(cfg.data, tokenizer, cfg.training.block_size, cfg.training.seed)
@@ -87,15 +93,11 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     optimizer = torch.optim.AdamW(params, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_loop_layout(model)  # refuses FSDP / ZeRO-3 layouts this loop cannot measure or checkpoint
-    run = Run(
-        cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator,
-        build_controllers(cfg), BlockOrder(len(data.train), cfg.training.seed),
-        RunState(grad_accum=cfg.training.gradient_accumulation), MetricsLog(out / "metrics.jsonl"),
-    )
-    if cfg.tscu.enabled:  # T-SCU: measures every step, paces or pauses it (docs/tscu.md)
-        if accelerator.num_processes > 1:
-            raise ScuError("T-SCU runs in one process only (ranks would pace and pause independently); drop --controller thermal")
-        run.controllers["thermal"] = ThermalRun(cfg.tscu, tokens_per_epoch, cfg.training.gradient_accumulation)
+    facts = RunFacts("scu train", "torch", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule,
+                     world_size=accelerator.num_processes)
+    session = ControlSession(cfg, tokens_per_epoch, out, facts, is_main=accelerator.is_main_process)
+    run = Run(cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator, session,
+              BlockOrder(len(data.train), cfg.training.seed), lr_schedule(cfg.training))
     run.state.fingerprints = run_fingerprints(cfg, data)
     if accelerator.is_main_process:
         run.lock = claim(out, CHECKPOINT, resume, overwrite)
@@ -107,6 +109,18 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
             run.lock.release()
         raise
     return run
+
+
+def save_checkpoint(run: Run) -> None:
+    if run.accelerator.is_main_process:
+        model = run.accelerator.unwrap_model(run.model)
+        checkpoint.save_checkpoint(run.out, model, run.optimizer, run.session.state_dict(), run.cfg.model_dump(mode="json"))
+
+
+def load_checkpoint(run: Run) -> None:
+    payload = checkpoint.read_checkpoint(run.out / CHECKPOINT)
+    restore(run, payload, payload["config"])
+    checkpoint.load_tensors(payload, run.accelerator.unwrap_model(run.model), run.optimizer)
 
 
 def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tensor | None, int]:
@@ -159,12 +173,9 @@ def write_outputs(run: Run, status: str, adapter: bool) -> None:
     if adapter:
         publish(run.out, run.accelerator.unwrap_model(run.model).save_pretrained)
     atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
-    atomic_write_json(run.out / "metadata.json", metadata(run, status))
+    run.session.write_records(status)
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)
-    write_sscu_files(run)
-    if "thermal" in run.controllers:
-        run.controllers["thermal"].write()
 
 
 def train(
@@ -181,8 +192,9 @@ def train(
         "scu train", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
         save_checkpoint, write_outputs, is_main=run.accelerator.is_main_process,
     )
+    trackers = [ReportTo(run.accelerator, cfg, run.state.tokens_seen)] if cfg.training.report_to else []
     try:
-        return metadata(run, drive(run, backend, progress, callbacks))
+        return run.session.metadata(drive(run, backend, progress, [*callbacks, *trackers]))
     finally:
         if run.lock is not None:
             run.lock.release()

@@ -31,6 +31,7 @@ OVERRIDES = {
     "max_temp": "tscu.max_temperature_celsius",
     "power_trace": "tscu.power_trace",
     "auto_stop": "equilibrium.auto_stop",
+    "report_to": "training.report_to",
 }
 THERMAL_FLAGS = ("power_budget", "max_temp", "power_trace")
 # --controller: the controllers that run, comma-separated; the others are switched off. scu (or pi): the PI
@@ -93,6 +94,11 @@ def register(sub: Any) -> None:
         "--auto-stop", action="store_true", default=None,
         help=f"end training at the λ-equilibrium step and save the adapter there {config_default('auto_stop')}",
     )
+    p.add_argument(
+        "--report-to", type=tracker_names, metavar="NAME[,NAME]",
+        help="experiment trackers through Accelerate (tensorboard, wandb, mlflow, trackio, ...); logs scu/data_bpt, "
+        f"scu/param_bpt, scu/s, scu/lambda, scu/lr, scu/tokens_per_s every step {config_default('report_to')}",
+    )
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished adapter directory to this Hugging Face repo (default: no upload)")
     p.set_defaults(func=run)
 
@@ -110,6 +116,12 @@ def controller_switches(text: str) -> dict[str, bool]:
         raise argparse.ArgumentTypeError(f"unknown controller {(unknown or [text])[0]!r}; use a comma-separated list of {choices}")
     on = {CONTROLLERS[n] for n in names}
     return {key: key in on for key in CONTROLLERS.values()}
+
+
+def tracker_names(text: str) -> list[str]:
+    """--report-to tensorboard,wandb -> ["tensorboard", "wandb"]; "none" -> [] (as transformers' report_to)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return [] if names == ["none"] else names
 
 
 def config_setting(text: str) -> tuple[str, Any]:

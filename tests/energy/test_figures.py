@@ -24,8 +24,7 @@ def test_tscu_png_for_a_thermal_run_with_its_figures_merged_by_step(tmp_path: Pa
     trace = tmp_path / "trace.csv"
     trace.write_text("time,watts,celsius\n0,12,50\n5,35,80\n10,12,60\n")
     run_dir = tmp_path / "thermal"
-    rows = replay_run(trace, TscuConfig(enabled=True), 10.0, run_dir, 0.2, 1000, lambda step: 4.0 - 0.01 * step).rows
-    fake_run(run_dir, len(rows))
+    rows = replay_run(trace, TscuConfig(enabled=True), 10.0, run_dir, 0.2, 1000, lambda step: 4.0 - 0.01 * step).tscu.rows
     plain = tmp_path / "plain"
     plain.mkdir()
     fake_run(plain, 5)

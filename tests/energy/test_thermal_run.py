@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from scu.core.telemetry import StepTelemetry
+from scu.config.schema import Config, ScuSection
+from scu.core.bits import LN2
 from scu.energy.base import Unavailable
 from scu.energy.replay import ReplaySensor, Trace
-from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE, ThermalRun, TscuConfig
+from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE, EnergyMeter, TscuConfig
 from scu.energy.simulate import SimClock, replay_run
+from scu.session import ControlSession, StepResult
 
 TRACE = "time,watts,celsius\n0,12,50\n20,12,60\n20.001,35,60\n60,35,60\n60.001,12,60\n100,12,60\n105,12,92\n140,12,55\n400,12,55\n"
 COOLED_AT = 105 + 22 * 35 / 37
@@ -33,7 +35,18 @@ def replayed(tmp_path: Path):
     trace = tmp_path / "trace.csv"
     trace.write_text(TRACE)
     run = replay_run(trace, TscuConfig(enabled=True), END, tmp_path / "run", COMPUTE_S, 10_000, lambda step: 4.0 - 0.001 * step)
-    return run, run.rows, tmp_path / "run", trace
+    return run, run.tscu.rows, tmp_path / "run", trace
+
+
+def thermal_session(out: Path, sensor, clock: SimClock, cfg: TscuConfig | None = None) -> ControlSession:
+    """T-SCU alone in a control session, on a simulated clock (as replay_run builds it)."""
+    cfg = cfg or TscuConfig(enabled=True)
+    meter = EnergyMeter(cfg, sensor, sleep=clock.sleep)
+    return ControlSession(Config(scu=ScuSection(enabled=False), tscu=cfg), 10_000, out, meter=meter, sleep=clock.sleep)
+
+
+def step(session: ControlSession, step: int, data_bpt: float = 4.0) -> dict:
+    return session.step(StepResult(data_bpt * LN2 * 10, None, None, 10), 0.0, 1e-3, COMPUTE_S)
 
 
 def test_factor_drops_below_one_while_over_budget(replayed):
@@ -50,11 +63,11 @@ def test_factor_drops_below_one_while_over_budget(replayed):
 def test_pause_above_hard_limit_and_resume_below_threshold(replayed):
     run, rows, _, _ = replayed
     paused = [r for r in rows if r["paused_s"] > 0]
-    assert len(paused) == 1 and run.controller.pause_events == 1
+    assert len(paused) == 1 and run.controllers["thermal"].pause_events == 1
     p = paused[0]
     assert p["temperature_celsius"] >= 85.0
     resumed_at = p["t_end"] + p["paused_s"]
-    assert COOLED_AT <= resumed_at <= COOLED_AT + run.config.pause_poll_s  # polled once a second
+    assert COOLED_AT <= resumed_at <= COOLED_AT + run.cfg.tscu.pause_poll_s  # polled once a second
     assert not [r for r in rows if p["t_end"] < r["t_end"] < resumed_at]  # no training while hot
     assert p["reasons"][0].startswith("thermal: pause at") and p["reasons"][1].startswith("thermal: resumed at 69.")
     assert all(r["temperature_celsius"] < 85.0 for r in rows if r is not p)
@@ -92,23 +105,25 @@ def test_outputs_account_for_every_joule_of_the_trace(replayed):
 def test_resume_keeps_rows_up_to_the_checkpoint(replayed, tmp_path: Path):
     run, rows, out, trace = replayed
     state = run.state_dict()
+    state["state"]["step"] = 100  # as if the checkpoint had been taken at step 100
     clock = SimClock()
-    again = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
+    again = thermal_session(out, ReplaySensor(trace, clock=clock), clock)
     again.load_state_dict(state)
-    again.start(out, step=100, background=False)  # as if the checkpoint had been taken at step 100
-    assert [r["step"] for r in again.rows] == list(range(1, 101))
-    assert again.pause_s == run.pause_s
+    again.start(background=False)
+    assert [r["step"] for r in again.tscu.rows] == list(range(1, 101))
+    assert again.tscu.pause_s == run.tscu.pause_s
+    assert again.controllers["thermal"].state_dict() == run.controllers["thermal"].state_dict()
 
 
 def test_no_sensor_reports_unavailable_with_null_figures(tmp_path: Path):
     clock = SimClock()
-    run = ThermalRun(TscuConfig(enabled=True), 10_000, sensor=Unavailable("no sensor here", clock=clock), sleep=clock.sleep)
-    run.start(tmp_path, background=False)
-    for step in range(1, 21):
+    run = thermal_session(tmp_path, Unavailable("no sensor here", clock=clock), clock)
+    run.start(background=False)
+    for i in range(1, 21):
         clock.sleep(COMPUTE_S)
-        run.step(StepTelemetry(step=step, data_bpt=4.0 - 0.01 * step, param_bpt=0.0, tokens=10, lr=1e-3, wall_time=COMPUTE_S))
-    run.write()
-    rows = run.rows
+        step(run, i, 4.0 - 0.01 * i)
+    run.write_records("completed")
+    rows = run.tscu.rows
     assert all(r["control_factor"] == 1.0 and r["paused_s"] == 0.0 for r in rows)
     for key in ("power_watts", "temperature_celsius", "energy_joules", "bits_per_joule", "landauer_efficiency"):
         assert all(r[key] is None for r in rows)
@@ -118,16 +133,17 @@ def test_no_sensor_reports_unavailable_with_null_figures(tmp_path: Path):
                 "avg_landauer_efficiency", "time_over_budget_s"):  # fmt: skip
         assert a[key] is None, key
     assert a["throttle_events"] == 0 and a["pause_events"] == 0
+    assert json.loads((tmp_path / "metadata.json").read_text())["controllers"]["thermal"]["factor"] == 1.0
 
 
 def test_a_pause_that_never_cools_stops_the_run(tmp_path: Path):
     trace = tmp_path / "hot.csv"
     trace.write_text("time,watts,celsius\n0,10,90\n")
     clock = SimClock()
-    cfg = TscuConfig(enabled=True, max_pause_s=30.0)
-    run = ThermalRun(cfg, 10_000, sensor=ReplaySensor(trace, clock=clock), sleep=clock.sleep)
-    run.start(tmp_path, background=False)
+    run = thermal_session(tmp_path, ReplaySensor(trace, clock=clock), clock, TscuConfig(enabled=True, max_pause_s=30.0))
+    run.start(background=False)
     clock.sleep(COMPUTE_S)
-    action = run.step(StepTelemetry(step=1, data_bpt=4.0, param_bpt=0.0, tokens=10, lr=1e-3, wall_time=COMPUTE_S))
-    assert action.stop and "paused 30 s without cooling" in action.reasons[-1]
-    assert 30.0 <= run.pause_s <= 31.0
+    row = step(run, 1)
+    assert row["stop"] and "paused 30 s without cooling" in row["reasons"][-1]
+    assert run.stop_status == "stopped by a controller"
+    assert 30.0 <= run.tscu.pause_s <= 31.0

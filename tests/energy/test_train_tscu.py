@@ -57,7 +57,7 @@ def test_run_without_sensors_completes_and_reports_unavailable(tiny_base, pydoc_
     assert main(["train", "--config", str(cfg), "--output", str(out), "--controller", "scu,thermal"]) == 0
     assert "T-SCU: no power/temperature sensor" in capsys.readouterr().out
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["status"] == "completed" and meta["controllers"]["thermal"]["controller"]["factor"] == 1.0
+    assert meta["status"] == "completed" and meta["controllers"]["thermal"]["factor"] == 1.0
     assert meta["controllers"]["pi"]["step"] == 3  # composed with the PI loop
     rows, analysis = outputs(out)
     assert [r["step"] for r in rows] == [1, 2, 3]

@@ -12,11 +12,11 @@ import json
 import pytest
 from peft import PeftModel
 
-import scu.driver as driver
 import scu.torch.loop as loop
 from scu.core.equilibrium import EquilibriumConfig
 from scu.data.builtin import pydoc_topics
 from scu.data.corpus import load_train_val
+from scu.session import build_controllers
 from scu.eval.bpt import block_bpt
 from scu.torch.model import load_model, load_tokenizer
 
@@ -81,6 +81,6 @@ def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path):
 
 
 def test_no_detector_without_a_controlled_lambda(make_cfg):
-    assert "equilibrium" in driver.build_controllers(make_cfg())
-    assert "equilibrium" not in driver.build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
-    assert "equilibrium" not in driver.build_controllers(make_cfg(scu__enabled=False))
+    assert "equilibrium" in build_controllers(make_cfg())
+    assert "equilibrium" not in build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
+    assert "equilibrium" not in build_controllers(make_cfg(scu__enabled=False))

@@ -28,7 +28,7 @@ def _check_step(trainer, cap, rows, step, fresh=tiny_peft, **reference):
     largest = max(g.abs().max().item() for g in got.values())
     assert penalty_share(fresh(), cap.params[step], cap.lam[step], trainer.scu.tokens_per_epoch) > 0.05 * largest
     logged = next(r for r in trainer.state.log_history if r.get("step") == step)
-    assert logged["data_bpt"] == pytest.approx(data_bpt, rel=1e-5)
+    assert logged["scu/data_bpt"] == pytest.approx(data_bpt, rel=1e-5)
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -105,9 +105,10 @@ def test_logs_reach_report_to_and_metadata_is_written_on_every_save(tmp_path):
     training_logs = [r for r in seen.logs if "loss" in r]
     assert len(training_logs) == 3
     for r in training_logs:
-        assert {"data_bpt", "param_bpt", "s", "lambda"} <= set(r)
-        assert r["s"] == pytest.approx(r["param_bpt"] / (r["param_bpt"] + r["data_bpt"]), rel=0.5)  # means of 2 steps
-    assert training_logs[-1]["lambda"] == trainer.scu.lam
+        assert {"scu/data_bpt", "scu/param_bpt", "scu/s", "scu/lambda", "scu/lr", "scu/tokens_per_s"} <= set(r)
+        s, param, data = r["scu/s"], r["scu/param_bpt"], r["scu/data_bpt"]
+        assert s == pytest.approx(param / (param + data), rel=0.5)  # means of 2 steps
+    assert training_logs[-1]["scu/lambda"] == trainer.scu.lam
     for directory in (tmp_path / "checkpoint-3", tmp_path / "checkpoint-6", tmp_path):
         meta = json.loads((directory / "metadata.json").read_text())
         assert meta["target_s"] == 0.02 and meta["prior"]["type"] == "delta"
@@ -123,7 +124,7 @@ def test_resume_from_checkpoint_reproduces_lambda_trajectory(tmp_path):
                             learning_rate=3e-3)
         trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), args=args, scu={"target_s": 0.1})
         trainer.train(resume_from_checkpoint=resume)
-        return {r["step"]: r["lambda"] for r in trainer.state.log_history if "lambda" in r}
+        return {r["step"]: r["scu/lambda"] for r in trainer.state.log_history if "scu/lambda" in r}
 
     full = run(tmp_path / "full")
     assert len(set(full.values())) == 8  # lambda moves every step (inside its bounds)

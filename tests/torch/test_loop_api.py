@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from scu import ScuError
 from scu.config.schema import build_config
-from scu.driver import RunState, StepResult, build_controllers, record_step
+from scu.session import ControlSession, StepResult
 from scu.torch.hf import SCU
 from scu.torch.regularizer import LoraPenalty
 from tests.torch.hf_common import tiny_peft
@@ -33,12 +31,12 @@ def test_summed_ce_gives_the_s_and_lambda_scu_train_records():
     scu = SCU(model, TOKENS_PER_EPOCH, SCU_KEYS)
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, TOKENS_PER_EPOCH)  # what scu train builds
     move_b(model)
-    run = SimpleNamespace(cfg=cfg, state=RunState(), controllers=build_controllers(cfg))
+    session = ControlSession(cfg, TOKENS_PER_EPOCH)  # what scu train's loop steps
     param_bpt = float(penalty().detach())
     for ce_sum, tokens in ((4100.0, 1000), (3900.0, 1000), (2000.0, 600)):
         scu.penalty()
         logs = scu.step(ce_sum=torch.tensor(ce_sum), tokens=torch.tensor(tokens))
-        row = record_step(run, StepResult(ce_sum, param_bpt, 1.0, tokens), run.controllers["pi"].lam, 1e-3, 0.1)
+        row = session.step(StepResult(ce_sum, param_bpt, 1.0, tokens), session.lam, 1e-3, 0.1)
         assert logs["data_bpt"] == pytest.approx(row["data_bpt"], rel=1e-12)
         assert logs["param_bpt"] == pytest.approx(row["param_bpt"], rel=1e-6)
         assert logs["s"] == pytest.approx(row["s"], rel=1e-6) and 0.01 < logs["s"] < 0.99
@@ -51,7 +49,7 @@ def test_mean_loss_is_refused_with_the_fix_named():
     with pytest.raises(ScuError, match=r"mean loss; pass ce_sum=loss \* n_tokens") as e:
         scu.step(ce_sum=torch.tensor(4.1), tokens=torch.tensor(1000))  # the mean CE of 1000 tokens
     assert "\n" not in str(e.value)
-    assert scu.controller.step_count == 0  # nothing reached the controller
+    assert scu.session.state.step == 0  # nothing reached the controllers
 
 
 def test_positional_numbers_are_refused_naming_the_keywords():
