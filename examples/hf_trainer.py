@@ -2,8 +2,9 @@
 
 LoRA on a tiny Llama pre-trained locally on Python's stdlib source (the same base `scu demo`
 builds and caches), fine-tuned on pydoc prose. The only SCU-specific line is `SCUTrainer(...,
-scu={...})`; data_bpt, param_bpt, s and lambda appear in the Trainer's logs (and in any
-`report_to` backend), metadata.json and the controller state in every checkpoint.
+scu={...})`; scu/data_bpt, scu/param_bpt, scu/s and scu/lambda appear in the Trainer's logs (and in
+any `report_to` backend); the output directory gets metrics.jsonl and metadata.json as `scu train`
+writes them, and every checkpoint the session state.
 
     python examples/hf_trainer.py --output runs/hf_trainer
     torchrun --nproc_per_node 2 examples/hf_trainer.py --output runs/hf_trainer_ddp   # same, under DDP

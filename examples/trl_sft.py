@@ -2,8 +2,8 @@
 
 Same tiny local base as examples/hf_trainer.py; the data is a plain text dataset (pydoc prose)
 that SFTTrainer tokenizes itself. `SCUSFTTrainer` takes every SFTTrainer argument plus `scu=`;
-TRL's own metrics (entropy, token accuracy) and SCU's (data_bpt, param_bpt, s, lambda) share
-the same log lines.
+TRL's own metrics (entropy, token accuracy) and SCU's (scu/data_bpt, scu/param_bpt, scu/s,
+scu/lambda, ...) share the same log lines.
 
     python examples/trl_sft.py --output runs/trl_sft
     torchrun --nproc_per_node 2 examples/trl_sft.py --output runs/trl_sft_ddp

@@ -345,8 +345,11 @@ class ControlSession:
 
     def load_state_dict(self, saved: SessionState) -> None:
         """Continue from a checkpoint's session state; metrics.jsonl is cut back to its step."""
-        state = saved["state"]
-        self.state = RunState(**{f.name: state[f.name] for f in fields(RunState) if f.name in state})
+        state = dict(saved["state"])
+        if "lam" not in state and "pi" in saved["controllers"]:  # written before the session held λ: the PI's
+            state["lam"] = saved["controllers"]["pi"]["lam"]
+        fresh = asdict(self.state)  # a key the checkpoint lacks keeps this session's starting value
+        self.state = RunState(**{f.name: state.get(f.name, fresh[f.name]) for f in fields(RunState)})
         for name, controller in self.controllers.items():
             controller.load_state_dict(saved["controllers"][name])
         if self.tscu is not None:

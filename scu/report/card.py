@@ -26,12 +26,12 @@ from scu.energy.runtime import ANALYSIS_FILE, METRICS_FILE
 from scu.report.plots import FILES as PLOT_FILES
 from scu.report.plots import PLOT_DIR
 from scu.report.records import atomic_write_json, atomic_write_text, first_line, read_json
+from scu.report.schema import SSCU_FILES
 
 CARD = "README.md"
 EVAL_RESULTS = "eval_results.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 MLX_WEIGHTS = "adapters.safetensors"
-SSCU_FILES = ("scu_training_metrics.json", "scu_training_summary.json", "simple_training_config.json")
 # What --push-to-hub uploads, when present (the card is rendered for the repo): the adapter and the run's
 # records, never the optimizer state or whatever else lies in the directory.
 PUSHED = (
@@ -72,7 +72,7 @@ def _run_file(d: Path, name: str, for_hub: bool) -> Any:
     return portable(data, d) if for_hub else data
 
 
-# The facts the card states, so what metadata.json must hold (scu.driver.metadata writes them all).
+# The facts the card states, so what metadata.json must hold (scu.session.ControlSession.metadata writes them all).
 CARD_FACTS = ("base_model", "scu_enabled", "status", "steps", "steps_planned", "tokens_seen", "config")
 LORA_FACTS = ("rank", "alpha", "targets")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -81,7 +81,7 @@ _LOCAL_SUFFIXES = {".txt", ".jsonl", ".json", ".gz", ".zst", ".parquet", ".gguf"
 
 def card_problem(adapter_dir: Path) -> str | None:
     """Why no truthful card can be rendered for `adapter_dir` (None when one can): no metadata.json, or one that
-    lacks facts the card states, as the metadata the Trainer integration or another tool writes does."""
+    lacks facts the card states, as the metadata another tool writes may."""
     meta = read_json(adapter_dir / "metadata.json")
     if meta is None:
         return "no metadata.json (not a `scu train` run)"
@@ -303,7 +303,7 @@ def render_card(adapter_dir: str | Path, repo_id: str | None = None) -> str:
         front_matter(own_meta, own_results, repo_id or d.name, fmt),
         f"# {repo_id or d.name}",
         "",
-        f"A LoRA adapter for `{base}`, trained with `scu train`.",
+        f"A LoRA adapter for `{base}`, trained with `{meta.get('trainer', 'scu train')}`.",
         "",
         *method_section(meta),
         *outcome_section(meta),

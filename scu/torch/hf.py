@@ -152,7 +152,11 @@ class SCU:
         directory = Path(directory)
         if not (directory / STATE_FILE).exists():
             raise ScuError(f"{directory} has no {STATE_FILE} (saved without SCU); resume from a checkpoint of an SCU run")
-        self.session.load_state_dict(json.loads((directory / STATE_FILE).read_text()))
+        saved = json.loads((directory / STATE_FILE).read_text())
+        if "state" not in saved:
+            raise ScuError(f"{directory / STATE_FILE} was written by an older scu (no session state); "
+                           "resume it with that version, or start the run again")
+        self.session.load_state_dict(saved)
         init = directory / INIT_FILE
         self.regularizer.load_init_state(load_file(init) if init.exists() else {})
 

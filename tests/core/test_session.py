@@ -1,0 +1,30 @@
+"""The control session without a framework: Action merging, and resuming a checkpoint written before the
+session held λ."""
+
+from __future__ import annotations
+
+import pytest
+
+from scu.config.schema import build_config
+from scu.core.telemetry import Action, merge
+from scu.session import ControlSession, StepResult
+
+
+def test_merge_multiplies_factors_adds_pacing_and_keeps_the_coolest_pause():
+    a = merge([Action(lam=1.0, lr_factor=2.0, sleep_s=0.1, pause_until_celsius=70.0, report={"x": 1}),
+               Action(lam=2.0, target_s=0.1, lr_factor=0.5, sleep_s=0.2, pause_until_celsius=65.0, stop=True)])
+    assert (a.lam, a.target_s, a.lr_factor, a.pause_until_celsius, a.stop) == (2.0, 0.1, 1.0, 65.0, True)
+    assert a.sleep_s == pytest.approx(0.3)
+    assert a.report == {"x": 1}
+
+
+def test_a_checkpoint_without_the_session_lambda_resumes_at_the_pi_lambda():
+    cfg = build_config({"scu": {"target_s": 0.1}})
+    before = ControlSession(cfg, 10_000)
+    for nats in (4100.0, 3900.0, 3800.0):
+        before.step(StepResult(nats, 0.05, 1.0, 1000), before.lam, 1e-3, 0.1)
+    saved = before.state_dict()
+    del saved["state"]["lam"], saved["state"]["target_s"]  # what scu wrote before issue 19
+    after = ControlSession(cfg, 10_000)
+    after.load_state_dict(saved)
+    assert after.lam == before.lam and after.state.step == 3 and after.target_s == 0.1
