@@ -42,6 +42,7 @@ from scu.report.records import atomic_write_json
 from scu.torch.model import load_tokenizer
 
 from bench.harness import data as hdata
+from bench.harness import real
 from bench.harness.report import write_report
 from bench.harness.runner import Job, Settings
 from bench.harness.summary import summarize, transfer_rule, value_of
@@ -214,6 +215,13 @@ class Plan:
             jobs += self.lambda_jobs(size) + self.scu_jobs(size, target, self.scale.multipliers)
         return jobs
 
+    def auto_jobs(self) -> list[Job]:
+        """`target_s: auto` at every size: no target, no grid, no validation (docs/method.md)."""
+        cfg = {"scu": {"enabled": True, "target_s": "auto"}}
+        jobs = [Job("scu_auto", seed, self.main, cfg) for seed in self.headline]
+        return jobs + [Job(self._at(size, "scu_auto"), seed, size, cfg, evals="final")
+                       for size in self.sizes[1:] for seed in self.seeds]
+
     def phase4(self, size: str, target: float) -> list[Job]:
         return [Job(self._at(size, "scu_rule"), seed, size, {"scu": {"enabled": True, "target_s": target}},
                     evals="final") for seed in self.seeds]
@@ -359,8 +367,6 @@ def run_real(args: argparse.Namespace, scale: RealScale) -> int:
     from scu.config.smart import suggest
     from scu.models.gguf import smollm2_gguf
 
-    from bench.harness import real
-
     data_dir = Path(args.data_dir).resolve()
     gguf = str(smollm2_gguf())
     t0 = time.perf_counter()
@@ -423,10 +429,12 @@ def phases(runner: Runner, plan: Plan, scale: Scale, manifest: dict[str, Any], o
            t0: float) -> None:
 
     def report(note: str) -> None:
-        summary = summarize(runner.results, plan, scale, manifest, time.perf_counter() - t0, note)
+        summary = summarize(runner.results, plan, scale, manifest, time.perf_counter() - t0, note, base)
         write_report(summary, runner.results, out)
         print(f"wrote {out / 'results.json'}, {out / 'results.md'} and plots ({note})", flush=True)
 
+    base = real.base_bpt(runner.s.base_model, hdata.load_blocks(runner.work), runner.s.eval_batch,
+                         runner.work / "base_bpt.json")  # what forgetting is measured against
     run_or_load(runner, plan.phase1(), "phase 1", report_only)
     first = summarize(runner.results, plan, scale, manifest, 0.0, "")
     target = first["middle_target"]
@@ -435,6 +443,7 @@ def phases(runner: Runner, plan: Plan, scale: Scale, manifest: dict[str, Any], o
         return
     run_or_load(runner, plan.phase2(target, value_of(first["best_fixed_lambda"])), "phase 2", report_only)
     report("phases 1-2")
+    run_or_load(runner, plan.auto_jobs(), "target_s: auto", report_only)
     run_or_load(runner, plan.phase3(target), "phase 3", report_only)
     rule = transfer_rule(summarize(runner.results, plan, scale, manifest, 0.0, ""))
     if rule is not None:

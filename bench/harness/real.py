@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.harness.runner import Job
 
-LAMBDAS = (1e-3, 1e-2, 0.1, 1.0)  # σ 0.01; `target_s: auto` (λ 1 at σ = RMS of the base weights) sits near 2.8e-3
+LAMBDAS = (1e-3, 1e-2, 0.1, 1.0)  # σ 0.01; `target_s: auto` (λ 1 at σ = RMS of the base weights) sits near 2.7e-3
 DROPOUTS = (0.1, 0.3)
 HEADLINE = ("unregularized", "scu_auto", "scu_defaults", "scu_suggest")
 

@@ -11,7 +11,7 @@ from scu.report.records import atomic_write_json, atomic_write_text
 from bench.harness.summary import by_arm, value_of
 
 MAIN_ORDER = ("unregularized", "early_stopping", "weight_decay=", "lora_dropout=", "fixed_lambda=", "scu_target=",
-              "scu_auto_stop", "scu_gains=", "scu_data_switch", "scu_init=")
+              "scu_auto_stop", "scu_auto", "scu_gains=", "scu_data_switch", "scu_init=")
 
 
 def ms(x: dict[str, Any] | None, digits: int = 4) -> str:
@@ -116,7 +116,7 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {g['goal']} | {g['criterion']} | {g['measured']} | {met} |")
     lines += ["", "## Stopping rules", "", "| rule | seed | stop step | steps saved | held-out BPT | best along the way (step) | penalty |",
               "|---|---|---|---|---|---|---|"]
-    for name in ("scu_auto_stop", "early_stopping"):
+    for name in ("scu_auto_stop", "scu_auto/auto-stop", "early_stopping"):
         a = arms.get(name)
         for x in (a or {}).get("per_seed", []):
             lines.append(f"| {name}{'' if x['fired'] else ' (did not fire)'} | {x['seed']} | {x['stop_step']} | "
@@ -156,6 +156,21 @@ def transfer_md(summary: dict[str, Any]) -> list[str]:
                      f"{ms(e['test_at_best_lambda'])} | " + " | ".join(cells) + f" | {rule_cell} |")
     lines.append("")
     lines.append("`ok`: within max(0.5%, 2σ_seed) of the best fixed λ at that size (chosen on validation).")
+    lines += ["", "## `target_s: auto` against the best tuned baseline and plain LoRA", "",
+              "| size | auto held-out BPT | best tuned (val-picked) | vs it (within max(1%, 2σ)?) | forgetting: auto / plain LoRA (≤ half?) |",
+              "|---|---|---|---|---|"]
+    for size, e in t["sizes"].items():
+        a = e.get("auto")
+        if not a:
+            continue
+        bt, fg = a.get("best_tuned"), a.get("forgetting")
+        tuned = "—" if not bt else f"{bt['arm']}: {ms(bt['test'])}"
+        versus = "—" if not bt else f"{100 * bt['rel_diff']:+.2f}% ({'yes' if bt['within'] else 'no'})"
+        forget = "—" if not fg else f"{fg['auto']:+.3f} / {fg['plain_lora']:+.3f} ({'yes' if fg['at_most_half'] else 'no'})"
+        lines.append(f"| {size} | {ms(a['test'])} | {tuned} | {versus} | {forget} |")
+    base = summary.get("base_bpt")
+    if base:
+        lines.append(f"\nForgetting = WikiText-2 BPT minus the base's ({base['wiki']:.4f}).")
     if t.get("complete"):
         lines.append(f"One S* within noise at every size: **{t['one_s_star_within_noise'] or 'none'}**.")
         lt = t["lambda_transfer"]

@@ -152,7 +152,8 @@ def value_of(arm: str) -> float:
     return float(arm.rsplit("=", 1)[1].rstrip("x"))
 
 
-def summarize(results: Results, plan: Any, scale: Any, manifest: dict[str, Any], elapsed: float, note: str) -> dict[str, Any]:
+def summarize(results: Results, plan: Any, scale: Any, manifest: dict[str, Any], elapsed: float, note: str,
+              base_bpt: dict[str, float] | None = None) -> dict[str, Any]:
     grouped = by_arm(results)
     arms = {name: arm_stats(runs) for name, runs in grouped.items()}
     main = plan.main
@@ -168,6 +169,8 @@ def summarize(results: Results, plan: Any, scale: Any, manifest: dict[str, Any],
     headline = "scu_target=1x"
     if headline in grouped:
         arms["scu_auto_stop"] = stop_stats(grouped[headline], "auto_stop")
+    if "scu_auto" in grouped:  # target_s: auto, with its fixed-λ equilibrium (docs/method.md)
+        arms["scu_auto/auto-stop"] = stop_stats(grouped["scu_auto"], "auto_stop")
     summary: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "note": note,
@@ -185,7 +188,8 @@ def summarize(results: Results, plan: Any, scale: Any, manifest: dict[str, Any],
         "middle_target": middle,
         "arms": arms,
     }
-    summary["transfer"] = transfer(arms, plan, scale, manifest, middle)
+    summary["base_bpt"] = base_bpt
+    summary["transfer"] = transfer(arms, plan, scale, manifest, middle, None if base_bpt is None else base_bpt["wiki"])
     summary["goals"] = goals(summary, scale)
     summary["diagnostics"] = diagnostics(summary, scale)
     return summary
@@ -197,7 +201,38 @@ def scale_dict(scale: Any) -> dict[str, Any]:
     return asdict(scale)
 
 
-def transfer(arms: dict[str, Any], plan: Any, scale: Any, manifest: dict[str, Any], middle: float | None) -> dict[str, Any]:
+def auto_verdict(arms: dict[str, Any], prefix: str, base_wiki: float | None) -> dict[str, Any] | None:
+    """Issue 18's test of `target_s: auto` at one size: held-out BPT within max(1%, 2σ) of the best tuned
+    baseline (the best of the fixed-λ grid, the dropout grid and early stopping, each picked on validation)
+    and forgetting (WikiText BPT minus the base's) at most half of plain LoRA's."""
+    auto, plain = arms.get(prefix + "scu_auto"), arms.get(prefix + "unregularized")
+    if not auto or not auto.get("test_final"):
+        return None
+    tuned = {}
+    for family in ("fixed_lambda=", "lora_dropout="):
+        pool = {k: v for k, v in arms.items() if (prefix or "/" not in k) and k.startswith(prefix + family)}
+        best = pick_by_val(pool, prefix + family)
+        if best is not None:
+            tuned[best] = arms[best]["test_final"]
+    early = arms.get("early_stopping") if not prefix else None
+    if early and early.get("test"):
+        tuned["early_stopping"] = early["test"]
+    out: dict[str, Any] = {"test": auto["test_final"], "wiki": auto["wiki_final"]}
+    if tuned:
+        name = min(tuned, key=lambda k: tuned[k]["mean"])
+        ref = tuned[name]
+        tol = max(0.01 * ref["mean"], 2 * max(auto["test_final"]["std"], ref["std"]))
+        out["best_tuned"] = {"arm": name, "test": ref, "rel_diff": auto["test_final"]["mean"] / ref["mean"] - 1,
+                             "within": auto["test_final"]["mean"] - ref["mean"] <= tol, "tolerance": tol}
+    if base_wiki is not None and plain and plain.get("wiki_final"):
+        forget_auto, forget_plain = auto["wiki_final"]["mean"] - base_wiki, plain["wiki_final"]["mean"] - base_wiki
+        out["forgetting"] = {"auto": forget_auto, "plain_lora": forget_plain,
+                             "at_most_half": forget_auto <= 0.5 * forget_plain}
+    return out
+
+
+def transfer(arms: dict[str, Any], plan: Any, scale: Any, manifest: dict[str, Any], middle: float | None,
+             base_wiki: float | None = None) -> dict[str, Any]:
     """Per training size: S at the best fixed λ, SCU at each S*, and whether one S* (or one λ) is within noise everywhere."""
     sizes: dict[str, Any] = {}
     for size in plan.sizes:
@@ -219,6 +254,7 @@ def transfer(arms: dict[str, Any], plan: Any, scale: Any, manifest: dict[str, An
                 entry["scu"][m] = {"target": arm["target_s"], "test": arm["test_final"], "val": arm["val_final"],
                                    "final_lambda": arm["final_lambda"], "tracking_error": arm["tracking"]["error"],
                                    "vs_best_lambda": within_noise(arm, None if best is None else arms[best])}
+        entry["auto"] = auto_verdict(arms, prefix, base_wiki)
         rule = arms.get(f"{prefix}scu_rule")
         if rule:
             entry["rule"] = {"target": rule["target_s"], "test": rule["test_final"], "final_lambda": rule["final_lambda"],
