@@ -40,4 +40,5 @@ def test_trainer_example_resumes_with_the_controller(tiny_base, tmp_path):
     example.main([*common, "--steps", "6"])
     example.main([*common, "--steps", "8", "--resume"])  # from checkpoint-6 (save_steps = steps // 2 = 3)
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["steps"] == 8 and meta["controller_steps"] == 8  # 6 restored + 2 new PI updates
+    assert meta["steps"] == 8 and meta["controllers"]["pi"]["step"] == 8  # 6 restored + 2 new PI updates
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == list(range(1, 9))
