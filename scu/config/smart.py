@@ -53,6 +53,10 @@ SYMPTOM_FACTORS: dict[str, tuple[str, float, str]] = {
 # and never more passes over the data than MAX_EPOCHS unless --epochs asks: the guide's 500-step
 # floor alone planned about 220 epochs of a 72k-token dataset, which fits the text, not the task.
 MIN_STEPS, MAX_STEPS = 500, 1500
+# Without --vram the plan's CPU time is estimated, and cut to --cpu-minutes when given. Throughput: SmolLM2-135M (dequantized Q4_1), LoRA r 8 on
+# every projection, fp32, one idle thread of this project's 2-core CI-class machine: 4 x 128 tokens a step in
+# about 3 s (docs/real-model.md saw 4.6-9.1 s with both cores shared), so 6 x params x tokens / 3 s = 1.4e11 FLOP/s.
+CPU_FLOPS = 1.4e11
 MAX_EPOCHS = 3.0
 WARMUP_FRACTION = 0.1  # the guide's template: 150 warm-up steps of 1500
 GUIDE_BLOCK_SIZE = 2048  # the guide's template
@@ -376,6 +380,7 @@ def suggest(
     text_field: str = "text",
     trust_remote_code: bool = False,
     epochs: float = MAX_EPOCHS,
+    cpu_minutes: float | None = None,
 ) -> Suggestion:
     """Apply the scaling guide's rules to a model (id/path, or a bare parameter count) and a dataset."""
     if (model is None) == (params is None):
@@ -418,6 +423,8 @@ def suggest(
     gains = _pi_gains(scale, symptoms, reasons)
     block = _block_size(info, block_size, reasons)
     plan = _steps(tokens, epochs, *_batch_row(vram_gb, reasons), block, reasons, warnings)
+    if vram_gb is None:
+        plan = _cpu_budget(plan, info.params, block, cpu_minutes, reasons, warnings)
     hw = _hardware(info, rank, vram_gb, plan.batch, block, reasons, warnings)
 
     if data is None:
@@ -579,6 +586,24 @@ def _steps(tokens: float | None, epochs: float, batch: int, accum: int, block: i
     reasons.append(f"warm-up: {warmup} steps (10%, as in the guide's template); "
                    f"learning rate: the schema's {TrainingSection().learning_rate:g}")
     return _Plan(batch, accum, steps, warmup)
+
+
+def _cpu_budget(plan: _Plan, params: int, block: int, minutes: float | None, reasons: list[str],
+                warnings: list[str]) -> _Plan:
+    """The plan's time on one CPU thread (estimated from CPU_FLOPS); with `minutes`, fewer steps to fit it."""
+    if minutes is not None and not 0 < minutes < math.inf:
+        raise ScuError(f"--cpu-minutes must be a positive, finite number (got {minutes:g}), e.g. --cpu-minutes 30")
+    step_s = 6 * params * plan.batch * plan.accum * block / CPU_FLOPS
+    if minutes is None or plan.steps * step_s <= minutes * 60:
+        hint = "" if minutes is not None else "; --cpu-minutes M cuts the plan to fit M minutes"
+        reasons.append(f"time: about {plan.steps * step_s / 60:.0f} min on one CPU thread (est. {step_s:.1f} s a step{hint})")
+        return plan
+    fits = max(1, int(minutes * 60 // step_s))
+    warnings.append(f"on CPU the plan's {plan.steps} steps would take about {plan.steps * step_s / 60:.0f} min "
+                    f"(est. {step_s:.1f} s a step on one thread); planning {fits} steps to fit --cpu-minutes {minutes:g}; "
+                    "pass --vram GB for a GPU plan, or a larger --cpu-minutes")
+    reasons.append(f"time: {fits} steps fit {minutes:g} min on one CPU thread (est. {step_s:.1f} s a step)")
+    return _Plan(plan.batch, plan.accum, fits, max(1, round(WARMUP_FRACTION * fits)))
 
 
 def _category_range(category: str) -> str:

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--block-size", type=int, help="tokens per sequence (default: 2048, capped by the model's context)")
     p.add_argument("--epochs", type=float, default=MAX_EPOCHS, metavar="E",
                    help=f"most passes over the data the planned steps may make (default: {MAX_EPOCHS:g})")
+    p.add_argument("--cpu-minutes", type=float, metavar="M",
+                   help="without --vram: plan at most this many minutes of training on one CPU thread "
+                   "(default: none; the estimate is printed)")
     p.add_argument("--family", help="use this registered model family (default: the one whose patterns match --model)")
     p.add_argument("--scales", help="YAML file of model families (default: $SCU_SCALES or ~/.config/scu/scales.yaml)")
     p.add_argument("--symptom", action="append", default=[], choices=list(SYMPTOM_FACTORS),
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         trust_remote_code=args.trust_remote_code,
         epochs=args.epochs,
+        cpu_minutes=args.cpu_minutes,
     )
     for w in s.warnings:
         print(f"warning: {w}", file=sys.stderr)

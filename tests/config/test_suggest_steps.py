@@ -80,3 +80,20 @@ def test_bad_epochs_is_a_one_line_user_error(epochs, capsys):
     assert main(["suggest", "--params", "1.2B", "--tokens", "1M", "--epochs", str(epochs)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--epochs must be" in err[0]
+
+
+@pytest.mark.parametrize("minutes", [5.0, 30.0])
+def test_cpu_plan_fits_its_time_budget_and_says_so(minutes):
+    """Without --vram the plan is for a CPU: its estimated time (6·params·tokens / CPU_FLOPS) fits --cpu-minutes."""
+    from scu.config.smart import CPU_FLOPS
+
+    s = suggest(params=135e6, tokens=340_000, cpu_minutes=minutes)
+    t = s.config.training
+    est_min = 6 * 135e6 * t.batch_size * t.gradient_accumulation * t.block_size * t.steps / CPU_FLOPS / 60
+    assert est_min <= minutes
+    assert any("--cpu-minutes" in w for w in s.warnings)
+    uncut = suggest(params=135e6, tokens=340_000)  # without --cpu-minutes the estimate is only printed
+    assert uncut.config.training.steps > t.steps and not any("--cpu-minutes" in w for w in uncut.warnings)
+    assert any(r.startswith("time: about") for r in uncut.reasons)
+    with pytest.raises(ScuError, match="--cpu-minutes"):
+        suggest(params=135e6, tokens=340_000, cpu_minutes=0)
