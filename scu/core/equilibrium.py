@@ -1,7 +1,7 @@
 """λ-equilibrium: the step at which the controller has found the regularization the data supports.
 
 The scaling guide's stopping rule, on telemetry only. Over the last `window` optimizer steps
-(default 50; the guide's 100 is longer than a 100-step fine-tune) all of these must hold:
+(default 100, the guide's; a 100-step fine-tune can set 20 or more) all of these must hold:
 
 1. λ is stable: the least-squares trend of λ over the window changes it by at most
    `lambda_tolerance`, relative to its mean (the guide's absolute "Δλ < 0.001" made relative,
@@ -41,7 +41,7 @@ class EquilibriumConfig:
     """The `equilibrium:` config section."""
 
     auto_stop: bool = False  # end training at the equilibrium step and save the adapter there (scu train --auto-stop)
-    window: int = 50  # steps over which all three conditions must hold
+    window: int = 100  # steps over which all three conditions must hold (the guide's 100; shorter runs may set >= 20)
     lambda_tolerance: float = 0.05  # largest relative change of λ's trend over the window
     s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
     loss_tolerance: float = 0.01  # largest relative loss drop per 100 steps that still counts as a plateau

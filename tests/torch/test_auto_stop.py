@@ -80,7 +80,9 @@ def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path):
     assert list(vals.values()) == sorted(vals.values(), reverse=True)  # it was still improving at every evaluation
 
 
-def test_no_detector_without_a_controlled_lambda(make_cfg):
+def test_detector_needs_a_penalty(make_cfg):
+    """A controlled λ, or a fixed λ > 0 (target_s: auto: S's own trend is judged); no penalty, no detector."""
     assert "equilibrium" in build_controllers(make_cfg())
-    assert "equilibrium" not in build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
+    assert "equilibrium" in build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
+    assert "equilibrium" not in build_controllers(make_cfg(scu__lambda_min=0.0, scu__lambda_max=0.0))
     assert "equilibrium" not in build_controllers(make_cfg(scu__enabled=False))
