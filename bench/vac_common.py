@@ -1,8 +1,9 @@
-"""What the VAC benchmarks share: the WikiText base model, the calibration and evaluation text.
+"""What the VAC benchmarks share: the base model, the calibration and evaluation text.
 
-The base is a small Llama pre-trained offline on the shared WikiText-103 subset (scu.models.tiny);
-calibration draws from that same text, evaluation is the held-out WikiText-2 validation split
-(no article in common; checked document by document before anything runs).
+The default base is a small Llama pre-trained offline on the shared WikiText-103 subset
+(scu.models.tiny); `smollm2` is the real pretrained SmolLM2-135M (dequantized Q4_1, scu.models.gguf).
+Calibration draws from the WikiText-103 subset, evaluation is the held-out WikiText-2 validation
+split (no article in common; checked document by document before anything runs).
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ def setup_threads() -> None:
     torch.set_num_threads(int(os.environ.get("VAC_BENCH_THREADS", "1")))
 
 
-def load_data(tokenizer) -> dict:
+def load_data(tokenizer, seq_len: int = SEQ_LEN, calib_samples: int = CALIB_SAMPLES) -> dict:
     """Calibration blocks (profile / held-out for search), recovery blocks, and the evaluation token stream."""
     calib_docs, eval_docs = load_documents(WIKI103), load_documents(WIKI2_VALID)
     check_disjoint(calib_docs, eval_docs, str(WIKI103), str(WIKI2_VALID))
     profile_docs, heldout_docs = calibration_split(calib_docs, 0.1, seed=0)
     return {
-        "calib": blocks(profile_docs, tokenizer, SEQ_LEN, CALIB_SAMPLES, seed=0),
-        "heldout": blocks(heldout_docs, tokenizer, SEQ_LEN, CALIB_SAMPLES, seed=0),
-        "recover": blocks(profile_docs, tokenizer, SEQ_LEN, None, seed=0),
+        "calib": blocks(profile_docs, tokenizer, seq_len, calib_samples, seed=0),
+        "heldout": blocks(heldout_docs, tokenizer, seq_len, calib_samples, seed=0),
+        "recover": blocks(profile_docs, tokenizer, seq_len, None, seed=0),
         "eval_ids": token_stream(eval_docs, tokenizer),
     }
 
@@ -74,10 +75,13 @@ class Bench:
         return AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32).eval()
 
 
-def open_bench() -> Bench:
+def open_bench(model: str = "wikitext", seq_len: int = SEQ_LEN, calib_samples: int = CALIB_SAMPLES) -> Bench:
+    """The WikiText base (`wikitext`) or SmolLM2-135M (`smollm2`, its cached dequantized directory), with the data."""
     from transformers import AutoTokenizer
 
+    from scu.models.gguf import dense_dir, smollm2_gguf
+
     setup_threads()
-    base = base_dir()
+    base = dense_dir(smollm2_gguf()) if model == "smollm2" else base_dir()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    return Bench(base, tokenizer, load_data(tokenizer))
+    return Bench(base, tokenizer, load_data(tokenizer, seq_len, calib_samples))

@@ -7,6 +7,9 @@
 2. Factorization, sequentially in the chosen order (front: first layer first; back; middle-out:
    from the middle layer outwards, alternating). Each layer's activation statistics are measured on
    the model as it is at that moment, with the layers before it in the order already compressed.
+   With `refit` (off by default: it helped on the WikiText base and hurt on SmolLM2, docs/vac.md),
+   `whiten` then refits each up factor in closed form toward the dense model's outputs
+   (scu.vac.factorize.refit_up), which also absorbs the error the earlier layers left in its inputs.
 
 Cost (scu.vac.profile). Activations come from cached layer inputs: the calibration batches go
 through the embeddings once, and each layer runs on the inputs its (possibly compressed)
@@ -57,7 +60,7 @@ class CompressSpec:
     attn_floor: float = 0.0  # minimum kept rank, as a fraction of full rank, for attention matrices
     mlp_floor: float = 0.0
     component_weights: dict[str, float] = field(default_factory=dict)  # log2 cost multiplier per projection kind
-    refit: bool = False  # whiten: least-squares update of the up factor against the dense model's outputs (refit_up)
+    refit: bool = False  # whiten: least-squares update of the up factor toward the dense model's outputs (refit_up)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -68,6 +71,11 @@ class CompressSpec:
             raise ScuError(f"--ratio must be a finite number above 1 (dense / compressed parameters), got {self.ratio}")
         if not (0 <= self.attn_floor < 1 and 0 <= self.mlp_floor < 1):
             raise ScuError("rank floors are fractions of full rank in [0, 1)")
+
+    @property
+    def refits(self) -> bool:
+        """Whether the up factors are refit toward the dense model's outputs (whiten only)."""
+        return self.method == "whiten" and self.refit
 
 
 @dataclass
@@ -167,7 +175,7 @@ def factorize_layer(model: nn.Module, index: int, ranks: dict, stats: dict[str, 
             continue
         decomp = decompose(lin.weight, spec.method, stats.get(name), spec.fisher_exponent)
         up, down = decomp.factors(ranks[name], torch.float64)
-        if spec.method == "whiten" and spec.refit:
+        if spec.refits:
             up = refit_up(lin.weight, down, stats[name])
         f = FactorizedLinear(lin.in_features, lin.out_features, ranks[name], bias=lin.bias is not None,
                              device=lin.weight.device, dtype=lin.weight.dtype)
@@ -194,7 +202,7 @@ def factorize_layers(
     if spec.method in NEEDS_ACTIVATIONS:
         first, kwargs = embed(model, batches)
         inputs = LayerInputs(layers, first, kwargs)
-        if spec.method == "whiten" and spec.refit:
+        if spec.refits:
             dense = LayerInputs(layers, first, kwargs)
     order = layer_order(len(layers), spec.order)
     pending = set(order)

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--order", choices=ORDERS, default="front", help="order in which layers are compressed (default: %(default)s)")
     p.add_argument("--fisher-exponent", type=float, default=1 / 3,
                    help="exponent of the Fisher weights in fwsvd/vac (default: %(default).3g)")
+    p.add_argument("--refit", action="store_true",
+                   help="whiten: after truncation, update the up factor in closed form (least squares) toward the "
+                   "dense model's outputs; helped on a small base, hurt on SmolLM2 (docs/vac.md)")
     p.add_argument("--attn-floor", type=float, default=0.0,
                    help="minimum rank of attention matrices, fraction of full rank (default: %(default)s)")
     p.add_argument("--mlp-floor", type=float, default=0.0,
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from scu.vac.io import cast_floats, check_output_dir, load_model, load_tokenizer, quantize_int8, save_compressed
     from scu.vac.recover import RecoverSpec, kept_row, recover
 
-    spec = CompressSpec(args.method, args.ratio, args.order, args.fisher_exponent, args.attn_floor, args.mlp_floor)
+    spec = CompressSpec(args.method, args.ratio, args.order, args.fisher_exponent, args.attn_floor, args.mlp_floor,
+                        refit=args.refit)
     spec.validate()
     rspec = RecoverSpec(args.recover, args.recover_steps, args.recover_lr, args.attn_lr_mult, args.nll_weight,
                         args.recover_batch_size, args.lora_rank, args.seed)

@@ -9,8 +9,8 @@ only in the metric the truncation is optimal in:
           raised to an exponent (FWSVD; default 1/3, the cube root).
 - asvd:   ||(W - W_r) diag(s)||_F, with s the mean |activation| of each input channel to the power 0.5 (ASVD).
 - whiten: ||(W - W_r) X||_F over the calibration activations X, via the Cholesky factor of X^T X
-          (SVD-LLM). Computed in float64 with jitter. `refit_up` then updates the up factor in closed form
-          (least squares against the dense model's outputs), when compress.py asks for it.
+          (SVD-LLM). Computed in float64 with jitter. compress.py then updates the up factor in closed form
+          (`refit_up`: least squares toward the dense model's outputs) with `--refit`.
 - vac:    whitening with the output rows weighted by their Fisher mass to the exponent:
           ||diag(g)^exponent (W - W_r) X||_F, g the mean squared output gradient of each row.
 

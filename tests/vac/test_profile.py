@@ -144,7 +144,7 @@ def test_sequential_factorization_sees_the_per_layer_statistics(batches, monkeyp
 
     monkeypatch.setattr(compress_mod, "factorize_layer", spy)
     new, old = tiny_llama(), tiny_llama()
-    spec = CompressSpec(method, 1.8, order=order)
+    spec = CompressSpec(method, 1.8, order=order, refit=False)  # the old path had no refit
     result = compress(new, batches, spec)
     ref = reference_factorize(old, batches, result.ranks, spec)
     assert set(seen) == set(ref)
@@ -152,6 +152,30 @@ def test_sequential_factorization_sees_the_per_layer_statistics(batches, monkeyp
         assert_same(seen[name], ref[name], ("xtx", "abs_sum"))
     with torch.no_grad():
         assert torch.allclose(new(input_ids=batches).logits, old(input_ids=batches).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("order", ["front", "back", "middle-out"])
+def test_refit_sees_the_dense_models_inputs_in_every_order(batches, monkeypatch, order):
+    # The dense stream carried along for whiten's refit holds the dense model's hidden states,
+    # although the layers below have been compressed by then.
+    with torch.no_grad():
+        dense_hidden = tiny_llama()(input_ids=batches, output_hidden_states=True).hidden_states
+    real = compress_mod.layer_statistics
+    checked = []
+
+    def spy(layer, linears, inputs, kwargs, dense_inputs=None):
+        index = next(i for i, l in enumerate(decoder_layers(model)) if l is layer)
+        assert torch.allclose(torch.cat(dense_inputs), dense_hidden[index], atol=1e-5)
+        stats, outputs = real(layer, linears, inputs, kwargs, dense_inputs)
+        if checked == []:  # the first layer compressed has the dense model's inputs on both sides
+            assert all(torch.allclose(s.cross, s.xtx, rtol=1e-6) for s in stats.values())
+        checked.append(index)
+        return stats, outputs
+
+    monkeypatch.setattr(compress_mod, "layer_statistics", spy)
+    model = tiny_llama()
+    compress(model, batches, CompressSpec("whiten", 1.8, order=order, refit=True))
+    assert checked == layer_order(5, order)
 
 
 @pytest.mark.parametrize("method", ["fwsvd", "vac"])
