@@ -78,7 +78,7 @@ def over_budget(base: Path, work: Path, seed: int, budget: int, deadband: float)
     curve = val_curve(work / f"full{seed}", full)
     best_step = min(curve, key=curve.get)
     data = load_train_val(full_cfg.data, load_tokenizer(full_cfg.model), 64, seed)
-    base_bpt = block_bpt(load_model(full_cfg.model), data.val)
+    base_bpt = block_bpt(load_model(full_cfg.model), data.val_blocks)
     gain = base_bpt - curve[best_step]
     return {
         "seed": seed, "deadband": deadband, "budget": budget, "tokens_per_epoch": full["tokens_per_epoch"],

@@ -63,13 +63,13 @@ def run(args: argparse.Namespace) -> int:
     meta = train(cfg, run_dir)
     print("[3/3] held-out evaluation")
     data = load_train_val(cfg.data, load_tokenizer(cfg.model), cfg.training.block_size, cfg.training.seed)
-    base_bpt = block_bpt(load_model(cfg.model), data.val)
+    base_bpt = block_bpt(load_model(cfg.model), data.val_blocks)
     sat = meta["lambda_saturation"]
     print(
         f"\n  S       {100 * meta['final_s_hat']:.2f}% smoothed (target {100 * meta['target_s']:g}%)\n"
         f"  lambda  {meta['final_lambda']:.4g}  (range over the run [{meta['lambda_range'][0]:.3g}, {meta['lambda_range'][1]:.3g}], "
         f"at a bound {100 * (sat['at_min'] + sat['at_max']):.0f}% of steps)\n"
-        f"  held-out bits/token: base {base_bpt:.3f} -> adapter {meta['val_bpt']:.3f}  ({data.val.size:,} tokens)\n"
+        f"  held-out bits/token: base {base_bpt:.3f} -> adapter {meta['val_bpt']:.3f}  ({data.val_blocks.loss_tokens():,} tokens)\n"
         f"  adapter + metadata.json + metrics.jsonl in {run_dir}\n"
     )
     print("Next:")

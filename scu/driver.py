@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from scu import ScuError
 from scu.config.schema import Config, TrainingSection
-from scu.data.corpus import TrainData
+from scu.data.text import TrainData
 from scu.rundir import base_fingerprint, fingerprint
 from scu.session import ControlSession, RunState, StepResult
 
@@ -44,11 +44,14 @@ RESUMABLE_CHANGES = {
 FINGERPRINTED = {"train": "training data", "val": "validation data", "base": "base model's weights"}
 
 
-def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    out = []
-    for section, values in current.items():
+def config_changes(saved: dict[str, Any], current: Config) -> list[str]:
+    """The non-resumable keys whose value differs from the checkpoint's. A key the saved config lacks (written by
+    an older scu, before the key existed) counts as that key's default, which is what that run trained with."""
+    out, defaults = [], Config().model_dump(mode="json")
+    for section, values in current.model_dump(mode="json").items():
+        saved_section = saved.get(section) or {}
         for key, value in values.items():
-            old = (saved.get(section) or {}).get(key)
+            old = saved_section.get(key, defaults[section].get(key))
             if old != value and (section, key) not in RESUMABLE_CHANGES:
                 out.append(f"{section}.{key}: {old!r} -> {value!r}")
     return out
@@ -57,7 +60,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
 def restore(run: LoopRun, saved: dict[str, Any], saved_config: dict[str, Any]) -> None:
     """Continue from a checkpoint's session state, once the config, data and base are shown to be the ones it was
     trained with."""
-    changes = config_changes(saved_config, run.cfg.model_dump(mode="json"))
+    changes = config_changes(saved_config, run.cfg)
     if changes:
         raise ScuError(f"the config differs from the checkpoint's ({'; '.join(changes[:3])}); resume with the original config")
     prints = run.state.fingerprints
@@ -207,6 +210,9 @@ class Callback:
     A callback reads the run; it may change the training data (run.data.train), and it asks for a stop
     by returning True from `on_step_end`. The controllers' decisions stay in the Actions."""
 
+    def on_train_begin(self, run: Any) -> None:
+        """Before the first step of this call (also after a resume): the model, data and controllers are set up."""
+
     def on_step_end(self, run: Any, row: dict[str, Any]) -> bool | None:
         """After a recorded (finite) step and its metrics row; True ends training here."""
         return None
@@ -235,6 +241,8 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
     status = "completed"
     run.model.train()
     session.start()
+    for cb in callbacks:
+        cb.on_train_begin(run)
     with StopOnSignal() as sig:
         while run.state.step < t.steps:
             res, row, dt = optimizer_step(run, backend.train_step)

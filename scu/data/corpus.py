@@ -1,45 +1,16 @@
-"""From the `data` config section to packed training and validation blocks."""
+"""From the `data` config section to packed training and validation blocks (scu.data.text.TrainData)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from scu import ScuError
 from scu.data.chat import epoch_tokens, tokenize_examples
 from scu.data.prepare import is_prepared, prepared_train_val
-from scu.data.text import Blocks, load_documents, overlapping_documents, pack_documents, split_documents
+from scu.data.text import TrainData, load_documents, overlapping_documents, pack_documents, split_documents
 
 MLX_LM_TRAIN, MLX_LM_VALID = "train.jsonl", "valid.jsonl"  # mlx-lm's data folder (mlx_lm.lora --data DIR)
-
-
-@dataclass
-class TrainData:
-    """The packed training and validation blocks (ids, per-document positions, loss targets) and their record."""
-
-    train_blocks: Blocks
-    val_blocks: Blocks | None
-    tokens_per_epoch: int  # tokens in the packed training set; with assistant-only chat data, its loss targets
-    train_docs: int
-    val_docs: int
-    split_rule: str
-
-    @property
-    def train(self) -> np.ndarray:
-        """The training blocks' token ids, [n_blocks, block_size] int64."""
-        return self.train_blocks.ids
-
-    @train.setter
-    def train(self, ids: np.ndarray) -> None:
-        """Swap in other training blocks known by their ids alone (a benchmark that changes the text mid-run)."""
-        self.train_blocks = Blocks.of_ids(ids)
-
-    @property
-    def val(self) -> np.ndarray | None:
-        return None if self.val_blocks is None else self.val_blocks.ids
 
 
 def resolve_mlx_lm_folder(data_cfg: Any) -> Any:

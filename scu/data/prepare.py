@@ -30,7 +30,7 @@ from scu import ScuError
 from scu.data.sources import HUB_TIMEOUT_S, Source, iter_documents, resolve_source
 from scu.data.chat import epoch_tokens, tokenize_examples
 from scu.data.text import (
-    MIN_OVERLAP_DOC_CHARS, Blocks, Chat, block_positions, load_documents, normalized_hash, pack_documents,
+    MIN_OVERLAP_DOC_CHARS, Blocks, Chat, TrainData, block_positions, load_documents, normalized_hash, pack_documents,
     tokenize_documents,
 )
 from scu.report.records import atomic_write_json, package_versions
@@ -613,15 +613,13 @@ def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) 
     return blocks, None, tokens, len(docs), document_keys(docs, MIN_OVERLAP_DOC_CHARS), "raw text"
 
 
-def prepared_train_val(data_cfg: Any, tokenizer: Any, block_size: int) -> Any:
-    """scu.data.corpus.TrainData when data.train_data and/or data.val_data is a prepared directory.
+def prepared_train_val(data_cfg: Any, tokenizer: Any, block_size: int) -> TrainData:
+    """TrainData when data.train_data and/or data.val_data is a prepared directory.
 
     A prepared training directory brings its own validation split (split at preparation time;
     data.val_fraction does not apply) unless data.val_data is set. A separate val_data, prepared
     or raw, is refused if it shares documents with the training side, as for raw text.
     """
-    from scu.data.corpus import TrainData
-
     train, val, tokens_per_epoch, train_docs, train_keys, rule = _side(data_cfg.train_data, data_cfg, tokenizer, block_size, "train")
     val_docs = 0 if val is None else read_info(data_cfg.train_data)["validation"]["documents"]
     rule = f"prepared {data_cfg.train_data}: {rule}"

@@ -246,3 +246,29 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     val = [d for k in keys[:n_val] for d in groups[k]]
     train = [d for k in keys[n_val:] for d in groups[k]]
     return train, val
+
+
+@dataclass
+class TrainData:
+    """The packed training and validation blocks (ids, per-document positions, loss targets) and their record."""
+
+    train_blocks: Blocks
+    val_blocks: Blocks | None
+    tokens_per_epoch: int  # tokens in the packed training set; with assistant-only chat data, its loss targets
+    train_docs: int
+    val_docs: int
+    split_rule: str
+
+    @property
+    def train(self) -> np.ndarray:
+        """The training blocks' token ids, [n_blocks, block_size] int64."""
+        return self.train_blocks.ids
+
+    @train.setter
+    def train(self, ids: np.ndarray) -> None:
+        """Swap in other training blocks known by their ids alone (a benchmark that changes the text mid-run)."""
+        self.train_blocks = Blocks.of_ids(ids)
+
+    @property
+    def val(self) -> np.ndarray | None:
+        return None if self.val_blocks is None else self.val_blocks.ids

@@ -24,7 +24,9 @@ from mlx.utils import tree_unflatten
 
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
-from scu.data.corpus import TrainData, load_train_val
+from scu.data.corpus import load_train_val
+from scu.data.text import TrainData
+from scu.data.text import Blocks
 from scu.driver import Backend, BlockOrder, Callback, check_block_size, drive, lr_schedule, restore, run_fingerprints
 from scu.mlx import checkpoint
 from scu.mlx.checkpoint import CHECKPOINT
@@ -122,22 +124,26 @@ def train_step(run: MlxRun, lam: float, lr: float):
     st, t = run.state, run.cfg.training
     run.optimizer.learning_rate = lr
     mx.random.seed(step_seed(t.seed, st.step + 1))
+    blocks = run.data.train_blocks
+    step_idx = run.order.indices(st.cursor, t.batch_size * st.grad_accum)
+    st.cursor += len(step_idx)
     micro = []
-    for _ in range(st.grad_accum):
-        micro.append(mx.array(run.data.train[run.order.indices(st.cursor, t.batch_size)]))
-        st.cursor += t.batch_size
-    return run.step(micro, lam, t.max_grad_norm * st.grad_clip_factor)
+    for lo in range(0, len(step_idx), t.batch_size):
+        batch = blocks.batch(step_idx[lo : lo + t.batch_size])
+        micro.append(tuple(mx.array(batch[k]) for k in ("input_ids", "position_ids", "loss_mask")))
+    return run.step(micro, blocks.loss_tokens(step_idx), lam, t.max_grad_norm * st.grad_clip_factor)
 
 
-def block_bpt(model: nn.Module, blocks: np.ndarray, batch_size: int = 16) -> float:
-    """Held-out bits per token over packed blocks, token-weighted (as scu.eval.bpt.block_bpt)."""
+def block_bpt(model: nn.Module, blocks: Blocks, batch_size: int = 16) -> float:
+    """Held-out bits per token over the loss targets of packed blocks (as scu.eval.bpt.block_bpt)."""
     was_training = model.training
     model.eval()
     nats = 0.0
     for i in range(0, len(blocks), batch_size):
-        nats += ce_sum(model, mx.array(blocks[i : i + batch_size])).item()
+        batch = blocks.batch(slice(i, i + batch_size))
+        nats += ce_sum(model, *(mx.array(batch[k]) for k in ("input_ids", "position_ids", "loss_mask"))).item()
     model.train(was_training)
-    return nats / (blocks.shape[0] * (blocks.shape[1] - 1)) / LN2
+    return nats / blocks.loss_tokens() / LN2
 
 
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
@@ -156,7 +162,7 @@ def train(
     """Fine-tune under SCU control on MLX; returns metadata.json's content (`out` as for scu.torch.loop.train)."""
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
-        "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
+        "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val_blocks, r.cfg.training.batch_size),
         save_checkpoint, write_outputs,
     )
     trackers = []

@@ -15,6 +15,9 @@ i.e. token-weighted over the whole step, the same objective as the PyTorch backe
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import mlx.core as mx
@@ -22,21 +25,52 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from scu import ScuError
 from scu.session import StepResult
 from scu.mlx.penalty import LoraPenalty
 
 
-def ce_sum(model: nn.Module, batch: mx.array) -> mx.array:
-    """Summed next-token cross-entropy (nats) of a [B, T] block batch; T - 1 targets per row."""
-    logits = model(batch[:, :-1])
-    return nn.losses.cross_entropy(logits.astype(mx.float32), batch[:, 1:], reduction="sum")
+def document_mask(positions: mx.array) -> mx.array:
+    """[B, 1, T, T] bool: causal attention within each packed document (a document starts where its position is 0)."""
+    doc = mx.cumsum((positions == 0).astype(mx.int32), axis=1)
+    causal = mx.tril(mx.ones((positions.shape[1], positions.shape[1]), dtype=mx.bool_))
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+
+@contextmanager
+def attention_within_documents(model: nn.Module, positions: mx.array) -> Iterator[None]:
+    """Make `model` attend within documents only. mlx-lm models take no position ids or mask; each builds its mask
+    with its module's `create_attention_mask`, which this swaps for the documents' mask while the model runs
+    (and the trace is taken). RoPE scores depend on relative positions only, so within a document they equal
+    those of positions restarted at 0, as the PyTorch backend's position ids give."""
+    module = sys.modules[type(model).__module__]
+    original = getattr(module, "create_attention_mask", None)
+    if original is None:
+        raise ScuError(f"{module.__name__} builds its attention mask in its own way; packed training needs "
+                       "an mlx-lm model that uses create_attention_mask (Llama, Qwen2, Mistral, ...)")
+    mask = document_mask(positions)
+    module.create_attention_mask = lambda *args, **kwargs: mask
+    try:
+        yield
+    finally:
+        module.create_attention_mask = original
+
+
+def ce_sum(model: nn.Module, batch: mx.array, positions: mx.array, loss_mask: mx.array) -> mx.array:
+    """Summed next-token cross-entropy (nats) of a [B, T] block batch (scu.data.text.Blocks: ids, per-document
+    positions, loss targets) over the targets `loss_mask` marks, each document attending to itself only."""
+    with attention_within_documents(model, positions[:, :-1]):
+        logits = model(batch[:, :-1])
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), batch[:, 1:], reduction="none")
+    return mx.sum(ce * loss_mask[:, 1:])
 
 
 def objective(
-    model: nn.Module, batch: mx.array, inv_tokens: mx.array, lam: mx.array, penalty: LoraPenalty | None
+    model: nn.Module, batch: mx.array, positions: mx.array, loss_mask: mx.array, inv_tokens: mx.array,
+    lam: mx.array, penalty: LoraPenalty | None,
 ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
     """(loss to differentiate, (CE nats summed over the batch, ParamBPT)) for the last micro-batch."""
-    ce = ce_sum(model, batch)
+    ce = ce_sum(model, batch, positions, loss_mask)
     if penalty is None:
         return ce * inv_tokens, (ce, mx.array(0.0))
     reg, bpt = penalty.loss_term(lam)
@@ -72,17 +106,17 @@ class TrainStep:
         ce_grad = nn.value_and_grad(model, ce_sum)
         obj_grad = nn.value_and_grad(model, partial(objective, penalty=penalty))
 
-        def accumulate(batch, acc):
+        def accumulate(batch, positions, loss_mask, acc):
             self.traces += 1
-            ce, grads = ce_grad(model, batch)
+            ce, grads = ce_grad(model, batch, positions, loss_mask)
             if acc is not None:
                 grads = tree_map(mx.add, grads, acc[1])
                 ce = ce + acc[0]
             return ce, grads
 
-        def finish(batch, acc, inv_tokens, lam, max_norm):
+        def finish(batch, positions, loss_mask, acc, inv_tokens, lam, max_norm):
             self.traces += 1
-            (_, (ce, bpt)), grads = obj_grad(model, batch, inv_tokens, lam)
+            (_, (ce, bpt)), grads = obj_grad(model, batch, positions, loss_mask, inv_tokens, lam)
             if acc is not None:
                 grads = tree_map(lambda g, a: g + a * inv_tokens, grads, acc[1])
                 ce = ce + acc[0]
@@ -97,15 +131,18 @@ class TrainStep:
         self._finish = mx.compile(finish, inputs=state, outputs=state)
         self._update = mx.compile(update, inputs=state, outputs=state)
 
-    def __call__(self, micro_batches: list[mx.array], lam: float, max_grad_norm: float) -> StepResult:
-        """One optimizer step over `micro_batches` ([B, T] int arrays) at this lambda and clip norm."""
-        n_tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in micro_batches)
+    def __call__(
+        self, micro_batches: list[tuple[mx.array, mx.array, mx.array]], n_tokens: int, lam: float, max_grad_norm: float
+    ) -> StepResult:
+        """One optimizer step over `micro_batches` ((ids, positions, loss_mask), [B, T] each, `n_tokens` loss targets
+        in all) at this lambda and clip norm."""
         acc = None
-        for b in micro_batches[:-1]:
-            acc = self._accumulate(b, acc)
-        inv = mx.array(1.0 / n_tokens, dtype=mx.float32)
+        for ids, positions, mask in micro_batches[:-1]:
+            acc = self._accumulate(ids, positions, mask, acc)
+        inv = mx.array(1.0 / max(n_tokens, 1), dtype=mx.float32)
+        ids, positions, mask = micro_batches[-1]
         measured, grads = self._finish(
-            micro_batches[-1], acc, inv, mx.array(lam, dtype=mx.float32), mx.array(max_grad_norm, dtype=mx.float32)
+            ids, positions, mask, acc, inv, mx.array(lam, dtype=mx.float32), mx.array(max_grad_norm, dtype=mx.float32)
         )
         data_nats, bpt, norm = measured.tolist()  # the step's single host sync
         if math.isfinite(data_nats) and math.isfinite(norm):

@@ -22,7 +22,8 @@ import torch
 from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
-from scu.data.corpus import TrainData, load_train_val
+from scu.data.corpus import load_train_val
+from scu.data.text import TrainData
 from scu.driver import (
     Backend,
     BlockOrder,
@@ -124,22 +125,27 @@ def load_checkpoint(run: Run) -> None:
 
 
 def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Backward over the step's micro-batches: token-weighted CE, plus the penalty once per step.
+    """Backward over the step's micro-batches: CE summed over the step's loss targets (all ranks) and divided by
+    their count, plus the penalty once per step. Packed documents see only themselves (their position ids restart,
+    no cache), and only loss targets count (with chat data, the assistant's tokens; docs/data.md).
 
-    Returns the summed CE (nats, this rank), ParamBPT (detached) and this rank's token count.
+    Returns the summed CE (nats, this rank), ParamBPT (detached) and the step's loss targets over all ranks.
     """
     model, acc, st, t = run.model, run.accelerator, run.state, run.cfg.training
-    world, rank = acc.num_processes, acc.process_index
-    step_tokens = st.grad_accum * t.batch_size * (t.block_size - 1)
+    world, rank, bs = acc.num_processes, acc.process_index, t.batch_size
+    blocks = run.data.train_blocks
+    step_idx = run.order.indices(st.cursor, bs * world * st.grad_accum)
+    st.cursor += len(step_idx)
+    step_tokens = blocks.loss_tokens(step_idx)
     ce_nats = torch.zeros((), device=acc.device)
     pbpt = None
     for micro in range(st.grad_accum):
-        idx = run.order.indices(st.cursor, t.batch_size * world)[rank * t.batch_size : (rank + 1) * t.batch_size]
-        st.cursor += t.batch_size * world
-        ids = torch.from_numpy(run.data.train[idx]).to(acc.device)
+        lo = (micro * world + rank) * bs
+        batch = {k: torch.from_numpy(v).to(acc.device) for k, v in blocks.batch(step_idx[lo : lo + bs]).items()}
         with nullcontext() if micro == st.grad_accum - 1 else acc.no_sync(model):
-            ce_sum = cross_entropy_sum(model(input_ids=ids).logits, ids)
-            loss = ce_sum / step_tokens
+            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            ce_sum = cross_entropy_sum(logits, batch["input_ids"], batch["loss_mask"])
+            loss = ce_sum * world / max(step_tokens, 1)  # DDP averages gradients over ranks; * world undoes it
             if run.penalty is not None and micro == 0:
                 pbpt = run.penalty()
                 loss = loss + lam * LN2 * pbpt
@@ -164,7 +170,7 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens * acc.num_processes)
+    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens)
 
 
 def write_outputs(run: Run, status: str, adapter: bool) -> None:
@@ -189,7 +195,7 @@ def train(
     """
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
-        "scu train", train_step, lambda r: block_bpt(r.model, r.data.val, r.cfg.training.batch_size),
+        "scu train", train_step, lambda r: block_bpt(r.model, r.data.val_blocks, r.cfg.training.batch_size),
         save_checkpoint, write_outputs, is_main=run.accelerator.is_main_process,
     )
     trackers = [ReportTo(run.accelerator, cfg, run.state.tokens_seen)] if cfg.training.report_to else []

@@ -13,14 +13,30 @@ from mlx.utils import tree_flatten
 
 from scu.core.bits import LN2
 from scu.mlx.penalty import LoraPenalty
-from scu.mlx.step import TrainStep, objective
+from scu.mlx.step import TrainStep, attention_within_documents, objective
 
 
-def lora_grads(model, pen, batch, lam: float) -> dict[str, np.ndarray]:
+def every_target(batch: mx.array) -> mx.array:
+    """The loss mask of plain packed text: every token a target (the first of a row never counts)."""
+    return mx.ones(batch.shape, dtype=mx.bool_)
+
+
+def one_document(batch: mx.array) -> mx.array:
+    """The positions of blocks that each hold one document."""
+    return mx.broadcast_to(mx.arange(batch.shape[1]), batch.shape)
+
+
+def step_on(step: TrainStep, micro_batches: list[mx.array], lam: float, max_grad_norm: float):
+    n_tokens = sum(b.shape[0] * (b.shape[1] - 1) for b in micro_batches)
+    return step([(b, one_document(b), every_target(b)) for b in micro_batches], n_tokens, lam, max_grad_norm)
+
+
+def lora_grads(model, pen, batch, lam: float, mask: mx.array | None = None) -> dict[str, np.ndarray]:
     """Uncompiled gradient of CE_mean + lam * ParamBPT * ln 2 over the LoRA parameters."""
-    inv = mx.array(1.0 / (batch.shape[0] * (batch.shape[1] - 1)))
+    mask = every_target(batch) if mask is None else mask
+    inv = mx.array(1.0 / float(mask[:, 1:].sum().item()))
     f = nn.value_and_grad(model, partial(objective, penalty=pen))
-    _, g = f(model, batch, inv, mx.array(lam))
+    _, g = f(model, batch, one_document(batch), mask, inv, mx.array(lam))
     return {k: np.array(v) for k, v in tree_flatten(g)}
 
 
@@ -54,7 +70,7 @@ def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrac
     for lam, lr in [(0.0, 1.0), (0.5, 1.0), (3.0, 0.5), (0.01, 2.0)]:
         opt.learning_rate = lr
         before, g = params(model), lora_grads(model, pen, batch, lam)
-        out = step(micro_batches, lam, max_grad_norm=1e9)
+        out = step_on(step, micro_batches, lam, max_grad_norm=1e9)
         after = params(model)
         for k in before:
             np.testing.assert_allclose(before[k] - after[k], lr * g[k], rtol=1e-3, atol=1e-7, err_msg=k)
@@ -70,7 +86,7 @@ def test_clipping_limits_the_update_to_max_grad_norm(tiny_lora_model, batch):
     step = TrainStep(model, optim.SGD(learning_rate=1.0), pen)
     for clip in (1e-3, 2e-3):
         before = params(model)
-        out = step([batch], 0.2, max_grad_norm=clip)
+        out = step_on(step, [batch], 0.2, max_grad_norm=clip)
         after = params(model)
         moved = np.sqrt(sum(float(((before[k] - after[k]).astype(np.float64) ** 2).sum()) for k in before))
         assert out.grad_norm > clip
@@ -98,10 +114,55 @@ def test_a_nan_step_is_measured_but_not_applied(tiny_lora_model, batch):
     pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
     step = TrainStep(model, optim.AdamW(learning_rate=1e-2, weight_decay=0.0), pen)
     before = params(model)
-    out = step([batch], float("nan"), max_grad_norm=1.0)
+    out = step_on(step, [batch], float("nan"), max_grad_norm=1.0)
     assert not np.isfinite(out.grad_norm)
     after = params(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    out = step([batch], 0.1, max_grad_norm=1.0)  # the next finite step trains
+    out = step_on(step, [batch], 0.1, max_grad_norm=1.0)  # the next finite step trains
     assert np.isfinite(out.grad_norm)
     assert any(not np.array_equal(before[k], v) for k, v in params(model).items())
+
+
+def test_the_step_trains_only_on_the_targets_of_its_loss_mask(tiny_lora_model, batch):
+    """Prompt tokens (mask False) leave the loss: the step's gradient is the reference gradient over the marked
+    targets alone, and the CE it reports sums those targets only."""
+    model = tiny_lora_model(b_std=0.05)
+    pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
+    mask_np = np.ones(batch.shape, dtype=bool)
+    mask_np[:, : batch.shape[1] // 2] = False  # the first half of every row is "prompt"
+    mask = mx.array(mask_np)
+    n_targets = int(mask_np[:, 1:].sum())
+    g_masked, g_all = lora_grads(model, pen, batch, 0.3, mask), lora_grads(model, pen, batch, 0.3)
+    assert max(np.abs(g_masked[k] - g_all[k]).max() for k in g_all) > 1e-4  # the mask changes the gradient
+    per_token = nn.losses.cross_entropy(model(batch[:, :-1]).astype(mx.float32), batch[:, 1:], reduction="none")
+    marked_nats = float(mx.sum(per_token * mask[:, 1:]).item())
+    step = TrainStep(model, optim.SGD(learning_rate=1.0), pen)
+    before = params(model)
+    out = step([(batch, one_document(batch), mask)], n_targets, 0.3, max_grad_norm=1e9)
+    after = params(model)
+    for k in before:
+        np.testing.assert_allclose(before[k] - after[k], g_masked[k], rtol=1e-3, atol=1e-7, err_msg=k)
+    assert out.data_nats == pytest.approx(marked_nats, rel=1e-5)
+    assert out.tokens == n_targets
+
+
+def test_a_packed_document_attends_to_itself_only(tiny_lora_model, batch):
+    """With a document starting mid-block, its logits do not depend on the document before it; without the mask
+    they would (the check has teeth)."""
+    model = tiny_lora_model(b_std=0.05)
+    ids = batch[:1]
+    half = ids.shape[1] // 2
+    positions = mx.array(np.concatenate([np.arange(half), np.arange(ids.shape[1] - half)])[None])
+    other = mx.array(np.concatenate([(np.array(ids[0, :half]) + 1) % 97, np.array(ids[0, half:])])[None])
+
+    def second_document(x, packed: bool):
+        if not packed:
+            return np.array(model(x)[0, half:])
+        with attention_within_documents(model, positions):
+            return np.array(model(x)[0, half:])
+
+    np.testing.assert_allclose(second_document(ids, True), second_document(other, True), atol=1e-5)
+    assert np.abs(second_document(ids, False) - second_document(other, False)).max() > 1e-3
+    # and the document alone, at positions 0.., gives the same logits (RoPE depends on relative positions only)
+    alone = np.array(model(ids[:, half:])[0])
+    np.testing.assert_allclose(second_document(ids, True), alone, atol=1e-4)

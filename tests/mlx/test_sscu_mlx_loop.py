@@ -25,7 +25,9 @@ def test_sscu_actions_reach_the_mlx_step(mlx_cfg, tmp_path, monkeypatch):
     base = cfg.training.learning_rate
     assert [r["lr"] / base for r in rows] == pytest.approx([1.0] * 4 + [1.5] * 4 + [2.25] * 4)
     step_tokens = [b["tokens"] - a["tokens"] for a, b in zip(rows, rows[1:])]
-    assert step_tokens == [step_tokens[0]] * 3 + [2 * step_tokens[0]] * 4 + [4 * step_tokens[0]] * 4
+    per_batch = [sum(step_tokens[:3]) / 3, sum(step_tokens[3:7]) / 4, sum(step_tokens[7:]) / 4]
+    # loss targets per step (document starts are none), so the batch's doubling shows within a few percent
+    assert [t / per_batch[0] for t in per_batch] == pytest.approx([1, 2, 4], rel=0.1)
     metrics, summary, settings = (json.loads((out / name).read_text()) for name in FILES)
     assert [a["step"] for a in metrics["actions"]] == [4, 8, 12]
     assert summary["total_steps"] == 12 and summary["final_lr"] == rows[-1]["lr"]

@@ -60,8 +60,8 @@ def test_over_budget_fine_tune_stops_at_equilibrium_near_the_best_checkpoint(mak
     c = cfg(True)
     data = load_train_val(c.data, load_tokenizer(c.model), c.training.block_size, c.training.seed)
     base = load_model(c.model)
-    base_bpt = block_bpt(base, data.val)
-    adapter_bpt = block_bpt(PeftModel.from_pretrained(base, str(tmp_path / "auto")), data.val)
+    base_bpt = block_bpt(base, data.val_blocks)
+    adapter_bpt = block_bpt(PeftModel.from_pretrained(base, str(tmp_path / "auto")), data.val_blocks)
     assert adapter_bpt == pytest.approx(stopped["val_bpt"], rel=1e-6)
     print(f"equilibrium at step {eq} of {BUDGET}: held-out BPT {adapter_bpt:.4f}, best of the full run {best:.4f} "
           f"(step {min(vals, key=vals.get)}), base {base_bpt:.4f}")

@@ -106,9 +106,9 @@ def test_nan_loss_step_is_skipped_counted_and_controller_not_updated(make_cfg, t
     real = loop.cross_entropy_sum
     calls = {"n": 0}
 
-    def nan_on_third_step(logits, ids):
+    def nan_on_third_step(logits, ids, *loss_mask):
         calls["n"] += 1
-        value = real(logits, ids)
+        value = real(logits, ids, *loss_mask)
         return value * float("nan") if calls["n"] == 3 else value
 
     monkeypatch.setattr(loop, "cross_entropy_sum", nan_on_third_step)
