@@ -54,7 +54,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scu_overhead-"))
     (work / "pydoc.txt").write_text("\n\n".join(pydoc_topics()))
 
-    def make(enabled: bool):
+    def make(enabled: bool, name: str):
         cfg = build_config({
             "model": {"base_model": str(base)},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
@@ -63,11 +63,11 @@ def main() -> None:
                          "steps": args.steps + args.warmup, "lr_schedule": "constant"},
             "data": {"train_data": str(work / "pydoc.txt")},
         })
-        run = setup(cfg, work / f"run-{enabled}")
+        run = setup(cfg, work / name)
         run.model.train()
         return run
 
-    on, off = make(not args.aa), make(False)
+    on, off = make(not args.aa, "run-a"), make(False, "run-b")  # two directories, also in the A/A control
     t_on, t_off = [], []
     for i in range(args.steps + args.warmup):
         if i % 2:  # alternate which arm goes first, so an order effect cancels

@@ -62,3 +62,28 @@ def test_bad_model_settings_are_refused_before_any_output(mlx_cfg, q4_dir, tmp_p
         with pytest.raises(ScuError, match=match):
             loop.train(cfg, tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_a_transformers_5_checkpoint_keeps_its_rope_theta_in_mlx(mlx_cfg, tiny_base, tmp_path):
+    """transformers 5 writes rope_theta inside rope_parameters, where mlx-lm does not look: the base must run at
+    the checkpoint's theta (as SmolLM2's 100000), not mlx-lm's default 10000, or its logits are another model's."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scu.mlx.model import load_base
+
+    base = tmp_path / "theta"
+    shutil.copytree(tiny_base, base)
+    config = json.loads((base / "config.json").read_text())
+    config["rope_parameters"] = {"rope_theta": 100000.0, "rope_type": "default"}
+    config.pop("rope_theta", None)
+    (base / "config.json").write_text(json.dumps(config))
+    ids = np.arange(64).reshape(2, 32) % config["vocab_size"]
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(base).eval()(torch.from_numpy(ids)).logits.numpy()
+    cfg = mlx_cfg()
+    model, _, _ = load_base(cfg.model.model_copy(update={"base_model": str(base)}))
+    got = np.array(model(mx.array(ids)))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
