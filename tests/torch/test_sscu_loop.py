@@ -43,10 +43,13 @@ def test_cli_test_run_trains_with_actions_applied_and_writes_the_three_files(mak
     for a in actions:
         assert {"step", "action", "reason", "lr_factor", "batch_adjustment", "grad_clip_factor", "reg_factor"} <= a.keys()
         assert a["reason"].startswith(f"SCU Step {a['step']}: ")
-    # The loop applied the batch change from the next step on: twice the micro-batches, twice the tokens.
+    # The loop applied the batch change from the next step on: twice the micro-batches, about twice the loss
+    # targets (a document's first token is not one, so blocks differ by a few).
     by_step = {x["step"]: x for x in r}
-    assert by_step[19]["grad_accum"] == 1 and by_step[20]["grad_accum"] == 2  # a row holds the next step's value
-    assert by_step[21]["tokens"] - by_step[20]["tokens"] == 2 * (by_step[20]["tokens"] - by_step[19]["tokens"])
+    assert [by_step[s]["grad_accum"] for s in range(15, 25)] == [1] * 5 + [2] * 5  # a row holds the next step's value
+    before = (by_step[20]["tokens"] - by_step[15]["tokens"]) / 5
+    after = (by_step[25]["tokens"] - by_step[20]["tokens"]) / 5
+    assert after / before == pytest.approx(2, rel=0.1)
     assert by_step[10]["reasons"] == [actions[0]["reason"]]
     # S-SCU ran alone: no lambda penalty, so its regularization had nothing to act on.
     assert summary["regularization_acts_on"] == "nothing" and settings["regularization_acts_on"] == "nothing"
