@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from scu.config.schema import ModelSection, build_config
 from scu.data.chat import tokenize_examples
@@ -70,8 +69,7 @@ class AcrossDocuments(Callback):
 
     def on_train_begin(self, run: Any) -> None:
         b = run.data.train_blocks
-        positions = np.broadcast_to(np.arange(b.ids.shape[1], dtype=np.int32), b.ids.shape).copy()
-        run.data.train_blocks = Blocks(b.ids, positions, b.loss_mask)
+        run.data.train_blocks = Blocks(b.ids, Blocks.of_ids(b.ids).positions, b.loss_mask)
 
 
 class Score(Callback):

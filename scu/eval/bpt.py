@@ -20,6 +20,13 @@ def cross_entropy_sum(logits: Tensor, input_ids: Tensor, loss_mask: Tensor | Non
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
 
 
+def packed_forward(model: nn.Module, blocks: Blocks, idx: np.ndarray | slice, device: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+    """(logits, inputs) of blocks `idx`, each packed document attending to itself only: given position ids and no
+    cache, transformers builds the block-diagonal causal mask from the positions (docs/data.md)."""
+    batch = {k: torch.from_numpy(v).to(device) for k, v in blocks.batch(idx).items()}
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits, batch
+
+
 @torch.no_grad()
 def block_bpt(model: nn.Module, blocks: np.ndarray | Blocks, batch_size: int = 16) -> float:
     """Bits per token over packed blocks. Token ids alone: each block predicts its tokens 2..T. `Blocks`: each
@@ -31,8 +38,7 @@ def block_bpt(model: nn.Module, blocks: np.ndarray | Blocks, batch_size: int = 1
     nats = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(blocks), batch_size):
         if isinstance(blocks, Blocks):
-            batch = {k: torch.from_numpy(v).to(device) for k, v in blocks.batch(slice(i, i + batch_size)).items()}
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            logits, batch = packed_forward(model, blocks, slice(i, i + batch_size), device)
             nats += cross_entropy_sum(logits, batch["input_ids"], batch["loss_mask"]).double()
         else:
             ids = torch.from_numpy(blocks[i : i + batch_size]).to(device)

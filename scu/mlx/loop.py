@@ -25,8 +25,7 @@ from mlx.utils import tree_unflatten
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import load_train_val
-from scu.data.text import TrainData
-from scu.data.text import Blocks
+from scu.data.text import Blocks, TrainData
 from scu.driver import Backend, BlockOrder, Callback, check_block_size, drive, lr_schedule, restore, run_fingerprints
 from scu.mlx import checkpoint
 from scu.mlx.checkpoint import CHECKPOINT
@@ -127,11 +126,14 @@ def train_step(run: MlxRun, lam: float, lr: float):
     blocks = run.data.train_blocks
     step_idx = run.order.indices(st.cursor, t.batch_size * st.grad_accum)
     st.cursor += len(step_idx)
-    micro = []
-    for lo in range(0, len(step_idx), t.batch_size):
-        batch = blocks.batch(step_idx[lo : lo + t.batch_size])
-        micro.append(tuple(mx.array(batch[k]) for k in ("input_ids", "position_ids", "loss_mask")))
+    micro = [mlx_batch(blocks, step_idx[lo : lo + t.batch_size]) for lo in range(0, len(step_idx), t.batch_size)]
     return run.step(micro, blocks.loss_tokens(step_idx), lam, t.max_grad_norm * st.grad_clip_factor)
+
+
+def mlx_batch(blocks: Blocks, idx: np.ndarray | slice) -> tuple[mx.array, mx.array, mx.array]:
+    """(input_ids, position_ids, loss_mask) of blocks `idx`, as the MLX step and ce_sum take them."""
+    batch = blocks.batch(idx)
+    return mx.array(batch["input_ids"]), mx.array(batch["position_ids"]), mx.array(batch["loss_mask"])
 
 
 def block_bpt(model: nn.Module, blocks: Blocks, batch_size: int = 16) -> float:
@@ -140,8 +142,7 @@ def block_bpt(model: nn.Module, blocks: Blocks, batch_size: int = 16) -> float:
     model.eval()
     nats = 0.0
     for i in range(0, len(blocks), batch_size):
-        batch = blocks.batch(slice(i, i + batch_size))
-        nats += ce_sum(model, *(mx.array(batch[k]) for k in ("input_ids", "position_ids", "loss_mask"))).item()
+        nats += ce_sum(model, *mlx_batch(blocks, slice(i, i + batch_size))).item()
     model.train(was_training)
     return nats / blocks.loss_tokens() / LN2
 

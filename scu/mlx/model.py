@@ -11,7 +11,6 @@ reads it unchanged.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from mlx.utils import tree_flatten
 
 from scu import ScuError
 from scu.mlx.convert import MLX_CONFIG, MLX_WEIGHTS, peft_config_dict
-from scu.report.records import atomic_path, atomic_write_json, first_line
+from scu.report.records import atomic_path, atomic_write_json, first_line, read_json
 
 DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}
 QUANT_GROUP_SIZE = 64
@@ -35,11 +34,8 @@ def rope_overrides(model_dir: str) -> dict[str, Any]:
     top-level `rope_theta`, so without this it runs such a checkpoint at its default theta 10000. Measured on
     SmolLM2-135M (theta 100000): first-step DataBPT 7.402 in MLX against 7.240 in PyTorch (bench/mlx_real.py).
     """
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    config = json.loads(path.read_text())
-    params = config.get("rope_parameters")
+    config = read_json(Path(model_dir) / "config.json") if Path(model_dir).is_dir() else None
+    params = (config or {}).get("rope_parameters")
     if not isinstance(params, dict) or "rope_theta" in config or "rope_theta" not in params:
         return {}
     out: dict[str, Any] = {"rope_theta": params["rope_theta"]}

@@ -35,7 +35,7 @@ from scu.driver import (
     restore,
     run_fingerprints,
 )
-from scu.eval.bpt import block_bpt, cross_entropy_sum
+from scu.eval.bpt import block_bpt, cross_entropy_sum, packed_forward
 from scu.report.card import write_model_card
 from scu.report.records import atomic_write_text
 from scu.rundir import RunLock, check_output, claim, publish
@@ -141,9 +141,8 @@ def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tens
     pbpt = None
     for micro in range(st.grad_accum):
         lo = (micro * world + rank) * bs
-        batch = {k: torch.from_numpy(v).to(acc.device) for k, v in blocks.batch(step_idx[lo : lo + bs]).items()}
         with nullcontext() if micro == st.grad_accum - 1 else acc.no_sync(model):
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            logits, batch = packed_forward(model, blocks, step_idx[lo : lo + bs], acc.device)
             ce_sum = cross_entropy_sum(logits, batch["input_ids"], batch["loss_mask"])
             loss = ce_sum * world / max(step_tokens, 1)  # DDP averages gradients over ranks; * world undoes it
             if run.penalty is not None and micro == 0:
