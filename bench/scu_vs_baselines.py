@@ -379,7 +379,7 @@ def run_real(args: argparse.Namespace, scale: RealScale) -> int:
     manifest = hdata.prepare(spec, load_tokenizer(ModelSection(base_model=gguf)), data_dir, work)
     s = replace(scale.run, base_model=gguf)
     main_label, rich_label = size_label(scale.main_tokens), size_label(scale.rich_tokens)
-    suggested = suggest(gguf, data=manifest["train"][main_label]["path"]).config.scu.model_dump(mode="json")
+    suggested = suggest(gguf, data=manifest["train"][main_label]["path"], target="guide").config.scu.model_dump(mode="json")
     print(f"scu suggest for the {main_label}-token slice: {suggested}", flush=True)
     jobs = real.plan_jobs(main_label, rich_label, suggested, args.seeds or scale.seeds)
     out = Path(args.out or f"bench/results/scu_vs_baselines_{scale.name}")

@@ -18,6 +18,7 @@ from scu.config.registry import Scale, find_scale
 from scu.config.schema import ALL_PROJECTIONS, Config, ModelSection, ScuSection, TrainingSection, build_config
 
 Task = Literal["general", "code", "math", "domain"]
+TargetRule = Literal["measured", "guide"]
 Symptom = Literal["lambda-oscillates", "s-overshoots"]
 
 # ---- the guide's tables -------------------------------------------------------------------------
@@ -58,6 +59,11 @@ MIN_STEPS, MAX_STEPS = 500, 1500
 # about 3 s (docs/real-model.md saw 4.6-9.1 s with both cores shared), so 6 x params x tokens / 3 s = 1.4e11 FLOP/s.
 CPU_FLOPS = 1.4e11
 MAX_EPOCHS = 3.0
+# What the guide's S* table costs, measured (docs/benchmarks.md, "Real model"): SmolLM2-135M (dequantized Q4_1),
+# 18k Shakespeare tokens, 100 steps of 4 x 128, two seeds. Printed wherever `--target guide` is chosen.
+GUIDE_COST = ("measured on SmolLM2-135M (dequantized Q4_1, 18k Shakespeare tokens): the guide's S* 0.5% gave held-out "
+              "BPT 5.827 against 5.656 at the default S* 5% (+3.0%), with no forgetting (-0.07 against +0.15 bits "
+              "on WikiText-2); docs/benchmarks.md")
 WARMUP_FRACTION = 0.1  # the guide's template: 150 warm-up steps of 1500
 GUIDE_BLOCK_SIZE = 2048  # the guide's template
 
@@ -381,6 +387,7 @@ def suggest(
     trust_remote_code: bool = False,
     epochs: float = MAX_EPOCHS,
     cpu_minutes: float | None = None,
+    target: TargetRule = "measured",
 ) -> Suggestion:
     """Apply the scaling guide's rules to a model (id/path, or a bare parameter count) and a dataset."""
     if (model is None) == (params is None):
@@ -414,8 +421,20 @@ def suggest(
         tokens = count_tokens(data, model, text_field)
         reasons.append(f"dataset: {int(tokens):,} tokens in {data} (counted with the model's tokenizer, one EOS per document)")
 
+    if target not in ("measured", "guide"):
+        raise ScuError(f"unknown --target {target!r}; use measured (the engine's S*, the default) or guide (the guide's table)")
     scale = find_scale(model, info.model_type, family, scales_file)
-    target = _target_s(category, scale, tokens, task, reasons, warnings)
+    if target == "guide" or scale is not None:
+        target_s = _target_s(category, scale, tokens, task, reasons, warnings)
+    else:
+        target_s = ScuSection().target_s
+        reasons.append(f"S* = {_pct(target_s)}: the engine's default, the best arm measured on a real model (SmolLM2-135M: "
+                       "within 0.2% of the best tuned baseline, 22% of plain LoRA's forgetting; docs/benchmarks.md). "
+                       "--target guide uses the guide's size table instead")
+    if target == "guide":
+        warnings.append(f"--target guide: {GUIDE_COST}")
+    elif task != "general" and scale is None:
+        warnings.append(f"--task {task} adjusts the guide's S* only, so it changes nothing here; add --target guide to use it")
     rank, alpha = LORA[category]
     spread = " (guide: r 16-32, alpha 32-64; the low end, as in its validated 3B and 7B runs)" if category == "large" else ""
     reasons.append(f"lora: {category} -> r {rank}, alpha {alpha}{spread}")
@@ -435,7 +454,7 @@ def suggest(
         "model": {"base_model": model or "your-model-id", "dtype": hw.dtype, "load_in_4bit": hw.quant == "4bit",
                   "gradient_checkpointing": hw.checkpointing, "trust_remote_code": trust_remote_code},
         "lora": {"rank": rank, "alpha": alpha, "targets": list(info.targets)},
-        "scu": {"target_s": target, **gains},
+        "scu": {"target_s": target_s, **gains},
         "training": {"batch_size": plan.batch, "gradient_accumulation": plan.accum, "block_size": block,
                      "steps": plan.steps, "warmup_steps": plan.warmup, "weight_decay": 0.0},
         "data": {"train_data": data or "path/to/train.jsonl", "text_field": text_field},

@@ -38,7 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", help="training data (.txt, .jsonl, datasets dir); tokens counted with the model's tokenizer "
                       "(default: none; set data.train_data in the written config)")
     p.add_argument("--task", choices=list(TASK_ADJUSTMENTS), default="general",
-                   help="the guide's task adjustment of S* (default: %(default)s)")
+                   help="the guide's task adjustment of S*, with --target guide (default: %(default)s)")
+    p.add_argument("--target", choices=["measured", "guide"], default="measured",
+                   help="S*: the engine's default, measured best on a real model (measured), or the scaling guide's size "
+                   "table with its dataset and task adjustments (guide; its measured cost is printed). A registered "
+                   "--family's S* is used either way (default: %(default)s)")
     p.add_argument("--vram", type=float, metavar="GB",
                    help="GPU memory in GB: sizes batch and weight format, warns above it (default: none, the guide's smallest batch)")
     p.add_argument("--block-size", type=int, help="tokens per sequence (default: 2048, capped by the model's context)")
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         epochs=args.epochs,
         cpu_minutes=args.cpu_minutes,
+        target=args.target,
     )
     for w in s.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -20,7 +20,7 @@ def isolated(monkeypatch, tmp_path):
 
 def test_registered_family_overrides_s_star_and_gains(real_model_dirs):
     olmo3 = str(real_model_dirs["OLMo-3-7B"])
-    plain = suggest(olmo3, tokens=200e6)
+    plain = suggest(olmo3, tokens=200e6, target="guide")
     scu.config.register_scale("olmo-3", s_target=0.025, kp=0.6, ki=0.05)
     s = suggest(olmo3, tokens=200e6)
     assert plain.config.scu.target_s == pytest.approx(0.03)
@@ -40,7 +40,7 @@ def test_adjustments_and_symptoms_apply_on_top_of_a_family(real_model_dirs):
 
 def test_family_does_not_match_other_models(real_model_dirs):
     scu.config.register_scale("olmo-3", s_target=0.025)
-    assert suggest(str(real_model_dirs["Mistral-7B"]), tokens=200e6).config.scu.target_s == pytest.approx(0.04)
+    assert suggest(str(real_model_dirs["Mistral-7B"]), tokens=200e6, target="guide").config.scu.target_s == pytest.approx(0.04)
 
 
 def test_match_globs_and_model_type(real_model_dirs):
@@ -48,7 +48,7 @@ def test_match_globs_and_model_type(real_model_dirs):
     assert suggest(str(real_model_dirs["Mistral-7B"])).config.scu.target_s == pytest.approx(0.02)
     scu.config.register_scale("mine", s_target=0.015, match=["llama-3.2-*"])  # replaces; glob on the dir name
     assert suggest(str(real_model_dirs["Llama-3.2-1B"])).config.scu.target_s == pytest.approx(0.015)
-    assert suggest(str(real_model_dirs["Mistral-7B"])).config.scu.target_s == pytest.approx(0.04)
+    assert suggest(str(real_model_dirs["Mistral-7B"]), target="guide").config.scu.target_s == pytest.approx(0.04)
 
 
 def test_yaml_file_and_explicit_family(tmp_path, capsys):

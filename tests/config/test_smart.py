@@ -35,7 +35,7 @@ GB = 1e9
 
 # ---- worked cases ---------------------------------------------------------------------------------
 def test_worked_case_medium_model_general_task():
-    s = suggest(params=1.2e9, tokens=50e6, task="general")
+    s = suggest(params=1.2e9, tokens=50e6, task="general", target="guide")
     assert s.category == "medium"
     assert s.config.scu.target_s == pytest.approx(0.020)
     assert (s.config.lora.rank, s.config.lora.alpha) == (16, 32)
@@ -43,7 +43,7 @@ def test_worked_case_medium_model_general_task():
 
 
 def test_worked_case_tiny_model_small_domain_dataset_hits_the_floor():
-    s = suggest(params=300e6, tokens=500e3, task="domain")
+    s = suggest(params=300e6, tokens=500e3, task="domain", target="guide")
     assert s.category == "tiny"
     assert (s.config.lora.rank, s.config.lora.alpha) == (8, 16)
     # 1.0 - 1.0 - 0.5 = -0.5%: below the floor, which is used and reported.
@@ -52,6 +52,23 @@ def test_worked_case_tiny_model_small_domain_dataset_hits_the_floor():
     assert any(r.startswith("floor: -0.5% < 0.5%") for r in s.reasons)
     assert any("below the floor" in w for w in s.warnings)
     assert s.config.scu.target_s == pytest.approx(S_FLOOR)
+
+
+def test_default_target_is_the_engines_measured_s_star_not_the_guides_table():
+    """The guide's 0.5% over-regularized SmolLM2 (+3.0% held-out BPT); the default is the engine's S*, with its evidence."""
+    s = suggest(params=135e6, tokens=300e3)
+    assert s.config.scu.target_s == pytest.approx(ScuSection().target_s)
+    assert any(r.startswith("S* = ") and "the engine's default" in r for r in s.reasons)
+    assert not any("floor" in r for r in s.reasons)
+    guide = suggest(params=135e6, tokens=300e3, target="guide")
+    assert guide.config.scu.target_s == pytest.approx(S_FLOOR)
+    assert any("--target guide: measured on SmolLM2-135M" in w and "+3.0%" in w for w in guide.warnings)
+
+
+def test_task_without_guide_target_is_warned_not_silently_ignored():
+    s = suggest(params=5e9, tokens=200e6, task="code")
+    assert s.config.scu.target_s == pytest.approx(ScuSection().target_s)
+    assert any("--task code adjusts the guide's S* only" in w for w in s.warnings)
 
 
 # ---- size categories and the boundary rule --------------------------------------------------------
@@ -112,7 +129,7 @@ def test_meta_count_equals_the_instantiated_models_count(model_dir):
     ],
 )
 def test_guides_validated_configurations(real_model_dirs, name, tokens, target_s, rank, steps):
-    s = suggest(str(real_model_dirs[name]), tokens=tokens, vram_gb=24)
+    s = suggest(str(real_model_dirs[name]), tokens=tokens, vram_gb=24, target="guide")
     assert s.config.scu.target_s == pytest.approx(target_s)
     assert s.config.lora.rank == rank
     assert s.config.training.steps == steps
@@ -125,16 +142,16 @@ def test_guides_validated_configurations(real_model_dirs, name, tokens, target_s
     [(200e6, 0.0), (100e6, 0.0), (50e6, 0.0), (10e6, 0.0), (9_999_999, -0.005), (1e6, -0.005), (999_999, -0.010)],
 )
 def test_dataset_adjustment(tokens, delta):
-    assert suggest(params=5e9, tokens=tokens).config.scu.target_s == pytest.approx(0.030 + delta)
+    assert suggest(params=5e9, tokens=tokens, target="guide").config.scu.target_s == pytest.approx(0.030 + delta)
 
 
 @pytest.mark.parametrize("task, delta", [("general", 0.0), ("code", 0.005), ("math", 0.005), ("domain", -0.005)])
 def test_task_adjustment(task, delta):
-    assert suggest(params=5e9, tokens=200e6, task=task).config.scu.target_s == pytest.approx(0.030 + delta)
+    assert suggest(params=5e9, tokens=200e6, task=task, target="guide").config.scu.target_s == pytest.approx(0.030 + delta)
 
 
 def test_unknown_dataset_size_is_said_and_not_adjusted():
-    s = suggest(params=5e9)
+    s = suggest(params=5e9, target="guide")
     assert s.config.scu.target_s == pytest.approx(0.030)
     assert any("size unknown" in r for r in s.reasons)
     assert s.config.training.steps == 1500
@@ -266,7 +283,7 @@ def test_data_tokens_are_counted_with_the_models_tokenizer(tiny_base, pydoc_txt)
     docs = split_txt(pydoc_txt.read_text())  # the documents training packs, one EOS after each
     expected = sum(len(tok(d, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
     assert count_tokens(str(pydoc_txt), str(tiny_base)) == expected
-    s = suggest(str(tiny_base), data=str(pydoc_txt))
+    s = suggest(str(tiny_base), data=str(pydoc_txt), target="guide")
     assert s.tokens == expected
     assert any(f"dataset: {expected:,} tokens" in r for r in s.reasons)
     assert s.config.scu.target_s == pytest.approx(S_FLOOR)  # micro 0.5% - 1.0% (< 1M tokens): floored
@@ -301,7 +318,7 @@ def test_directory_without_config_json(tmp_path):
 def test_cli_writes_a_yaml_that_load_config_accepts(tmp_path, capsys, real_model_dirs):
     out = tmp_path / "cfg" / "suggested.yaml"
     rc = main(["suggest", "--model", str(real_model_dirs["OLMo-3-7B"]), "--tokens", "98.304M", "--vram", "24",
-               "--out", str(out)])
+               "--target", "guide", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out.splitlines()
     assert any(line.startswith("- size: ") and "-> large" in line for line in printed)
@@ -315,7 +332,7 @@ def test_cli_writes_a_yaml_that_load_config_accepts(tmp_path, capsys, real_model
 
 
 def test_cli_prints_yaml_without_out_and_refuses_to_overwrite(tmp_path, capsys):
-    assert main(["suggest", "--params", "1.2B", "--tokens", "50M"]) == 0
+    assert main(["suggest", "--params", "1.2B", "--tokens", "50M", "--target", "guide"]) == 0
     text = capsys.readouterr().out
     assert yaml.safe_load(text)["scu"]["target_s"] == pytest.approx(0.02)
     out = tmp_path / "c.yaml"
