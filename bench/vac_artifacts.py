@@ -1,6 +1,8 @@
 """What a saved VAC model costs and gives back: reload exactness, load memory, int8 size and PPL, speed.
 
     python -m bench.vac_artifacts [--ratio 1.8] [--rounds 5] [--out bench/results/vac_artifacts.json]
+    python -m bench.vac_artifacts --model smollm2 [--ratio 1.8] [--calib-samples 16] [--eval-tokens 16384]
+                                  [--eval-window 2048] [--out bench/results/vac_artifacts_smollm2.json]
 
 1. Save/load. The WikiText base compressed with `vac` is saved (fp32, bf16, int8 factors with fp32
    rest, int8 factors with bf16 rest), reloaded with AutoModelForCausalLM(trust_remote_code=True), and
@@ -12,6 +14,10 @@
    its bf16 and int8 files show the disk saving where the linear layers dominate the file.
 3. Speed. Prefill (one 512-token prompt) and batch-1 decode tokens/s, compressed vs dense, measured
    interleaved in one process; the median of per-round ratios next to the predicted FLOP ratio.
+
+With `--model smollm2`: SmolLM2-135M (dequantized Q4_1) compressed with `vac` on `--calib-samples` blocks of 256
+WikiText-103 tokens; 1 (fp32 and int8 factors, PPL on the first `--eval-tokens` of WikiText-2 validation in
+`--eval-window` windows), 2 for dense against compressed only, and 3 against dense.
 """
 
 from __future__ import annotations
@@ -119,15 +125,72 @@ def speed(arms: dict, vocab: int, rounds: int, dense_key: str) -> dict:
     return out
 
 
+def save_load(model: torch.nn.Module, tokenizer, base: Path, work: Path, names: tuple[str, ...], probe: torch.Tensor,
+              ppl) -> dict:
+    """Save each variant, reload it with AutoModelForCausalLM(trust_remote_code=True), and measure file size and PPL."""
+    variants = {}
+    for name in names:
+        m = copy.deepcopy(model)
+        if name.startswith("int8"):
+            quantize_int8(m)
+        dtype = torch.bfloat16 if name.endswith("bf16") else None
+        path = save_compressed(m, tokenizer, work / name, {}, str(base), dtype=dtype)
+        loaded = load_model(str(path), dtype=torch.float32).eval()
+        row = {"disk_bytes": disk_bytes(path), "linear_bytes": linear_bytes(path), "ppl": ppl(loaded)}
+        if dtype is None:  # the in-memory model computes in float32 too: logits must match bit for bit
+            with torch.no_grad():
+                row["logits_equal"] = bool(torch.equal(loaded(input_ids=probe).logits, m(input_ids=probe).logits))
+        variants[name] = row
+        print(name, row, flush=True)
+    return variants
+
+
+def run_smollm2(args: argparse.Namespace) -> None:
+    """Save/load, int8, load memory and speed of SmolLM2-135M compressed with `vac` at --ratio."""
+    out = args.out or str(RESULTS / "vac_artifacts_smollm2.json")
+    bench = open_bench("smollm2", 256, args.calib_samples)
+    base, tokenizer, data = bench.base, bench.tokenizer, bench.data
+    eval_ids = data["eval_ids"][: args.eval_tokens]
+    work = Path(tempfile.mkdtemp(prefix="vac_artifacts_smollm2-"))
+    results: dict = {"model": "SmolLM2-135M, dequantized Q4_1", "ratio": args.ratio, "calib_blocks": len(data["calib"]),
+                     "eval_tokens": int(len(eval_ids)), "eval_window": args.eval_window, "threads": torch.get_num_threads()}
+
+    def ppl(m) -> float:
+        return perplexity(m, eval_ids, args.eval_window)["ppl"]
+
+    model = bench.fresh()
+    start, cpu = time.time(), time.process_time()
+    result = compress(model, data["calib"], CompressSpec("vac", args.ratio))
+    results["compress_s"], results["compress_cpu_s"] = time.time() - start, time.process_time() - cpu
+    dense_model = bench.fresh()
+    results["save_load"] = {"linear_ratio": result.linear_ratio, "model_ratio": result.model_ratio, "dense_ppl": ppl(dense_model),
+                            "dense_disk_bytes": disk_bytes(base),
+                            "variants": save_load(model, tokenizer, base, work, ("fp32", "int8"), data["calib"][:2], ppl)}
+    atomic_write_json(out, results)
+    results["load_memory"] = load_memory({"dense": base, "vac": work / "fp32"}, args.rounds)
+    print("load memory", results["load_memory"], flush=True)
+    atomic_write_json(out, results)
+    results["speed"] = speed({"dense": dense_model, f"vac-{args.ratio}": model}, len(tokenizer), args.rounds, "dense")
+    print("speed", results["speed"], flush=True)
+    atomic_write_json(out, results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ratio", type=float, default=1.8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--child-load", help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(RESULTS / "vac_artifacts.json"))
+    ap.add_argument("--model", choices=["wikitext", "smollm2"], default="wikitext")
+    ap.add_argument("--calib-samples", type=int, default=16, help="smollm2: calibration blocks of 256 tokens (default: %(default)s)")
+    ap.add_argument("--eval-tokens", type=int, default=16384, help="smollm2: first N tokens of WikiText-2 validation (default: %(default)s)")
+    ap.add_argument("--eval-window", type=int, default=2048, help="smollm2: evaluation window (default: %(default)s)")
+    ap.add_argument("--out", default=None, help="default: bench/results/vac_artifacts.json, or vac_artifacts_smollm2.json")
     args = ap.parse_args()
     if args.child_load:
         return child_load(args.child_load)
+    if args.model == "smollm2":
+        return run_smollm2(args)
+    args.out = args.out or str(RESULTS / "vac_artifacts.json")
     bench = open_bench()
     base, tokenizer, data, fresh = bench.base, bench.tokenizer, bench.data, bench.fresh
     work = Path(tempfile.mkdtemp(prefix="vac_artifacts-"))
@@ -137,21 +200,8 @@ def main() -> None:
     model = fresh()
     result = compress(model, data["calib"], CompressSpec("vac", args.ratio))
     probe = data["calib"][:4]
-    variants = {}
-    for name in ("fp32", "bf16", "int8", "int8_bf16"):
-        m = copy.deepcopy(model)
-        if name.startswith("int8"):
-            quantize_int8(m)
-        dtype = torch.bfloat16 if name.endswith("bf16") else None
-        path = save_compressed(m, tokenizer, work / name, {}, str(base), dtype=dtype)
-        loaded = load_model(str(path), dtype=torch.float32).eval()
-        row = {"disk_bytes": disk_bytes(path), "linear_bytes": linear_bytes(path),
-               "ppl": perplexity(loaded, data["eval_ids"], SEQ_LEN)["ppl"]}
-        if dtype is None:  # the in-memory model computes in float32 too: logits must match bit for bit
-            with torch.no_grad():
-                row["logits_equal"] = bool(torch.equal(loaded(input_ids=probe).logits, m(input_ids=probe).logits))
-        variants[name] = row
-        print(name, row, flush=True)
+    variants = save_load(model, tokenizer, base, work, ("fp32", "bf16", "int8", "int8_bf16"), probe,
+                         lambda m: perplexity(m, data["eval_ids"], SEQ_LEN)["ppl"])
     dense_ppl = perplexity(fresh(), data["eval_ids"], SEQ_LEN)["ppl"]
     results["save_load"] = {"linear_ratio": result.linear_ratio, "model_ratio": result.model_ratio,
                             "dense_ppl": dense_ppl, "dense_disk_bytes": disk_bytes(base), "variants": variants}
