@@ -66,7 +66,7 @@ def measure_cell(
             "ranks": result.ranks}
     if mode == "none":
         return row
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     lr = args.lora_lr if mode == "lora" else args.recover_lr
     spec = RecoverSpec(**{**vars(rspec), "mode": "kd" if mode == "kd+nll" else mode, "lr": lr,
                           "nll_weight": 1.0 if mode == "kd+nll" else rspec.nll_weight})
@@ -74,6 +74,7 @@ def measure_cell(
                              heldout=data["heldout"] if args.select == "heldout-kl" else None, verbose=args.progress)
     after = evaluate(model)
     return row | {"recover_lr": lr, "ppl_after": after["ppl"], "bpt_after": after["bpt"], "recover_s": time.time() - start,
+                  "recover_cpu_s": time.process_time() - cpu,
                   "nll_weight": spec.nll_weight, "recover_final": history[-1], "select": args.select,
                   "recover_selected": kept_row(history), "recover_history_start": history[0].get("heldout_kl")}
 

@@ -2,12 +2,15 @@
 
     python -m bench.vac_report [--quality bench/results/vac_quality*.json] [--spread bench/results/vac_recovery_spread*.json]
                                [--artifacts bench/results/vac_artifacts.json] [--softening bench/results/vac_softening.json]
+    python -m bench.vac_report --smollm2 bench/results/vac_smollm2 [--recovered bench/results/vac_smollm2_kd100]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+from pathlib import Path
 
 from bench.vac_common import RESULTS, load_results
 
@@ -107,6 +110,51 @@ def artifact_tables(a: dict) -> list[str]:
     return out
 
 
+def cells(directory: Path) -> dict[tuple[float, str], dict]:
+    """The (ratio, method) cells of one `vac_quality --model smollm2` directory, and its dense row under (1.0, 'dense')."""
+    out = {}
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text())
+        row = doc["row"] | {"setup": doc["setup"]}
+        out[(1.0, "dense") if path.stem == "dense" else (row["ratio"], row["method"])] = row
+    return out
+
+
+def smollm2_tables(before_dir: Path, after_dir: Path | None) -> list[str]:
+    """PPL of every method and ratio without recovery (and after KD where measured), with compression CPU time."""
+    before = cells(before_dir)
+    after = cells(after_dir) if after_dir is not None and after_dir.exists() else {}
+    dense = before.pop((1.0, "dense"))
+    setup = dense["setup"]
+    after.pop((1.0, "dense"), None)
+    steps = next(iter(after.values()))["setup"]["recover_steps"] if after else None
+    out = [f"Dense: PPL {dense['ppl']:.2f} on {dense['tokens']:,} WikiText-2 validation tokens in {setup['eval_window']}-token "
+           f"windows; calibration {setup['calib_blocks']} × {setup['seq_len']} WikiText-103 tokens. Lowest PPL per ratio in bold.", ""]
+    head = "| ratio | method | linear ratio | PPL, no recovery | compression CPU s |"
+    if after:
+        head += f" PPL after KD ({steps} steps) | KD CPU s |"
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+    for ratio in sorted({r for r, _ in before}):
+        row_keys = [k for k in before if k[0] == ratio]
+        best_before = min(before[k]["ppl_before"] for k in row_keys)
+        best_after = min((after[k]["ppl_after"] for k in row_keys if k in after), default=None)
+        for key in sorted(row_keys, key=lambda k: before[k]["ppl_before"], reverse=True):
+            r = before[key]
+            ppl = f"{r['ppl_before']:.1f}"
+            line = (f"| {ratio} | {LABELS.get(r['method'], r['method'])} | {r['linear_ratio']:.4f} | "
+                    f"{f'**{ppl}**' if r['ppl_before'] == best_before else ppl} | {r['compress_cpu_s']:.0f} |")
+            if after:
+                a = after.get(key)
+                if a is None:
+                    line += " not run | |"
+                else:
+                    ppl = f"{a['ppl_after']:.1f}"
+                    line += f" {f'**{ppl}**' if a['ppl_after'] == best_after else ppl} | {a['recover_cpu_s']:.0f} |" if "recover_cpu_s" in a \
+                        else f" {f'**{ppl}**' if a['ppl_after'] == best_after else ppl} | {a['recover_s']:.0f} (wall) |"
+            out.append(line)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quality", nargs="+", default=sorted(str(p) for p in RESULTS.glob("vac_quality*.json")))
@@ -114,8 +162,12 @@ def main() -> None:
                     help="vac_quality runs at other --recover-seed values (and --select final), for the seed spread")
     ap.add_argument("--artifacts", default=str(RESULTS / "vac_artifacts.json"))
     ap.add_argument("--softening", default=str(RESULTS / "vac_softening.json"))
+    ap.add_argument("--smollm2", type=Path, help="a `vac_quality --model smollm2` directory: print its table only")
+    ap.add_argument("--recovered", type=Path, help="with --smollm2: the directory of the same cells with KD recovery")
     args = ap.parse_args()
-    from pathlib import Path
+    if args.smollm2:
+        print("\n".join(smollm2_tables(args.smollm2, args.recovered)))
+        return
 
     q: dict = {"rows": {}}
     for path in args.quality:  # one file per ratio when they run in parallel
