@@ -1,0 +1,64 @@
+"""Why auto-stop does not fire: the λ-equilibrium detector's three signals, replayed on the harness's cached runs.
+
+    python -m bench.autostop_signals [--window 50] [--arms scu_defaults scu_auto ...] [--out bench/results/autostop_signals.json]
+
+For each run of the tiny (`bench/results/scu_vs_baselines/runs`) and real (`..._real/runs`) harness that kept
+its per-step rows, the detector (`scu.core.equilibrium`) is replayed with the given window and its default
+tolerances; the signals at the last step are reported next to the held-out BPT along the way, so one can see
+which condition blocks and whether stopping earlier would have cost anything. No training is run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, telemetry_from_rows
+from scu.report.records import atomic_write_json
+
+RESULTS = Path(__file__).parent / "results"
+SCALES = {"tiny": RESULTS / "scu_vs_baselines" / "runs", "real": RESULTS / "scu_vs_baselines_real" / "runs"}
+
+
+def replay_run(run: dict, window: int) -> dict:
+    """The detector over one cached run: where it fired (if anywhere) and its last measurement."""
+    target = run["config"]["scu"].get("target_s") if run["config"]["scu"].get("lambda_min") != run["config"]["scu"].get("lambda_max") else None
+    rows = [r | {"lambda_used": r.get("lambda_used", r.get("lambda")), "target_s": r.get("target_s", target)} for r in run["rows"]]
+    config = EquilibriumConfig(window=window)
+    detector = EquilibriumDetector(config)
+    for telemetry in telemetry_from_rows(rows):
+        detector.step(telemetry)
+    s = detector.signals
+    return {"steps": run["steps"], "fired_at": detector.equilibrium_step,
+            "last": None if s is None else {"lambda_change": s.lambda_change, "s_error_or_trend": s.s_error,
+                                             "loss_change_per_100": s.loss_change, "holds": s.holds(config)},
+            "heldout_curve": [(c["step"], c["test"]) for c in run["curve"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--window", type=int, default=50)
+    ap.add_argument("--arms", nargs="+", default=["scu_defaults", "scu_auto", "scu_target=1x", "N=72000_scu_defaults",
+                                                   "N=72000_scu_auto"])
+    ap.add_argument("--out", default=str(RESULTS / "autostop_signals.json"))
+    args = ap.parse_args()
+    out: dict = {"window": args.window, "runs": {}}
+    for scale, root in SCALES.items():
+        for arm in args.arms:
+            for path in sorted((root / arm).glob("seed*.json")):
+                run = json.loads(path.read_text())
+                if not run.get("rows"):
+                    continue
+                row = replay_run(run, args.window)
+                out["runs"][f"{scale}/{arm}/{path.stem}"] = row
+                last = row["last"] or {}
+                print(f"{scale}/{arm}/{path.stem}: fired at {row['fired_at']}; last window: "
+                      f"λ {100 * last.get('lambda_change', 0):+.1f}%, S {100 * last.get('s_error_or_trend', 0):+.1f}%, "
+                      f"loss {100 * last.get('loss_change_per_100', 0):+.1f}%/100 steps; held-out {row['heldout_curve']}")
+    atomic_write_json(args.out, out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
