@@ -11,6 +11,8 @@ projections LoRA adapts, on Shakespeare text (the fine-tuning domain, no validat
   token's weight gradient is outer(output grad, input), so its squared norm is |grad|^2 |input|^2, taken from
   one backward pass per batch: it counts the later tokens' share of each output gradient too, an overestimate
   of the same kind on both models);
+* `plain_change_rms`: the RMS of plain LoRA's learned change at the end of the harness's budget (an empirical-Bayes
+  scale read off the unregularized fit, mean over its seeds: final ||dW|| / sqrt(entries));
 * `best_sigma`: the sigma the harness's fixed-lambda grid (sigma 0.01) picked on validation at the main size,
   as an equivalent lambda-1 prior: 0.01 / sqrt(lambda_best).
 
@@ -91,6 +93,14 @@ def best_sigma_real() -> tuple[float, str]:
     return 0.01 / math.sqrt(lam), f"fixed λ {lam:g} (σ 0.01), best on validation at 18k tokens"
 
 
+def plain_change_rms(runs: Path, entries: int) -> float:
+    """Mean over seeds of the unregularized run's final ||dW|| / sqrt(entries) (the harness's main size)."""
+    norms = [json.loads(p.read_text())["final"]["dw_norm"] for p in sorted((runs / "unregularized").glob("seed*.json"))]
+    if not norms:
+        raise SystemExit(f"no unregularized runs under {runs}: run the harness first")
+    return sum(norms) / len(norms) / math.sqrt(entries)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=16, help="Shakespeare blocks of 128 tokens (default: %(default)s)")
@@ -101,9 +111,13 @@ def main() -> None:
     from scu.models.tiny import cached_base
 
     rows = {}
-    for name, path, best in (("tiny harness base", cached_base(SCALES["cpu"].base, progress=False), best_sigma_tiny()),
-                             ("SmolLM2-135M, dequantized Q4_1", dense_dir(smollm2_gguf()), best_sigma_real())):
+    for name, path, best, runs in (
+        ("tiny harness base", cached_base(SCALES["cpu"].base, progress=False), best_sigma_tiny(), RESULTS / "scu_vs_baselines" / "runs"),
+        ("SmolLM2-135M, dequantized Q4_1", dense_dir(smollm2_gguf()), best_sigma_real(), RESULTS / "scu_vs_baselines_real" / "runs"),
+    ):
         row = scales_of(Path(path), args.blocks)
+        row["plain_change_rms"] = plain_change_rms(runs, row["entries"])
+        row["plain_change_rms_over_best"] = row["plain_change_rms"] / best[0]
         row["best_sigma"], row["best_from"] = best
         row["weight_rms_over_best"] = row["weight_rms"] / row["best_sigma"]
         row["fisher_sigma_over_best"] = row["fisher_sigma"] / row["best_sigma"]
