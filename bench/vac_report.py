@@ -110,6 +110,12 @@ def artifact_tables(a: dict) -> list[str]:
     return out
 
 
+def ppl_text(ppl: float, best: float | None) -> str:
+    """PPL to one decimal (thousands separated above 1,000), bold where it is the row group's lowest."""
+    text = f"{ppl:,.0f}" if ppl >= 1000 else f"{ppl:.1f}"
+    return f"**{text}**" if ppl == best else text
+
+
 def cells(directory: Path) -> dict[tuple[float, str], dict]:
     """The (ratio, method) cells of one `vac_quality --model smollm2` directory, and its dense row under (1.0, 'dense')."""
     out = {}
@@ -140,17 +146,12 @@ def smollm2_tables(before_dir: Path, after_dir: Path | None) -> list[str]:
         best_after = min((after[k]["ppl_after"] for k in row_keys if k in after), default=None)
         for key in sorted(row_keys, key=lambda k: before[k]["ppl_before"], reverse=True):
             r = before[key]
-            ppl = f"{r['ppl_before']:.1f}"
             line = (f"| {ratio} | {LABELS.get(r['method'], r['method'])} | {r['linear_ratio']:.4f} | "
-                    f"{f'**{ppl}**' if r['ppl_before'] == best_before else ppl} | {r['compress_cpu_s']:.0f} |")
+                    f"{ppl_text(r['ppl_before'], best_before)} | {r['compress_cpu_s']:.0f} |")
             if after:
                 a = after.get(key)
-                if a is None:
-                    line += " not run | |"
-                else:
-                    ppl = f"{a['ppl_after']:.1f}"
-                    line += f" {f'**{ppl}**' if a['ppl_after'] == best_after else ppl} | {a['recover_cpu_s']:.0f} |" if "recover_cpu_s" in a \
-                        else f" {f'**{ppl}**' if a['ppl_after'] == best_after else ppl} | {a['recover_s']:.0f} (wall) |"
+                cpu = f"{a['recover_cpu_s']:.0f}" if a and "recover_cpu_s" in a else f"{a['recover_s']:.0f} (wall)" if a else ""
+                line += f" {ppl_text(a['ppl_after'], best_after)} | {cpu} |" if a else " not run | |"
             out.append(line)
     return out
 
