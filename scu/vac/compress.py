@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -129,14 +130,46 @@ def _with_fisher(stats: dict[str, LinearStats], fisher: dict[str, LinearStats]) 
     return stats
 
 
+@dataclass
+class DenseStatistics:
+    """The dense model's statistics that `vac`'s allocation reads: Fisher and every layer's activations.
+
+    They do not depend on how a candidate compresses, so a search measures them once and shares them
+    (about 1 GB in float64 for SmolLM2-135M; plain `compress` streams them layer by layer instead).
+    """
+
+    fisher: dict[str, LinearStats]
+    layers: list[dict[str, LinearStats]]  # per decoder layer, with the Fisher merged in
+
+
+def dense_layer_statistics(
+    model: nn.Module, batches: torch.Tensor, fisher: dict[str, LinearStats], verbose: bool = False,
+) -> Iterator[dict[str, LinearStats]]:
+    """Each decoder layer's dense activation statistics (Fisher merged in), one pass over cached layer inputs."""
+    layers = decoder_layers(model)
+    inputs = LayerInputs(layers, *embed(model, batches))
+    for i in tqdm(range(len(layers)), desc="vac: allocation statistics", unit="layer", leave=False, disable=not verbose):
+        stats, outputs = layer_statistics(layers[i], layer_linears(model, i), inputs.get(i), inputs.kwargs)
+        inputs.put(i + 1, outputs)
+        inputs.keep([i + 1])
+        yield _with_fisher(stats, fisher)
+
+
+def dense_statistics(model: nn.Module, batches: torch.Tensor, verbose: bool = False) -> DenseStatistics:
+    """All of `vac`'s dense statistics, held in memory for sharing across compressions of the same model."""
+    fisher = fisher_statistics(model, batches, verbose)
+    return DenseStatistics(fisher, list(dense_layer_statistics(model, batches, fisher, verbose)))
+
+
 def plan_ranks(
     model: nn.Module, batches: torch.Tensor, spec: CompressSpec, fisher: dict[str, LinearStats] | None = None,
-    verbose: bool = False,
+    verbose: bool = False, layer_stats: Iterable[dict[str, LinearStats]] | None = None,
 ) -> tuple[dict, float | None]:
     """Ranks for every decoder linear layer (and the total predicted cost for `vac`).
 
     `vac` needs the dense model's statistics of every layer: the Fisher (`fisher`, measured here if not
-    given) and one pass of each layer over its cached inputs for the activations.
+    given) and one pass of each layer over its cached inputs for the activations (`layer_stats`, when
+    already measured).
     """
     linears = all_linears(model)
     if not linears:
@@ -145,16 +178,12 @@ def plan_ranks(
     budget = math.floor(sum(m.dense_params for m in matrices) / spec.ratio)
     if spec.method != "vac":
         return uniform_ranks(matrices, budget), None
-    if fisher is None:
-        fisher = fisher_statistics(model, batches, verbose)
-    layers = decoder_layers(model)
-    inputs = LayerInputs(layers, *embed(model, batches))
+    if layer_stats is None:
+        fisher = fisher if fisher is not None else fisher_statistics(model, batches, verbose)
+        layer_stats = dense_layer_statistics(model, batches, fisher, verbose)
     candidates, costs = [], []
-    for i in tqdm(range(len(layers)), desc="vac: allocation statistics", unit="layer", leave=False, disable=not verbose):
-        stats, outputs = layer_statistics(layers[i], layer_linears(model, i), inputs.get(i), inputs.kwargs)
-        inputs.put(i + 1, outputs)
-        inputs.keep([i + 1])
-        for name, s in _with_fisher(stats, fisher).items():
+    for stats in layer_stats:
+        for name, s in stats.items():
             lin = linears[name]
             m = Matrix(name, lin.out_features, lin.in_features)
             floor = spec.attn_floor if is_attention(name) else spec.mlp_floor
@@ -228,8 +257,13 @@ def factorize_layers(
     return seconds
 
 
-def compress(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbose: bool = False) -> CompressResult:
-    """Compress `model` in place to `spec.ratio` on its decoder linear layers; see the module docstring."""
+def compress(
+    model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbose: bool = False, dense: DenseStatistics | None = None,
+) -> CompressResult:
+    """Compress `model` in place to `spec.ratio` on its decoder linear layers; see the module docstring.
+
+    `dense`: this model's dense statistics measured on these `batches` (`dense_statistics`), when already at hand.
+    """
     spec.validate()
     dense_total = unique_param_count(model)
     matrices = [Matrix(n, m.out_features, m.in_features) for n, m in all_linears(model).items()]
@@ -237,9 +271,12 @@ def compress(model: nn.Module, batches: torch.Tensor, spec: CompressSpec, verbos
     model.eval()
     try:
         start = time.perf_counter()
-        fisher = fisher_statistics(model, batches, verbose) if spec.method in NEEDS_FISHER else {}
+        if dense is not None:
+            fisher = dense.fisher
+        else:
+            fisher = fisher_statistics(model, batches, verbose) if spec.method in NEEDS_FISHER else {}
         fisher_s = time.perf_counter() - start
-        ranks, predicted = plan_ranks(model, batches, spec, fisher, verbose)
+        ranks, predicted = plan_ranks(model, batches, spec, fisher, verbose, dense.layers if dense is not None else None)
         plan_s = time.perf_counter() - start - fisher_s
         achieved = linear_ratio(matrices, ranks)
         check_ratio(achieved, spec.ratio)

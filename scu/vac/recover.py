@@ -65,14 +65,45 @@ def kd_loss(
     return kl + nll_weight * nll, {"kl": kl_value, "nll": nll_value}
 
 
+TEACHER_CACHE_BYTES = 4 << 30  # the teacher's logits on the recovery blocks are kept when they fit in this
+
+
+class TeacherLogits:
+    """The frozen teacher's logits on a fixed set of blocks [n, T], computed once when they fit in memory.
+
+    Recovery revisits a few calibration blocks every step and the teacher never changes, so recomputing
+    its forward pass was a quarter of each step; above `max_bytes` they are computed per call instead.
+    """
+
+    def __init__(self, teacher: nn.Module, blocks: torch.Tensor, max_bytes: int | None = None, batch_size: int = 16):
+        self.teacher, self.blocks = teacher.eval(), blocks
+        self.cache: torch.Tensor | None = None
+        limit = TEACHER_CACHE_BYTES if max_bytes is None else max_bytes
+        first = self._forward(torch.arange(min(batch_size, len(blocks))))
+        if first.numel() * first.element_size() * len(blocks) / len(first) <= limit:
+            rest = [self._forward(torch.arange(i, min(i + batch_size, len(blocks)))) for i in range(len(first), len(blocks), batch_size)]
+            self.cache = torch.cat([first, *rest])
+
+    @torch.no_grad()
+    def _forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.teacher(input_ids=self.blocks[idx]).logits
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.cache[idx] if self.cache is not None else self._forward(idx)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
 @torch.no_grad()
-def heldout_kl(student: nn.Module, teacher: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean per-token KL(teacher || student) over `blocks` [n, T]."""
+def heldout_kl(student: nn.Module, teacher: TeacherLogits, batch_size: int = 16) -> float:
+    """Mean per-token KL(teacher || student) over the teacher's blocks."""
     total = 0.0
-    for i in range(0, len(blocks), batch_size):
-        ids = blocks[i : i + batch_size]
-        total += kd_loss(student(input_ids=ids).logits, teacher(input_ids=ids).logits, ids, 0.0)[1]["kl"] * len(ids)
-    return total / len(blocks)
+    for i in range(0, len(teacher), batch_size):
+        idx = torch.arange(i, min(i + batch_size, len(teacher)))
+        ids = teacher.blocks[idx]
+        total += kd_loss(student(input_ids=ids).logits, teacher(idx), ids, 0.0)[1]["kl"] * len(ids)
+    return total / len(teacher)
 
 
 def kept_row(history: list[dict]) -> dict:
@@ -134,7 +165,8 @@ def recover(
                 named[f"{name}.{pname}"] = p
     groups = _param_groups(named, spec)
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
-    teacher.eval()
+    train_teacher = TeacherLogits(teacher, blocks)
+    heldout_teacher = TeacherLogits(teacher, heldout) if heldout is not None else None
     model.train()
     gen = torch.Generator().manual_seed(spec.seed)
     warmup = max(1, spec.steps // 20)
@@ -144,7 +176,7 @@ def recover(
     def select(row: dict) -> None:
         nonlocal best
         model.eval()
-        row["heldout_kl"] = heldout_kl(model, teacher, heldout)
+        row["heldout_kl"] = heldout_kl(model, heldout_teacher)
         model.train()
         if best is None or row["heldout_kl"] < best[0]:
             best = (row["heldout_kl"], row["step"], [p.detach().clone() for p in named.values()])
@@ -155,10 +187,9 @@ def recover(
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / spec.steps))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * scale
-        ids = blocks[torch.randint(0, len(blocks), (spec.batch_size,), generator=gen)]
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids).logits
-        loss, parts = kd_loss(model(input_ids=ids).logits, t_logits, ids, spec.nll_weight)
+        idx = torch.randint(0, len(blocks), (spec.batch_size,), generator=gen)
+        ids = blocks[idx]
+        loss, parts = kd_loss(model(input_ids=ids).logits, train_teacher(idx), ids, spec.nll_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()

@@ -4,7 +4,8 @@ A genome is (order, fisher_exponent, one log2 cost multiplier per projection kin
 a full `vac` compression of a fresh copy of the dense model with that genome, so the knapsack puts
 every candidate on the target ratio (checked; each candidate's achieved ratio is recorded). Fitness
 is the mean NLL on held-out *calibration* documents, never on evaluation text. The first candidate
-is the unsearched default, so the search can only improve on it (on the held-out data).
+is the unsearched default, so the search can only improve on it (on the held-out data). The dense
+model's Fisher and activation statistics are measured once and shared by every candidate.
 
 Steady state: after an initial population, each evaluation breeds one child from two tournament
 winners (uniform crossover, Gaussian mutation) until the budget of evaluations is spent.
@@ -23,7 +24,7 @@ from torch import nn
 
 from scu import ScuError
 from scu.vac.choices import ORDERS
-from scu.vac.compress import CompressResult, CompressSpec, all_linears, component, compress
+from scu.vac.compress import CompressResult, CompressSpec, all_linears, component, compress, dense_statistics
 from scu.vac.evaluate import window_nll
 
 WEIGHT_RANGE = 3.0
@@ -81,7 +82,9 @@ def evolve(
     if budget < 1:
         raise ScuError("--budget must be at least 1 evaluation")
     rng = random.Random(seed)
-    kinds = sorted({component(n) for n in all_linears(make_model())})
+    model = make_model()
+    kinds = sorted({component(n) for n in all_linears(model)})
+    dense = dense_statistics(model, calib, verbose)  # shared: no candidate changes the dense model's statistics
     history: list[Candidate] = []
     best_model, best = None, None
     for i in range(budget):
@@ -92,8 +95,8 @@ def evolve(
         else:
             parents = [min(rng.sample(history, min(2, len(history))), key=lambda c: c.heldout_nll) for _ in range(2)]
             spec = _child(parents[0].spec, parents[1].spec, kinds, rng)
-        model = make_model()
-        result = compress(model, calib, spec)
+        model = model if i == 0 else make_model()
+        result = compress(model, calib, spec, dense=dense)
         nll, tokens = window_nll(model, heldout.reshape(-1), heldout.shape[1])
         cand = Candidate(spec, nll / tokens, result)
         history.append(cand)

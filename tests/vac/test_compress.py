@@ -61,3 +61,19 @@ def test_statistics_are_recomputed_on_the_partly_compressed_model(fresh, calib):
     q0, q1 = "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"
     assert torch.allclose(f[q0].up.weight, b[q0].up.weight, atol=1e-5)
     assert not torch.allclose(f[q1].up.weight, b[q1].up.weight, atol=1e-3)
+
+
+def test_shared_dense_statistics_give_the_compression_measured_afresh(fresh, calib):
+    """The search measures the dense statistics once for all candidates: no candidate's result may change."""
+    from scu.vac.compress import dense_statistics
+
+    shared = dense_statistics(fresh(), calib)
+    specs = [CompressSpec(method="vac", ratio=1.6),
+             CompressSpec(method="vac", ratio=1.6, order="back", fisher_exponent=0.8, component_weights={"q_proj": 1.5})]
+    for spec in specs:  # the second candidate reuses what the first one read
+        afresh, reused = fresh(), fresh()
+        a, b = compress(afresh, calib, spec), compress(reused, calib, spec, dense=shared)
+        assert a.ranks == b.ranks and a.predicted_cost == pytest.approx(b.predicted_cost, rel=1e-9)
+        for (name, p), q in zip(afresh.state_dict().items(), reused.state_dict().values()):
+            assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), name
+    assert specs[0].fisher_exponent != specs[1].fisher_exponent and a.ranks != compress(fresh(), calib, specs[0]).ranks

@@ -97,9 +97,31 @@ def test_recovery_moves_the_student_toward_the_teacher_and_keeps_the_shapes(fres
     assert kl() < before
 
 
+def test_cached_teacher_logits_change_no_recovery_result(fresh, calib, monkeypatch):
+    """Caching the frozen teacher's logits (the SmolLM2 speed-up) gives the run that recomputing them gives."""
+    from scu.vac import recover as recover_module
+    from scu.vac.compress import compress
+
+    runs = []
+    for limit in (recover_module.TEACHER_CACHE_BYTES, 0):
+        monkeypatch.setattr(recover_module, "TEACHER_CACHE_BYTES", limit)
+        student, teacher = fresh(), fresh()
+        compress(student, calib, CompressSpec(method="svd", ratio=2.0))
+        assert (recover_module.TeacherLogits(teacher, calib).cache is not None) == (limit > 0)
+        spec = RecoverSpec(mode="kd", steps=6, lr=2e-4, batch_size=4, select_every=3)
+        runs.append(recover_module.recover(student, teacher, calib[:6], spec, heldout=calib[6:]))
+    (cached, h_cached), (fresh_run, h_fresh) = runs
+    assert [r["step"] for r in h_cached] == [r["step"] for r in h_fresh]
+    for a, b in zip(h_cached[1:], h_fresh[1:]):
+        assert a["kl"] == pytest.approx(b["kl"], rel=1e-4, abs=1e-6)
+        assert a.get("heldout_kl", 0) == pytest.approx(b.get("heldout_kl", 0), rel=1e-4, abs=1e-6)
+    for (name, p), q in zip(cached.state_dict().items(), fresh_run.state_dict().values()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+
+
 def test_recovery_keeps_the_state_with_the_lowest_heldout_kl(fresh, calib):
     from scu.vac.compress import compress
-    from scu.vac.recover import heldout_kl
+    from scu.vac.recover import TeacherLogits, heldout_kl
 
     student, teacher = fresh(), fresh()
     compress(student, calib, CompressSpec(method="svd", ratio=2.0))
@@ -112,6 +134,6 @@ def test_recovery_keeps_the_state_with_the_lowest_heldout_kl(fresh, calib):
     assert [row["step"] for row in checks] == [0, 4, 8, 12]
     chosen = [row for row in history if row.get("selected")]
     assert len(chosen) == 1 and chosen[0]["heldout_kl"] == min(row["heldout_kl"] for row in checks)
-    assert heldout_kl(student, teacher, heldout) == pytest.approx(chosen[0]["heldout_kl"], rel=1e-5)
+    assert heldout_kl(student, TeacherLogits(teacher, heldout)) == pytest.approx(chosen[0]["heldout_kl"], rel=1e-5)
     if chosen[0]["step"] == 0:  # nothing helped: the student is exactly the compressed model it started as
         assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
