@@ -54,9 +54,13 @@ SYMPTOM_FACTORS: dict[str, tuple[str, float, str]] = {
 # and never more passes over the data than MAX_EPOCHS unless --epochs asks: the guide's 500-step
 # floor alone planned about 220 epochs of a 72k-token dataset, which fits the text, not the task.
 MIN_STEPS, MAX_STEPS = 500, 1500
-# Without --vram the plan's CPU time is estimated, and cut to --cpu-minutes when given. Throughput: SmolLM2-135M (dequantized Q4_1), LoRA r 8 on
-# every projection, fp32, one idle thread of this project's 2-core CI-class machine: 4 x 128 tokens a step in
-# about 3 s (docs/real-model.md saw 4.6-9.1 s with both cores shared), so 6 x params x tokens / 3 s = 1.4e11 FLOP/s.
+# Without --vram the plan's CPU time is estimated, and cut to --cpu-minutes when given. A step costs
+# (6 x params + ATTENTION_FLOPS x layers x block x hidden) FLOPs per token: attention's share grows with the
+# block. By FLOP count that coefficient is 12; fitted to SmolLM2-135M (dequantized Q4_1, LoRA r 8 on every
+# projection, fp32, one thread) at blocks 128, 512 and 2048 it is 13.7: per token a 2048-token block was 1.53x as
+# slow as a 128-token one (python -m bench.cpu_step_time, bench/results/cpu_step_time.json). Throughput: 4 x 128 tokens a step in about 3 s on one
+# idle thread of this project's 2-core CI-class machine (docs/real-model.md saw 4.6-9.1 s with both cores shared).
+ATTENTION_FLOPS = 14
 CPU_FLOPS = 1.4e11
 MAX_EPOCHS = 3.0
 # What the guide's S* table costs, measured (docs/benchmarks.md, "Real model"): SmolLM2-135M (dequantized Q4_1),
@@ -443,7 +447,7 @@ def suggest(
     block = _block_size(info, block_size, reasons)
     plan = _steps(tokens, epochs, *_batch_row(vram_gb, reasons), block, reasons, warnings)
     if vram_gb is None:
-        plan = _cpu_budget(plan, info.params, block, cpu_minutes, reasons, warnings)
+        plan = _cpu_budget(plan, cpu_step_seconds(info, plan.batch * plan.accum, block), cpu_minutes, reasons, warnings)
     hw = _hardware(info, rank, vram_gb, plan.batch, block, reasons, warnings)
 
     if data is None:
@@ -607,12 +611,16 @@ def _steps(tokens: float | None, epochs: float, batch: int, accum: int, block: i
     return _Plan(batch, accum, steps, warmup)
 
 
-def _cpu_budget(plan: _Plan, params: int, block: int, minutes: float | None, reasons: list[str],
-                warnings: list[str]) -> _Plan:
-    """The plan's time on one CPU thread (estimated from CPU_FLOPS); with `minutes`, fewer steps to fit it."""
+def cpu_step_seconds(info: ModelInfo, sequences: int, block: int) -> float:
+    """Estimated seconds of one LoRA step of `sequences` x `block` tokens on one idle CPU thread (see CPU_FLOPS)."""
+    per_token = 6 * info.params + ATTENTION_FLOPS * info.layers * block * info.hidden
+    return per_token * sequences * block / CPU_FLOPS
+
+
+def _cpu_budget(plan: _Plan, step_s: float, minutes: float | None, reasons: list[str], warnings: list[str]) -> _Plan:
+    """The plan's time on one CPU thread at `step_s` seconds a step; with `minutes`, fewer steps to fit it."""
     if minutes is not None and not 0 < minutes < math.inf:
         raise ScuError(f"--cpu-minutes must be a positive, finite number (got {minutes:g}), e.g. --cpu-minutes 30")
-    step_s = 6 * params * plan.batch * plan.accum * block / CPU_FLOPS
     if minutes is None or plan.steps * step_s <= minutes * 60:
         hint = "" if minutes is not None else "; --cpu-minutes M cuts the plan to fit M minutes"
         reasons.append(f"time: about {plan.steps * step_s / 60:.0f} min on one CPU thread (est. {step_s:.1f} s a step{hint})")
@@ -621,8 +629,10 @@ def _cpu_budget(plan: _Plan, params: int, block: int, minutes: float | None, rea
     warnings.append(f"on CPU the plan's {plan.steps} steps would take about {plan.steps * step_s / 60:.0f} min "
                     f"(est. {step_s:.1f} s a step on one thread); planning {fits} steps to fit --cpu-minutes {minutes:g}; "
                     "pass --vram GB for a GPU plan, or a larger --cpu-minutes")
-    reasons.append(f"time: {fits} steps fit {minutes:g} min on one CPU thread (est. {step_s:.1f} s a step)")
-    return _Plan(plan.batch, plan.accum, fits, max(1, round(WARMUP_FRACTION * fits)))
+    warmup = max(1, round(WARMUP_FRACTION * fits))
+    reasons.append(f"time: {fits} steps fit {minutes:g} min on one CPU thread (est. {step_s:.1f} s a step); "
+                   f"warm-up cut to {warmup} steps (10%)")
+    return _Plan(plan.batch, plan.accum, fits, warmup)
 
 
 def _category_range(category: str) -> str:

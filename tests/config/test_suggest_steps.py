@@ -84,16 +84,28 @@ def test_bad_epochs_is_a_one_line_user_error(epochs, capsys):
 
 @pytest.mark.parametrize("minutes", [5.0, 30.0])
 def test_cpu_plan_fits_its_time_budget_and_says_so(minutes):
-    """Without --vram the plan is for a CPU: its estimated time (6·params·tokens / CPU_FLOPS) fits --cpu-minutes."""
-    from scu.config.smart import CPU_FLOPS
+    """Without --vram the plan is for a CPU: its estimated time fits --cpu-minutes."""
+    from scu.config.smart import cpu_step_seconds, model_from_params
 
     s = suggest(params=135e6, tokens=340_000, cpu_minutes=minutes)
     t = s.config.training
-    est_min = 6 * 135e6 * t.batch_size * t.gradient_accumulation * t.block_size * t.steps / CPU_FLOPS / 60
-    assert est_min <= minutes
+    est_min = cpu_step_seconds(model_from_params(135_000_000), t.batch_size * t.gradient_accumulation, t.block_size) * t.steps / 60
+    assert minutes * 0.9 <= est_min <= minutes
     assert any("--cpu-minutes" in w for w in s.warnings)
     uncut = suggest(params=135e6, tokens=340_000)  # without --cpu-minutes the estimate is only printed
     assert uncut.config.training.steps > t.steps and not any("--cpu-minutes" in w for w in uncut.warnings)
     assert any(r.startswith("time: about") for r in uncut.reasons)
     with pytest.raises(ScuError, match="--cpu-minutes"):
         suggest(params=135e6, tokens=340_000, cpu_minutes=0)
+
+
+def test_cpu_step_estimate_charges_long_blocks_for_attention():
+    """Same tokens a step, longer block: dearer per token (measured on SmolLM2-135M: 1.53x from 128 to 2048)."""
+    from dataclasses import replace
+
+    from scu.config.smart import cpu_step_seconds, model_from_params
+
+    info = replace(model_from_params(134_515_008), layers=30, hidden=576)  # SmolLM2-135M's shape
+    short, long = cpu_step_seconds(info, 16, 128), cpu_step_seconds(info, 1, 2048)
+    assert 1.4 < long / short < 1.8
+    assert cpu_step_seconds(info, 4, 128) == pytest.approx(3.0, rel=0.25)  # the measured idle-thread anchor
