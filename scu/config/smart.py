@@ -56,12 +56,12 @@ SYMPTOM_FACTORS: dict[str, tuple[str, float, str]] = {
 MIN_STEPS, MAX_STEPS = 500, 1500
 # Without --vram the plan's CPU time is estimated, and cut to --cpu-minutes when given. A step costs
 # (6 x params + ATTENTION_FLOPS x layers x block x hidden) FLOPs per token: attention's share grows with the
-# block. By FLOP count that coefficient is 12; fitted to SmolLM2-135M (dequantized Q4_1, LoRA r 8 on every
-# projection, fp32, one thread) at blocks 128, 512 and 2048 it is 13.7: per token a 2048-token block was 1.53x as
-# slow as a 128-token one (python -m bench.cpu_step_time, bench/results/cpu_step_time.json). Throughput: 4 x 128 tokens a step in about 3 s on one
-# idle thread of this project's 2-core CI-class machine (docs/real-model.md saw 4.6-9.1 s with both cores shared).
-ATTENTION_FLOPS = 14
-CPU_FLOPS = 1.4e11
+# block. By FLOP count that coefficient is 12; fitted to `scu train` step times of SmolLM2-135M (dequantized Q4_1,
+# the config `scu suggest` writes: LoRA r 8 on every projection, fp32, one thread) at blocks 128, 512 and 2048 it
+# is 12.7 on an idle machine (13.7 with another job on the second core). The rate is from the same idle run:
+# 4 x 128 tokens in 5.9 s, 1 x 2048 in 34.3 s (python -m bench.cpu_step_time, bench/results/cpu_step_time_idle.json).
+ATTENTION_FLOPS = 13
+CPU_FLOPS = 7.3e10
 MAX_EPOCHS = 3.0
 # What the guide's S* table costs, measured (docs/benchmarks.md, "Real model"): SmolLM2-135M (dequantized Q4_1),
 # 18k Shakespeare tokens, 100 steps of 4 x 128, two seeds. Printed wherever `--target guide` is chosen.
