@@ -72,15 +72,14 @@ class TeacherLogits:
     """The frozen teacher's logits on a fixed set of blocks [n, T], computed once when they fit in memory.
 
     Recovery revisits a few calibration blocks every step and the teacher never changes, so recomputing
-    its forward pass was a quarter of each step; above `max_bytes` they are computed per call instead.
+    its forward pass was, by FLOP count, about a quarter of each step; above TEACHER_CACHE_BYTES they are computed per call instead.
     """
 
-    def __init__(self, teacher: nn.Module, blocks: torch.Tensor, max_bytes: int | None = None, batch_size: int = 16):
+    def __init__(self, teacher: nn.Module, blocks: torch.Tensor, batch_size: int = 16):
         self.teacher, self.blocks = teacher.eval(), blocks
         self.cache: torch.Tensor | None = None
-        limit = TEACHER_CACHE_BYTES if max_bytes is None else max_bytes
         first = self._forward(torch.arange(min(batch_size, len(blocks))))
-        if first.numel() * first.element_size() * len(blocks) / len(first) <= limit:
+        if first.numel() * first.element_size() * len(blocks) / len(first) <= TEACHER_CACHE_BYTES:
             rest = [self._forward(torch.arange(i, min(i + batch_size, len(blocks)))) for i in range(len(first), len(blocks), batch_size)]
             self.cache = torch.cat([first, *rest])
 
