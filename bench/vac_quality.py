@@ -52,8 +52,8 @@ def measure_cell(
     start, cpu = time.time(), time.process_time()
     if method == "vac-search":
         model, best, history = evolve(bench.fresh, data["calib"], data["heldout"], CompressSpec("vac", ratio),
-                                      args.search_budget, population=4, verbose=args.progress)
-        result, extra = best.result, {"search": [c.to_json() for c in history]}
+                                      args.search_budget, population=4, verbose=args.progress, workers=args.search_workers)
+        result, extra = best.result, {"search": [c.to_json() for c in history], "search_workers": args.search_workers}
     else:
         model = bench.fresh()
         spec = CompressSpec(method, ratio)
@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--nll-weight", type=float, default=0.0)
     ap.add_argument("--lora-lr", type=float, default=3e-4, help="LoRA adapters start at zero: a higher rate")
     ap.add_argument("--search-budget", type=int, default=8)
+    ap.add_argument("--search-workers", type=int, default=1, help="candidates compressed at once, in threads (default: %(default)s)")
     ap.add_argument("--recover-seed", type=int, default=0, help="batch order of recovery; rows of seeds > 0 are keyed .../seedN")
     ap.add_argument("--methods-only", action="store_true", help="wikitext: skip the VAC variants (kd+nll, lora, search)")
     ap.add_argument("--select", choices=["heldout-kl", "final"], default="heldout-kl",

@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank of --recover lora (default: %(default)s)")
     p.add_argument("--search", action="store_true", help="evolutionary search over order, Fisher exponent, allocation")
     p.add_argument("--budget", type=int, default=12, help="search budget in candidate evaluations (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="search candidates compressed at once, in threads; each holds a copy of the model "
+                   "(2 on a 2-core CPU: docs/vac.md) (default: %(default)s)")
     p.add_argument("--int8", action="store_true", help="store the factors as int8 with per-channel scales")
     p.add_argument("--save-dtype", choices=["float32", "bfloat16", "float16"],
                    help="store the floating-point weights in this dtype, e.g. bfloat16 next to --int8 factors "
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     rspec.validate()
     if args.search and args.method != "vac":
         raise ScuError("--search tunes VAC's allocation; use it with --method vac")
+    if args.workers < 1:
+        raise ScuError(f"--workers must be at least 1 (got {args.workers})")
     out = check_output_dir(args.out)
     calib_docs = load_documents(args.calib)
     eval_docs = load_documents(args.eval) if args.eval else None
@@ -92,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.search:
         from scu.vac.search import evolve
 
-        model, best, history = evolve(make_model, calib, heldout, spec, args.budget, seed=args.seed)
+        model, best, history = evolve(make_model, calib, heldout, spec, args.budget, seed=args.seed, workers=args.workers)
         spec, result = best.spec, best.result
         report["search"] = [c.to_json() for c in history]
     else:

@@ -9,13 +9,18 @@ model's Fisher and activation statistics are measured once and shared by every c
 
 Steady state: after an initial population, each evaluation breeds one child from two tournament
 winners (uniform crossover, Gaussian mutation) until the budget of evaluations is spent.
+
+`workers` > 1 evaluates that many candidates at once, in threads: compression is torch operations that
+release the GIL (decompositions, matmuls), and on a CPU the decompositions use one core each, so two
+candidates at a time use two cores. Candidates are then proposed in rounds of `workers`, each bred from
+the history before its round; with `workers` = 1 that is the serial search above.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -24,7 +29,9 @@ from torch import nn
 
 from scu import ScuError
 from scu.vac.choices import ORDERS
-from scu.vac.compress import CompressResult, CompressSpec, all_linears, component, compress, dense_statistics
+from scu.vac.compress import (
+    CompressResult, CompressSpec, DenseStatistics, all_linears, component, compress, dense_statistics,
+)
 from scu.vac.evaluate import window_nll
 
 WEIGHT_RANGE = 3.0
@@ -66,6 +73,14 @@ def _child(a: CompressSpec, b: CompressSpec, kinds: list[str], rng: random.Rando
     return replace(a, order=order, fisher_exponent=alpha, component_weights=weights)
 
 
+def _evaluate(model: nn.Module, calib: torch.Tensor, heldout: torch.Tensor, spec: CompressSpec,
+              dense: DenseStatistics) -> tuple[nn.Module, Candidate]:
+    """Compress `model` in place with `spec` and score it on the held-out calibration blocks."""
+    result = compress(model, calib, spec, dense=dense)
+    nll, tokens = window_nll(model, heldout.reshape(-1), heldout.shape[1])
+    return model, Candidate(spec, nll / tokens, result)
+
+
 def evolve(
     make_model: Callable[[], nn.Module],
     calib: torch.Tensor,
@@ -75,38 +90,47 @@ def evolve(
     population: int = 4,
     seed: int = 0,
     verbose: bool = True,
+    workers: int = 1,
 ) -> tuple[nn.Module, Candidate, list[Candidate]]:
     """(best compressed model, its candidate, every candidate in evaluation order) within `budget` evaluations."""
     if base.method != "vac":
         raise ScuError("--search tunes VAC's allocation; use it with --method vac")
     if budget < 1:
         raise ScuError("--budget must be at least 1 evaluation")
+    if workers < 1:
+        raise ScuError("--workers must be at least 1")
     rng = random.Random(seed)
-    model = make_model()
-    kinds = sorted({component(n) for n in all_linears(model)})
-    dense = dense_statistics(model, calib, verbose)  # shared: no candidate changes the dense model's statistics
+    first = make_model()
+    kinds = sorted({component(n) for n in all_linears(first)})
+    dense = dense_statistics(first, calib, verbose)  # shared: no candidate changes the dense model's statistics
     history: list[Candidate] = []
     best_model, best = None, None
-    for i in range(budget):
+
+    def propose(i: int) -> CompressSpec:
         if i == 0:
-            spec = replace(base, component_weights={k: 0.0 for k in kinds})
-        elif i < population:
-            spec = _random_spec(base, kinds, rng)
-        else:
-            parents = [min(rng.sample(history, min(2, len(history))), key=lambda c: c.heldout_nll) for _ in range(2)]
-            spec = _child(parents[0].spec, parents[1].spec, kinds, rng)
-        model = model if i == 0 else make_model()
-        result = compress(model, calib, spec, dense=dense)
-        nll, tokens = window_nll(model, heldout.reshape(-1), heldout.shape[1])
-        cand = Candidate(spec, nll / tokens, result)
-        history.append(cand)
-        if best is None or cand.heldout_nll < best.heldout_nll:
-            best, best_model = cand, copy.deepcopy(model)
-        if verbose:
-            print(
-                f"search {i + 1}/{budget}: order={spec.order} fisher_exponent={spec.fisher_exponent:.2f} "
-                f"ratio={result.linear_ratio:.4f} heldout_nll={cand.heldout_nll:.4f} best={best.heldout_nll:.4f}",
-                file=sys.stderr, flush=True,
-            )
-        del model
+            return replace(base, component_weights={k: 0.0 for k in kinds})
+        if i < population:
+            return _random_spec(base, kinds, rng)
+        parents = [min(rng.sample(history, min(2, len(history))), key=lambda c: c.heldout_nll) for _ in range(2)]
+        return _child(parents[0].spec, parents[1].spec, kinds, rng)
+
+    def run(i: int, spec: CompressSpec) -> tuple[nn.Module, Candidate]:
+        return _evaluate(first if i == 0 else make_model(), calib, heldout, spec, dense)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while len(history) < budget:
+            round_ = range(len(history), min(len(history) + workers, budget))
+            specs = [propose(i) for i in round_]  # bred from the history before this round
+            for model, cand in pool.map(run, round_, specs):
+                history.append(cand)
+                if best is None or cand.heldout_nll < best.heldout_nll:
+                    best, best_model = cand, model
+                spec = cand.spec
+                if verbose:
+                    print(
+                        f"search {len(history)}/{budget}: order={spec.order} fisher_exponent={spec.fisher_exponent:.2f} "
+                        f"ratio={cand.result.linear_ratio:.4f} heldout_nll={cand.heldout_nll:.4f} best={best.heldout_nll:.4f}",
+                        file=sys.stderr, flush=True,
+                    )
+                del model
     return best_model, best, history

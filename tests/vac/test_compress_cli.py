@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from scu import ScuError
 from scu.cli import main
 from scu.data.builtin import pydoc_topics, stdlib_code
 from scu.vac.compress import CompressSpec
@@ -137,3 +138,20 @@ def test_recovery_keeps_the_state_with_the_lowest_heldout_kl(fresh, calib):
     assert heldout_kl(student, TeacherLogits(teacher, heldout)) == pytest.approx(chosen[0]["heldout_kl"], rel=1e-5)
     if chosen[0]["step"] == 0:  # nothing helped: the student is exactly the compressed model it started as
         assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def test_parallel_search_scores_the_candidates_a_serial_one_scores(fresh, calib):
+    """Within the initial population the proposals do not depend on results, so two workers at once must give
+    the serial search's candidates, scores and best weights: the threads share nothing that changes a result."""
+    heldout, spec = calib[-2:], CompressSpec(method="vac", ratio=1.6)
+    runs = [evolve(fresh, calib[:-2], heldout, spec, budget=3, population=4, verbose=False, workers=w) for w in (1, 2)]
+    (serial_model, serial_best, serial), (parallel_model, parallel_best, parallel) = runs
+    assert [c.to_json() for c in parallel] == [c.to_json() for c in serial]
+    assert parallel_best.spec == serial_best.spec
+    for (name, a), b in zip(serial_model.state_dict().items(), parallel_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_search_refuses_zero_workers(fresh, calib):
+    with pytest.raises(ScuError, match="--workers"):
+        evolve(fresh, calib[:-2], calib[-2:], CompressSpec(method="vac", ratio=1.6), budget=2, workers=0)
