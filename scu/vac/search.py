@@ -11,9 +11,9 @@ Steady state: after an initial population, each evaluation breeds one child from
 winners (uniform crossover, Gaussian mutation) until the budget of evaluations is spent.
 
 `workers` > 1 evaluates that many candidates at once, in threads: compression is torch operations that
-release the GIL (decompositions, matmuls), and on a CPU the decompositions use one core each, so two
-candidates at a time use two cores. Candidates are then proposed in rounds of `workers`, each bred from
-the history before its round; with `workers` = 1 that is the serial search above.
+release the GIL (decompositions, matmuls), so W candidates at a time keep W cores busy. Candidates are
+then proposed in rounds of `workers`, each bred from the history before its round; with `workers` = 1
+that is the serial search above.
 """
 
 from __future__ import annotations
