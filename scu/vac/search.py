@@ -114,14 +114,15 @@ def evolve(
         parents = [min(rng.sample(history, min(2, len(history))), key=lambda c: c.heldout_nll) for _ in range(2)]
         return _child(parents[0].spec, parents[1].spec, kinds, rng)
 
-    def run(i: int, spec: CompressSpec) -> tuple[nn.Module, Candidate]:
-        return _evaluate(first if i == 0 else make_model(), calib, heldout, spec, dense)
+    def run(model: nn.Module, spec: CompressSpec) -> tuple[nn.Module, Candidate]:
+        return _evaluate(model, calib, heldout, spec, dense)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while len(history) < budget:
             round_ = range(len(history), min(len(history) + workers, budget))
             specs = [propose(i) for i in round_]  # bred from the history before this round
-            for model, cand in pool.map(run, round_, specs):
+            models = [first if i == 0 else make_model() for i in round_]  # loaded here: loading is not thread-safe
+            for model, cand in pool.map(run, models, specs):
                 history.append(cand)
                 if best is None or cand.heldout_nll < best.heldout_nll:
                     best, best_model = cand, model
@@ -132,5 +133,5 @@ def evolve(
                         f"ratio={cand.result.linear_ratio:.4f} heldout_nll={cand.heldout_nll:.4f} best={best.heldout_nll:.4f}",
                         file=sys.stderr, flush=True,
                     )
-                del model
+            del models, model  # only the best candidate's model outlives its round
     return best_model, best, history
