@@ -152,6 +152,23 @@ def test_parallel_search_scores_the_candidates_a_serial_one_scores(fresh, calib)
         assert torch.equal(a, b), name
 
 
-def test_search_refuses_zero_workers(fresh, calib):
-    with pytest.raises(ScuError, match="--workers"):
-        evolve(fresh, calib[:-2], calib[-2:], CompressSpec(method="vac", ratio=1.6), budget=2, workers=0)
+def test_compress_search_with_two_workers_records_every_candidate(tiny_base, texts, tmp_path):
+    calib, evaluation = texts
+    out = tmp_path / "out"
+    code = main(["compress", "--model", str(tiny_base), "--method", "vac", "--ratio", "1.5", "--calib", str(calib),
+                 "--out", str(out), "--calib-samples", "6", "--seq-len", "64", "--recover", "none",
+                 "--search", "--budget", "3", "--workers", "2"])
+    assert code == 0
+    report = json.loads((out / "compress_report.json").read_text())
+    assert len(report["search"]) == 3
+    assert report["spec"]["order"] == min(report["search"], key=lambda c: c["heldout_nll"])["order"]
+
+
+def test_compress_refuses_zero_workers_in_one_line_before_loading(texts, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["compress", "--model", str(tmp_path / "no-such-model"), "--method", "vac", "--ratio", "1.5",
+                 "--calib", str(texts[0]), "--out", str(out), "--search", "--workers", "0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers must be at least 1" in err[0]
+    assert not out.exists()
