@@ -72,7 +72,8 @@ class TeacherLogits:
     """The frozen teacher's logits on a fixed set of blocks [n, T], computed once when they fit in memory.
 
     Recovery revisits a few calibration blocks every step and the teacher never changes, so recomputing
-    its forward pass was, by FLOP count, about a quarter of each step; above TEACHER_CACHE_BYTES they are computed per call instead.
+    its forward pass was, by FLOP count, about a quarter of each step; above TEACHER_CACHE_BYTES they are
+    computed per call instead.
     """
 
     def __init__(self, teacher: nn.Module, blocks: torch.Tensor, batch_size: int = 16):

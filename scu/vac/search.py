@@ -29,9 +29,7 @@ from torch import nn
 
 from scu import ScuError
 from scu.vac.choices import ORDERS
-from scu.vac.compress import (
-    CompressResult, CompressSpec, DenseStatistics, all_linears, component, compress, dense_statistics,
-)
+from scu.vac.compress import CompressResult, CompressSpec, all_linears, component, compress, dense_statistics
 from scu.vac.evaluate import window_nll
 
 WEIGHT_RANGE = 3.0
@@ -73,14 +71,6 @@ def _child(a: CompressSpec, b: CompressSpec, kinds: list[str], rng: random.Rando
     return replace(a, order=order, fisher_exponent=alpha, component_weights=weights)
 
 
-def _evaluate(model: nn.Module, calib: torch.Tensor, heldout: torch.Tensor, spec: CompressSpec,
-              dense: DenseStatistics) -> tuple[nn.Module, Candidate]:
-    """Compress `model` in place with `spec` and score it on the held-out calibration blocks."""
-    result = compress(model, calib, spec, dense=dense)
-    nll, tokens = window_nll(model, heldout.reshape(-1), heldout.shape[1])
-    return model, Candidate(spec, nll / tokens, result)
-
-
 def evolve(
     make_model: Callable[[], nn.Module],
     calib: torch.Tensor,
@@ -115,13 +105,16 @@ def evolve(
         return _child(parents[0].spec, parents[1].spec, kinds, rng)
 
     def run(model: nn.Module, spec: CompressSpec) -> tuple[nn.Module, Candidate]:
-        return _evaluate(model, calib, heldout, spec, dense)
+        """Compress `model` in place with `spec` and score it on the held-out calibration blocks."""
+        result = compress(model, calib, spec, dense=dense)
+        nll, tokens = window_nll(model, heldout.reshape(-1), heldout.shape[1])
+        return model, Candidate(spec, nll / tokens, result)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while len(history) < budget:
             round_ = range(len(history), min(len(history) + workers, budget))
             specs = [propose(i) for i in round_]  # bred from the history before this round
-            models = [first if i == 0 else make_model() for i in round_]  # loaded here: loading is not thread-safe
+            models = [first if i == 0 else make_model() for i in round_]  # loaded in this thread: from_pretrained is not made to run concurrently
             for model, cand in pool.map(run, models, specs):
                 history.append(cand)
                 if best is None or cand.heldout_nll < best.heldout_nll:
