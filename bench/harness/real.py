@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.harness.runner import Job
 
-LAMBDAS = (1e-3, 1e-2, 0.1, 1.0)  # σ 0.01; `target_s: auto` (λ 1 at σ = RMS of the base weights) sits near 2.7e-3
+LAMBDAS = (1e-2, 0.1, 1.0, 10.0)  # σ 0.01; 3 decades around λ 1, the best of a 1e-3 … 1 grid in the first full run
 DROPOUTS = (0.1, 0.3)
 HEADLINE = ("unregularized", "scu_auto", "scu_defaults", "scu_suggest")
 
@@ -122,11 +122,13 @@ def markdown(summary: dict[str, Any], note: str) -> str:
         f"Base model: held-out Shakespeare BPT {base['test']:.3f}, WikiText-2 BPT {base['wiki']:.3f}. "
         "Forgetting = WikiText-2 BPT after fine-tuning minus the base's (lower is better).", "",
     ]
+    along = summary["protocol"]["settings"]["test_evals"] > 1  # held-out measured before the end too
     sizes = sorted({a["size"] for a in summary["arms"].values()}, key=lambda x: (x == "pool", x.isdigit() and int(x)))
     for size in sizes:
         lines += [f"## Training slice {size} tokens", "",
-                  "| arm | seeds | held-out BPT (final) | best along the way | forgetting | val BPT | train BPT | S 2nd half | λ final | auto-stop (step: held-out) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | seeds | held-out BPT (final) |" + (" best along the way |" if along else "")
+                  + " forgetting | val BPT | train BPT | S 2nd half | λ final | auto-stop (step: held-out) |",
+                  "|---|---|---|" + ("---|" if along else "") + "---|---|---|---|---|---|"]
         for arm, a in summary["arms"].items():
             if a["size"] != size:
                 continue
@@ -135,13 +137,15 @@ def markdown(summary: dict[str, Any], note: str) -> str:
             s2 = "—" if a["s_2nd_half"] is None else f"{100 * a['s_2nd_half']['mean']:.2f}%"
             lam = "—" if a["lambda_final"] is None else f"{a['lambda_final']['mean']:.3g}"
             lines.append(
-                f"| {arm} | {len(a['seeds'])} | {_fmt(a['test'])} | {_fmt(a['best_test_along_the_way'])} | "
+                f"| {arm} | {len(a['seeds'])} | {_fmt(a['test'])} | "
+                + (f"{_fmt(a['best_test_along_the_way'])} | " if along else "") +
                 f"{_fmt(a['forgetting'])} | {_fmt(a['val'])} | {_fmt(a['train_bpt_final'])} | "
                 f"{s2} | {lam} | "
                 f"{fired} ({st['fired']}/{st['of']}) |")
             if "early_stop" in a:
                 e = a["early_stop"]
-                lines.append(f"| ↳ validation early stopping | {len(e['best_val_step'])} | {_fmt(e['test'])} | — | "
+                lines.append(f"| ↳ validation early stopping | {len(e['best_val_step'])} | {_fmt(e['test'])} | "
+                             + ("— | " if along else "") +
                              f"{_fmt(e['forgetting'])} | — | — | — | — | best val step {e['best_val_step']} |")
         lines.append("")
     return "\n".join(lines)
