@@ -126,6 +126,12 @@ def cells(directory: Path) -> dict[tuple[float, str], dict]:
     return out
 
 
+def search_kept_default(row: dict, vac_row: dict | None) -> bool:
+    """A `vac-search` cell whose winner is `vac`'s own model, so recovering it would repeat `vac`'s recovery."""
+    return (row["method"] == "vac-search" and vac_row is not None and row.get("ranks") == vac_row.get("ranks")
+            and row["ppl_before"] == vac_row["ppl_before"])
+
+
 def smollm2_tables(before_dir: Path, after_dir: Path | None) -> list[str]:
     """PPL of every method and ratio without recovery (and after KD where measured), with compression CPU time."""
     before = cells(before_dir)
@@ -151,7 +157,13 @@ def smollm2_tables(before_dir: Path, after_dir: Path | None) -> list[str]:
             if after:
                 a = after.get(key)
                 cpu = f"{a['recover_cpu_s']:.0f}" if a and "recover_cpu_s" in a else f"{a['recover_s']:.0f} (wall)" if a else ""
-                line += f" {ppl_text(a['ppl_after'], best_after)} | {cpu} |" if a else " not run | |"
+                if a:
+                    line += f" {ppl_text(a['ppl_after'], best_after)} | {cpu} |"
+                elif search_kept_default(r, before.get((ratio, "vac"))) and (ratio, "vac") in after:
+                    vac_after = after[(ratio, "vac")]["ppl_after"]
+                    line += f" {ppl_text(vac_after, best_after)}, VAC's: the search kept VAC's model (same ranks and PPL) | |"
+                else:
+                    line += " not run | |"
             out.append(line)
     return out
 

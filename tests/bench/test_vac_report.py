@@ -33,3 +33,18 @@ def test_table_marks_the_lowest_ppl_and_says_which_recoveries_did_not_run(tmp_pa
     assert "**" not in rows["whitening (SVD-LLM)"] and "not run" in rows["whitening (SVD-LLM)"]
     assert "48,685,989" in rows["SVD"]
     assert lines[0].startswith("Dense: PPL 14.08 on 16,376") and "KD (100 steps)" in lines[2]
+
+
+def test_search_cell_shows_vacs_recovery_only_when_the_search_kept_vacs_model(tmp_path):
+    before, after = tmp_path / "none", tmp_path / "kd"
+    for d in (before, after):
+        write_cell(d, "dense", {"ppl": 14.08, "tokens": 16376})
+    write_cell(before, "1.25_vac_none", cell("vac", 25.0, ranks={"q": 17, "v": None}))
+    write_cell(after, "1.25_vac_kd", cell("vac", 25.0, ppl_after=20.2, recover_cpu_s=1500.0))
+    write_cell(before, "1.25_vac-search_none", cell("vac-search", 25.0, ranks={"q": 17, "v": None}))
+    rows = {line.split("|")[2].strip(): line for line in smollm2_tables(before, after) if line.startswith("| 1.25")}
+    assert "**20.2**, VAC's" in rows["VAC + search"]
+
+    write_cell(before, "1.25_vac-search_none", cell("vac-search", 24.0, ranks={"q": 16, "v": None}))
+    rows = {line.split("|")[2].strip(): line for line in smollm2_tables(before, after) if line.startswith("| 1.25")}
+    assert "not run" in rows["VAC + search"] and "20.2" not in rows["VAC + search"]
