@@ -168,6 +168,11 @@ class DataSection(Section):
     text_field: str = "text"
     # chat `messages` rows: the loss on the assistant's tokens only (SFT), or on every token (scu.data.chat)
     train_on: Literal["assistant", "all"] = "assistant"
+    # how packed documents see each other: "documents" keeps each to itself (its own positions and attention,
+    # its first token no target); "stream" reads the packed text as one (attention over the whole block, as
+    # nanoGPT and transformers' run_clm train); "auto": stream for plain-text (.txt) sources, whose blank-line
+    # paragraphs are parts of one text, documents for rows (.jsonl, datasets, chat)
+    packing: Literal["auto", "documents", "stream"] = "auto"
 
 
 class Config(Section):

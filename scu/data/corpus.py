@@ -8,7 +8,7 @@ from typing import Any
 from scu import ScuError
 from scu.data.chat import epoch_tokens, tokenize_examples
 from scu.data.prepare import is_prepared, prepared_train_val
-from scu.data.text import TrainData, load_documents, overlapping_documents, pack_documents, split_documents
+from scu.data.text import TrainData, load_documents, overlapping_documents, pack_documents, packing_of, split_documents
 
 MLX_LM_TRAIN, MLX_LM_VALID = "train.jsonl", "valid.jsonl"  # mlx-lm's data folder (mlx_lm.lora --data DIR)
 
@@ -47,13 +47,14 @@ def load_train_val(data_cfg: Any, tokenizer: Any, block_size: int, seed: int) ->
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ScuError("the tokenizer has no EOS token; use a tokenizer with eos_token set")
+    stream = packing_of(data_cfg.packing, [data_cfg.train_data] + ([data_cfg.val_data] if data_cfg.val_data else []))
     train_ids, trained = tokenize_examples(train_docs, tokenizer, data_cfg.train_on)
-    train = pack_documents(train_ids, block_size, eos, trained)
+    train = pack_documents(train_ids, block_size, eos, trained, stream)
     val = None
     if val_docs:
         val_ids, val_trained = tokenize_examples(val_docs, tokenizer, data_cfg.train_on)
         try:
-            val = pack_documents(val_ids, block_size, eos, val_trained)
+            val = pack_documents(val_ids, block_size, eos, val_trained, stream)
         except ScuError:
             raise ScuError(
                 f"the validation text is shorter than one block of {block_size} tokens; "

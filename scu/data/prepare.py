@@ -31,7 +31,7 @@ from scu.data.sources import HUB_TIMEOUT_S, Source, iter_documents, resolve_sour
 from scu.data.chat import epoch_tokens, tokenize_examples
 from scu.data.text import (
     MIN_OVERLAP_DOC_CHARS, Blocks, Chat, TrainData, block_positions, load_documents, normalized_hash, pack_documents,
-    tokenize_documents,
+    packing_of, tokenize_documents,
 )
 from scu.report.records import atomic_write_json, package_versions
 
@@ -572,12 +572,22 @@ def load_prepared(
     return train, val, int(info["tokens_per_epoch"]), info
 
 
-def prepared_blocks(path: str | Path, split: str, ids: np.ndarray) -> Blocks:
+def prepared_stream(info: dict[str, Any], setting: str) -> bool:
+    """Whether `data.packing: setting` reads a prepared directory as one stream: under "auto", when every source
+    it was prepared from is plain-text (.txt) files, as for the same files given raw."""
+    if setting != "auto":
+        return setting == "stream"
+    sources = [s for s in (info.get("source"), info.get("val_source")) if s]
+    files = [f for s in sources for f in s.get("files", [])]
+    return all(s.get("kind") == "files" for s in sources) and bool(files) and packing_of("auto", files)
+
+
+def prepared_blocks(path: str | Path, split: str, ids: np.ndarray, stream: bool = False) -> Blocks:
     """`Blocks` of a prepared split: positions from its recorded document lengths, every token a target but the
-    first of each document. A directory prepared before the lengths were recorded gets one document per block,
-    the positions and targets it was trained with before."""
+    first of each document; as one stream (`stream`), or for a directory prepared before the lengths were
+    recorded, one document per block."""
     lengths_file = Path(path) / f"{split}.doc_lengths.npy"
-    if not lengths_file.exists():
+    if stream or not lengths_file.exists():
         return Blocks.of_ids(ids)
     positions = block_positions(np.load(lengths_file), ids.shape[1], len(ids))
     return Blocks(ids, positions, positions > 0)
@@ -602,13 +612,14 @@ def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) 
         train, val, tokens, info = load_prepared(path, tokenizer, block_size)
         _check_no_chat(path, info, data_cfg.train_on)
         split = "validation" if role == "val" and val is not None else "train"
-        blocks = prepared_blocks(path, split, val if split == "validation" else train)
-        own_val = prepared_blocks(path, "validation", val) if role == "train" and val is not None else None
+        stream = prepared_stream(info, data_cfg.packing)
+        blocks = prepared_blocks(path, split, val if split == "validation" else train, stream)
+        own_val = prepared_blocks(path, "validation", val, stream) if role == "train" and val is not None else None
         keys = np.load(Path(path) / f"{split}.overlap_keys.npy")
         return blocks, own_val, tokens, info[split]["documents"], keys, info["split"]["rule"]
     docs = load_documents(path, data_cfg.text_field, tokenizer)
     ids, trained = tokenize_examples(docs, tokenizer, data_cfg.train_on)
-    blocks = pack_documents(ids, block_size, tokenizer.eos_token_id, trained)
+    blocks = pack_documents(ids, block_size, tokenizer.eos_token_id, trained, packing_of(data_cfg.packing, [path]))
     tokens = epoch_tokens(blocks, trained, "training" if role == "train" else "validation")
     return blocks, None, tokens, len(docs), document_keys(docs, MIN_OVERLAP_DOC_CHARS), "raw text"
 

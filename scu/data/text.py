@@ -5,7 +5,8 @@ blocks of `block_size` tokens; the tail that does not fill a block is dropped. A
 ids, packing records each token's position within its document (restarting at every document
 and block start), so a forward pass given these position ids attends within documents only,
 and which tokens are loss targets (not a document's first token, whose context is another
-document; for chat data, only the assistant's tokens unless data.train_on is `all`).
+document; for chat data, only the assistant's tokens unless data.train_on is `all`). A plain
+text's paragraphs are packed as one stream instead (data.packing, `packing_of`).
 Arrays are NumPy so every backend can use them.
 """
 
@@ -58,6 +59,13 @@ def load_documents(source: str | Path, text_field: str = "text", tokenizer: Any 
     if not docs:
         raise ScuError(f"no text in {source}: the dataset is empty; point data.train_data at a file with text")
     return docs
+
+
+def packing_of(setting: str, sources: Sequence[str | Path]) -> bool:
+    """Whether `data.packing: setting` packs these raw sources as one stream (see DataSection.packing)."""
+    if setting != "auto":
+        return setting == "stream"
+    return all(Path(s).suffix == ".txt" for s in sources)
 
 
 def split_txt(text: str) -> list[str]:
@@ -184,7 +192,8 @@ def block_positions(doc_lengths: Sequence[int] | np.ndarray, block_size: int, n_
 
 
 def pack_documents(
-    token_docs: list[list[int]], block_size: int, eos_id: int, trained: Sequence[Sequence[bool] | None] | None = None
+    token_docs: list[list[int]], block_size: int, eos_id: int, trained: Sequence[Sequence[bool] | None] | None = None,
+    one_text: bool = False,
 ) -> Blocks:
     """Concatenate documents with EOS after each and cut into [n_blocks, block_size] blocks.
 
@@ -192,6 +201,8 @@ def pack_documents(
     target when it is trained and not its document's first (position 0): predicting a document's first token
     from the end of another one would teach the model nothing about either. Blocks without a target are left
     out (blocks are independent: positions restart in each), so every training step has tokens to measure.
+    `one_text`: the documents are parts of one text (a .txt's paragraphs), so positions restart only at block
+    starts and a paragraph's first token is predicted from the one before it.
     """
     lengths = np.array([len(d) + 1 for d in token_docs], dtype=np.int64)
     total = int(lengths.sum())
@@ -212,7 +223,7 @@ def pack_documents(
             in_loss[i + len(d)] = False  # the EOS after a conversation is no assistant token
         i += len(d) + 1
     cut = n_blocks * block_size
-    positions = block_positions(lengths, block_size, n_blocks)
+    positions = block_positions([total] if one_text else lengths, block_size, n_blocks)
     loss_mask = in_loss[:cut].reshape(n_blocks, block_size) & (positions > 0)
     busy = loss_mask[:, 1:].any(axis=1)  # a block of prompts only would give a step nothing to learn or measure
     return Blocks(stream[:cut].reshape(n_blocks, block_size)[busy], positions[busy], loss_mask[busy])

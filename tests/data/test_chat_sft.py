@@ -163,11 +163,27 @@ def test_prepared_chat_is_refused_for_assistant_only_and_positions_follow_docume
     assert load_train_val(DataSection(train_data=str(tmp_path / "chat"), train_on="all"), tok, 64, seed=0).train.size > 0
 
     prepare(str(pydoc_txt), str(tiny_base), tmp_path / "text", block_size=64, val_fraction=0, progress=False)
-    prepared = load_train_val(DataSection(train_data=str(tmp_path / "text")), tok, 64, seed=0).train_blocks
-    raw = load_train_val(DataSection(train_data=str(pydoc_txt), val_fraction=0), tok, 64, seed=0).train_blocks
-    for field in ("ids", "positions", "loss_mask"):
-        assert np.array_equal(getattr(prepared, field), getattr(raw, field)), field
-    assert (prepared.positions == 0).sum() > len(prepared)  # documents start inside blocks, at position 0
+    for packing in ("auto", "documents"):  # a prepared .txt packs as the raw .txt does, whichever the packing
+        prepared = load_train_val(DataSection(train_data=str(tmp_path / "text"), packing=packing), tok, 64, seed=0).train_blocks
+        raw = load_train_val(DataSection(train_data=str(pydoc_txt), val_fraction=0, packing=packing), tok, 64, seed=0).train_blocks
+        for field in ("ids", "positions", "loss_mask"):
+            assert np.array_equal(getattr(prepared, field), getattr(raw, field)), (packing, field)
+    assert (prepared.positions == 0).sum() > len(prepared)  # documents: they start inside blocks, at position 0
+
+
+def test_plain_text_packs_as_one_stream_and_rows_as_documents_by_default(tok, pydoc_txt, chat_jsonl):
+    text = load_train_val(DataSection(train_data=str(pydoc_txt), val_fraction=0.1), tok, 64, seed=0)
+    for blocks in (text.train_blocks, text.val_blocks):  # auto, .txt: positions restart at block starts only
+        assert np.array_equal(blocks.positions, np.broadcast_to(np.arange(64), blocks.ids.shape))
+        assert np.array_equal(blocks.loss_mask, blocks.positions > 0)
+    docs = load_train_val(DataSection(train_data=str(pydoc_txt), val_fraction=0.1, packing="documents"), tok, 64, seed=0)
+    assert np.array_equal(docs.train, text.train)  # the same tokens, read apart
+    assert (docs.train_blocks.positions[:, 1:] == 0).any()
+    rows = load_train_val(DataSection(train_data=str(chat_jsonl), val_fraction=0, train_on="all"), tok, 64, seed=0)
+    assert (rows.train_blocks.positions[:, 1:] == 0).any()  # auto, .jsonl: each row to itself
+    stream = load_train_val(DataSection(train_data=str(chat_jsonl), val_fraction=0, train_on="all", packing="stream"),
+                            tok, 64, seed=0)
+    assert not (stream.train_blocks.positions[:, 1:] == 0).any()
 
 
 def test_chat_rows_stay_strings_for_every_other_reader(tok, chat_jsonl):
