@@ -4,7 +4,7 @@ One phase, ordered so that an interrupted run has the headline arms first: plain
 early stopping along the way), `target_s: auto`, the product defaults (also the `scu` section plain
 `scu suggest` writes), the config `scu suggest --target guide` writes for the training slice (the guide's
 S* table), the fixed-λ grid over 3 decades, the LoRA-dropout grid, then second seeds, then the data-rich
-size (plain LoRA, `auto` and the defaults, final evaluations only). Every job trains through `scu train`'s
+size (plain LoRA and the defaults, final evaluations only). Every job trains through `scu train`'s
 entry point (bench.harness.runner).
 The base model's own held-out BPT (what forgetting is measured against) is computed once and cached.
 """
@@ -36,10 +36,9 @@ def plan_jobs(main: str, rich: str, suggest_scu: dict[str, Any], seeds: int) -> 
                                                              "lambda_init": lam}}) for lam in LAMBDAS]
     jobs += [Job(f"lora_dropout={p:g}", 0, main, {"lora": {"dropout": p}}) for p in DROPOUTS]
     jobs += [Job(arm, seed, main, cfg, early_stop=es) for seed in range(1, seeds) for arm, (cfg, es) in headline.items()]
-    # data-rich: final evaluations only (validation early stopping picked the last step here: nothing to stop),
-    # and no grid, so that the whole run fits its 3 CPU-hours
-    jobs += [Job(f"N={rich}/{arm}", 0, rich, headline[arm][0], evals="final")
-             for arm in ("unregularized", "scu_auto", "scu_defaults")]
+    # data-rich: plain LoRA and the defaults, final evaluations only (validation early stopping picked the last
+    # step here: nothing to stop), so that the whole run fits its 3 CPU-hours
+    jobs += [Job(f"N={rich}/{arm}", 0, rich, headline[arm][0], evals="final") for arm in ("unregularized", "scu_defaults")]
     return jobs
 
 
