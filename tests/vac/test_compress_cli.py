@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from scu import ScuError
 from scu.cli import main
 from scu.data.builtin import pydoc_topics, stdlib_code
 from scu.vac.compress import CompressSpec
