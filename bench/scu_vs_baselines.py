@@ -267,6 +267,19 @@ def compact(result: dict[str, Any]) -> dict[str, Any]:
     return r(result)
 
 
+def exit_with_parent(parent: int, period_s: float = 2.0) -> None:
+    """Worker initializer: end this worker once its parent is gone (killed, say), instead of running the jobs
+    already queued to it for nobody, on cores a restarted run needs."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class Runner:
     def __init__(self, out: Path, s: Settings, manifest: dict[str, Any], work: Path, jobs: int, threads: int) -> None:
         self.out, self.s, self.manifest, self.work, self.jobs, self.threads = out, s, manifest, work, jobs, threads
@@ -297,7 +310,8 @@ class Runner:
             done = ((job, execute(*args(job))) for job in todo)
         else:
             if self.pool is None:
-                self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+                self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"),
+                                                initializer=exit_with_parent, initargs=(os.getpid(),))
             futures = {self.pool.submit(execute, *args(job)): job for job in todo}
             done = ((futures[f], f.result()) for f in as_completed(futures))
         for i, (job, result) in enumerate(done, 1):
