@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -270,7 +271,6 @@ def compact(result: dict[str, Any]) -> dict[str, Any]:
 def exit_with_parent(parent: int, period_s: float = 2.0) -> None:
     """Worker initializer: end this worker once its parent is gone (killed, say), instead of running the jobs
     already queued to it for nobody, on cores a restarted run needs."""
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent:

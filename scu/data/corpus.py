@@ -47,14 +47,14 @@ def load_train_val(data_cfg: Any, tokenizer: Any, block_size: int, seed: int) ->
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ScuError("the tokenizer has no EOS token; use a tokenizer with eos_token set")
-    stream = packing_of(data_cfg.packing, [data_cfg.train_data] + ([data_cfg.val_data] if data_cfg.val_data else []))
+    one_text = packing_of(data_cfg.packing, [data_cfg.train_data] + ([data_cfg.val_data] if data_cfg.val_data else []))
     train_ids, trained = tokenize_examples(train_docs, tokenizer, data_cfg.train_on)
-    train = pack_documents(train_ids, block_size, eos, trained, stream)
+    train = pack_documents(train_ids, block_size, eos, trained, one_text)
     val = None
     if val_docs:
         val_ids, val_trained = tokenize_examples(val_docs, tokenizer, data_cfg.train_on)
         try:
-            val = pack_documents(val_ids, block_size, eos, val_trained, stream)
+            val = pack_documents(val_ids, block_size, eos, val_trained, one_text)
         except ScuError:
             raise ScuError(
                 f"the validation text is shorter than one block of {block_size} tokens; "

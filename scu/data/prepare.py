@@ -572,22 +572,20 @@ def load_prepared(
     return train, val, int(info["tokens_per_epoch"]), info
 
 
-def prepared_stream(info: dict[str, Any], setting: str) -> bool:
-    """Whether `data.packing: setting` reads a prepared directory as one stream: under "auto", when every source
-    it was prepared from is plain-text (.txt) files, as for the same files given raw."""
-    if setting != "auto":
-        return setting == "stream"
+def source_files(info: dict[str, Any]) -> list[str]:
+    """The local files a prepared directory was read from; none if any of its sources was not files (hub, saved)."""
     sources = [s for s in (info.get("source"), info.get("val_source")) if s]
-    files = [f for s in sources for f in s.get("files", [])]
-    return all(s.get("kind") == "files" for s in sources) and bool(files) and packing_of("auto", files)
+    if any(s.get("kind") != "files" for s in sources):
+        return []
+    return [f for s in sources for f in s.get("files", [])]
 
 
-def prepared_blocks(path: str | Path, split: str, ids: np.ndarray, stream: bool = False) -> Blocks:
+def prepared_blocks(path: str | Path, split: str, ids: np.ndarray, one_text: bool = False) -> Blocks:
     """`Blocks` of a prepared split: positions from its recorded document lengths, every token a target but the
-    first of each document; as one stream (`stream`), or for a directory prepared before the lengths were
+    first of each document; as one text (`one_text`), or for a directory prepared before the lengths were
     recorded, one document per block."""
     lengths_file = Path(path) / f"{split}.doc_lengths.npy"
-    if stream or not lengths_file.exists():
+    if one_text or not lengths_file.exists():
         return Blocks.of_ids(ids)
     positions = block_positions(np.load(lengths_file), ids.shape[1], len(ids))
     return Blocks(ids, positions, positions > 0)
@@ -612,9 +610,9 @@ def _side(path: str, data_cfg: Any, tokenizer: Any, block_size: int, role: str) 
         train, val, tokens, info = load_prepared(path, tokenizer, block_size)
         _check_no_chat(path, info, data_cfg.train_on)
         split = "validation" if role == "val" and val is not None else "train"
-        stream = prepared_stream(info, data_cfg.packing)
-        blocks = prepared_blocks(path, split, val if split == "validation" else train, stream)
-        own_val = prepared_blocks(path, "validation", val, stream) if role == "train" and val is not None else None
+        one_text = packing_of(data_cfg.packing, source_files(info))
+        blocks = prepared_blocks(path, split, val if split == "validation" else train, one_text)
+        own_val = prepared_blocks(path, "validation", val, one_text) if role == "train" and val is not None else None
         keys = np.load(Path(path) / f"{split}.overlap_keys.npy")
         return blocks, own_val, tokens, info[split]["documents"], keys, info["split"]["rule"]
     docs = load_documents(path, data_cfg.text_field, tokenizer)

@@ -62,10 +62,11 @@ def load_documents(source: str | Path, text_field: str = "text", tokenizer: Any 
 
 
 def packing_of(setting: str, sources: Sequence[str | Path]) -> bool:
-    """Whether `data.packing: setting` packs these raw sources as one stream (see DataSection.packing)."""
+    """Whether `data.packing: setting` packs text read from these files as one stream (DataSection.packing):
+    under "auto", when there are files and all are plain text (.txt)."""
     if setting != "auto":
         return setting == "stream"
-    return all(Path(s).suffix == ".txt" for s in sources)
+    return bool(sources) and all(Path(s).suffix == ".txt" for s in sources)
 
 
 def split_txt(text: str) -> list[str]:
