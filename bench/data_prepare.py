@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from scu.report.records import atomic_write_json
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FILES = ["wikitext/wiki103_subset.txt", "wikitext/wiki2_valid.txt", "shakespeare/input.txt"]
@@ -217,7 +219,7 @@ def main() -> None:
             "throughput": None if args.skip_throughput else throughput(tmp, corpora["full"], tok_dir, args.block_size, args.num_proc, args.repeats),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.out, result)
         print(json.dumps({k: result[k] for k in ("memory", "throughput")}, indent=2))
         print(f"wrote {args.out}")
     finally:

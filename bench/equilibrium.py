@@ -29,6 +29,7 @@ from scu.data.builtin import pydoc_topics
 from scu.data.corpus import load_train_val
 from scu.eval.bpt import block_bpt
 from scu.models.tiny import BaseSpec, cached_base
+from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 from scu.torch.model import load_model, load_tokenizer
 
@@ -127,7 +128,7 @@ def main() -> None:
                   f"signals at the end {r['signals_last_window']}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), **results}, indent=2) + "\n")
+    atomic_write_json(out, {"args": vars(args), **results})
     print(f"-> {out}")
 
 

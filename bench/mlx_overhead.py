@@ -12,7 +12,6 @@ Reports medians of per-round time ratios and tokens/s from median step times.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from scu.report.records import atomic_write_json
 import scu.mlx.loop as mlx_loop
 import scu.torch.loop as torch_loop
 from bench.scu_overhead import BASES
@@ -100,7 +100,7 @@ def main() -> None:
     print(f"PyTorch SCU overhead (same rounds): {result['torch_scu_overhead_median_pair_ratio']:.4f}; "
           f"MLX/PyTorch step time with SCU: {result['mlx_over_torch_step_time_median_pair_ratio_scu_on']:.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from scu.config.schema import build_config
 from scu.core.tracking import tracking_from_rows
 from scu.data.builtin import pydoc_topics
 from scu.models.tiny import BaseSpec, cached_base
+from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 
 SETTINGS = {
@@ -72,7 +73,7 @@ def main() -> None:
               f"overshoot {100 * r['overshoot']:5.1f}%  at-bound {100 * r['at_bound']:4.1f}%  "
               f"lambda 2nd half [{r['lambda_second_half'][0]:.3g}, {r['lambda_second_half'][1]:.3g}]", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"steps": args.steps, "target_s": args.target, "results": results}, indent=2))
+    atomic_write_json(args.out, {"steps": args.steps, "target_s": args.target, "results": results})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ the direct cost of what SCU adds (penalty forward + backward, one PI update) tim
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from scu.demo import DEMO_BASE
 from scu.driver import optimizer_step
 from scu.models.gguf import smollm2_gguf
 from scu.models.tiny import BaseSpec, cached_base
+from scu.report.records import atomic_write_json
 from scu.torch.loop import setup, train_step
 
 BASES = {"demo": DEMO_BASE, "test": BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)}
@@ -112,7 +112,7 @@ def main() -> None:
         print(f"direct cost: penalty fwd+bwd {1e3 * result['penalty_fwd_bwd_s']:.3f} ms + PI update {1e6 * result['pi_update_s']:.1f} us "
               f"= {100 * result['direct_cost_fraction']:.2f}% of the median step")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

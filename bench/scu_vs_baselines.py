@@ -39,7 +39,7 @@ from typing import Any
 from scu import ScuError
 from scu.config.schema import ModelSection
 from scu.models.tiny import BaseSpec, cache_root, cached_base
-from scu.report.records import atomic_write_json
+from scu.report.records import atomic_write_json, atomic_write_text
 from scu.torch.model import load_tokenizer
 
 from bench.harness import data as hdata
@@ -407,7 +407,7 @@ def run_real(args: argparse.Namespace, scale: RealScale) -> int:
         summary.update(protocol={"settings": asdict(s), "manifest": manifest["train"], "suggest_scu": suggested,
                                  "sets": manifest["sets"]})
         atomic_write_json(out / "results.json", summary)
-        (out / "results.md").write_text(real.markdown(summary, note))
+        atomic_write_text(out / "results.md", real.markdown(summary, note))
         real.pareto_plot(summary, out / "pareto.png")
 
     try:
@@ -415,7 +415,8 @@ def run_real(args: argparse.Namespace, scale: RealScale) -> int:
     finally:
         runner.close()
     done = sum(job.key in runner.results for job in jobs)
-    report(f"{done}/{len(jobs)} jobs, {time.perf_counter() - t0:.0f} s wall in the last session")
+    took = "rebuilt from the cached jobs, nothing run" if args.report_only else f"{time.perf_counter() - t0:.0f} s wall in the last session"
+    report(f"{done}/{len(jobs)} jobs, {took}")
     print(f"wrote {out / 'results.md'}, results.json and pareto.png", flush=True)
     return 0
 

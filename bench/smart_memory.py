@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from scu.models.tiny import BaseSpec
+from scu.report.records import atomic_write_json
 
 SIZES = {
     "h128-L4": BaseSpec(corpus="stdlib", max_chars=200_000, steps=20, hidden_size=128, intermediate_size=344, layers=4),
@@ -139,7 +140,7 @@ def main() -> None:
             print(f"{name:8} {r['params']:>9,} {alloc:>19} | {r['estimate_mb']:>8.1f} {med['run']:>8.1f} {err:>+6.0%} | "
                   f"{med['setup']:>6.1f} {steps_est:>9.1f} {med['steps']:>10.1f} {steps_err:>+6.0%}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"batch": BATCH, "block": BLOCK, "steps": args.steps, "rows": rows}, indent=2) + "\n")
+    atomic_write_json(args.out, {"batch": BATCH, "block": BLOCK, "steps": args.steps, "rows": rows})
     print(f"wrote {args.out}")
 
 

@@ -10,12 +10,12 @@ Prints mean, std and the 5th/95th percentiles per signal for each (window, level
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from scu.core.simplified import SimplifiedConfig, wavelet_entropy
+from scu.report.records import atomic_write_json
 
 
 def pink(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"defaults: entropy_low {d.entropy_low}, entropy_high {d.entropy_high} "
           f"(window {d.entropy_window}, {d.wavelet}, dwt_max_level {d.dwt_max_level})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"trials": args.trials, "results": results}, indent=2) + "\n")
+    atomic_write_json(args.out, {"trials": args.trials, "results": results})
 
 
 if __name__ == "__main__":

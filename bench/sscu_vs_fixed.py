@@ -23,6 +23,7 @@ from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.data.text import split_documents
 from scu.models.tiny import BaseSpec, cached_base
+from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 
 BASES = {
@@ -103,7 +104,7 @@ def main() -> None:
     print(f"held-out BPT  fixed {result['mean_fixed']:.4f} (seed std {spread:.4f})  S-SCU {result['mean_sscu']:.4f}  "
           f"S-SCU - fixed {mean_diff:+.4f} +- {se:.4f} (SE)  -> {verdict}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ thread burns per second of training; these two bound the overhead on any step le
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -38,6 +37,7 @@ from scu.energy.rapl import RaplSensor
 from scu.energy.replay import ReplaySensor
 from scu.energy.runtime import EnergyMeter, TscuConfig
 from scu.models.tiny import BaseSpec, tiny_llama
+from scu.report.records import atomic_write_json
 from scu.session import ControlSession, StepResult
 
 RESULTS = Path(__file__).parent / "results" / "telemetry_overhead.json"
@@ -196,7 +196,7 @@ def main() -> None:
     result["sampler_thread_cpu_ms_per_s"] = thread
     print("sampler thread CPU, ms per second: " + ", ".join(f"{k} {v:.2f}" for k, v in thread.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

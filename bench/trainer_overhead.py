@@ -15,7 +15,6 @@ plain: the harness's noise floor.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from bench.scu_overhead import BASES
 from scu.data.builtin import pydoc_topics
 from scu.data.text import pack, tokenize_documents
 from scu.models.tiny import cached_base
+from scu.report.records import atomic_write_json
 from scu.torch.hf import SCUTrainer
 
 
@@ -168,7 +168,7 @@ def main() -> None:
           f"({by_order[0]:.4f} when {arms[0]} ran first, {by_order[1]:.4f} when second; "
           f"balanced {result['order_balanced_ratio']:.4f}), ratio of medians {result['ratio_of_medians']:.4f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

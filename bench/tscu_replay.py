@@ -11,7 +11,6 @@ at the budget, at the factor (20 - 5) / (60 - 5) = 0.273. Writes bench/results/t
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from scu.core.telemetry import StepTelemetry
 from scu.core.thermal import ThermalConfig, ThermalController
 from scu.energy.runtime import TscuConfig
 from scu.energy.simulate import replay_run
+from scu.report.records import atomic_write_json
 
 TRACE = "time,watts,celsius\n0,12,50\n20,12,60\n20.001,35,60\n60,35,60\n60.001,12,60\n100,12,60\n105,12,92\n140,12,55\n400,12,55\n"
 RESULTS = Path(__file__).parent / "results" / "tscu_replay.json"
@@ -60,9 +60,8 @@ def main() -> None:
     loop = closed_loop()
     print(f"closed loop, 60 W busy / 5 W idle, budget 20 W: {loop['avg_power_last_30s']:.2f} W over the last 30 s, "
           f"factor {loop['factor']:.3f} (expected {loop['expected_factor']:.3f})")  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"command": "python bench/tscu_replay.py", "timeline": timeline,
-                                   "analysis": {k: analysis[k] for k in keys}, "closed_loop": loop}, indent=2) + "\n")  # fmt: skip
+    atomic_write_json(RESULTS, {"command": "python bench/tscu_replay.py", "timeline": timeline,
+                                "analysis": {k: analysis[k] for k in keys}, "closed_loop": loop})
     print(f"wrote {RESULTS}")
 
 

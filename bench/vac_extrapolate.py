@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -95,7 +94,7 @@ def main() -> None:
         print(name, json.dumps(out[name]), flush=True)
     if "calibration" in out:
         print("calibration", json.dumps(out["calibration"]))
-    atomic_write_json(Path(args.out), out)
+    atomic_write_json(args.out, out)
     print(f"wrote {args.out}")
 
 

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from scu.data.builtin import pydoc_topics
     from scu.data.corpus import load_train_val
     from scu.eval.bpt import block_bpt
+    from scu.report.records import atomic_write_text
     from scu.torch.loop import train
     from scu.torch.model import load_model, load_tokenizer
 
@@ -54,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     base = cached_base(DEMO_BASE)
     print(f"      {base}")
     train_txt = out / "data" / "pydoc_topics.txt"
-    train_txt.parent.mkdir(parents=True, exist_ok=True)
-    train_txt.write_text("\n\n".join(pydoc_topics()))
+    atomic_write_text(train_txt, "\n\n".join(pydoc_topics()))
     cfg_dict = demo_config(base, train_txt, args.steps)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     cfg = build_config(cfg_dict)
     print(f"[2/3] SCU LoRA fine-tune on the pydoc topics, S* = {100 * cfg.scu.target_s:g}%  (config: {out / 'config.yaml'})")
     meta = train(cfg, run_dir)

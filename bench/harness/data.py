@@ -24,6 +24,7 @@ import numpy as np
 
 from scu import ScuError
 from scu.data.text import overlapping_documents, pack, split_txt, tokenize_documents
+from scu.report.records import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def prepare(spec: DataSpec, tokenizer: Any, data_dir: Path, work: Path) -> dict[
                                   "predicted_tokens": int(blocks.shape[0] * (blocks.shape[1] - 1))}
     manifest["shakespeare_chars"] = {"pool": sum(map(len, pool)), "val": sum(map(len, val_docs)),
                                      "test": sum(map(len, test_docs))}
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    atomic_write_json(manifest_path, manifest)
     return manifest
 
 

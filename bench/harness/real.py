@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.runner import Job
+from scu.report.records import atomic_write_json
 
 LAMBDAS = (1e-2, 0.1, 1.0, 10.0)  # σ 0.01; 3 decades around λ 1, the best of a 1e-3 … 1 grid in the first full run
 DROPOUTS = (0.1, 0.3)
@@ -52,7 +53,7 @@ def base_bpt(base_model: str, blocks: dict[str, Any], batch: int, cache: Path) -
 
     model = load_model(ModelSection(base_model=base_model)).eval()
     out = {name: block_bpt(model, blocks[name], batch) for name in ("val", "test", "wiki")}
-    cache.write_text(json.dumps(out))
+    atomic_write_json(cache, out)
     return out
 
 
@@ -151,7 +152,10 @@ def markdown(summary: dict[str, Any], note: str) -> str:
 
 
 def pareto_plot(summary: dict[str, Any], path: Path) -> None:
-    """In-domain held-out BPT against forgetting, one point per arm (error bars: seed std), one panel per size."""
+    """In-domain held-out BPT against forgetting, one point per arm (error bars: seed std), one panel per size.
+
+    The panels share their y-axis, so that a gap of a few thousandths of a bit never fills a panel on its own.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +164,7 @@ def pareto_plot(summary: dict[str, Any], path: Path) -> None:
     from scu.report.records import atomic_path
 
     sizes = sorted({a["size"] for a in summary["arms"].values()})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 5), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes):
         for arm, a in summary["arms"].items():
             if a["size"] != size or a["test"] is None:
