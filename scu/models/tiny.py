@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scu.data.text import load_documents, pack, tokenize_documents
+from scu.report.records import staging_dir
 
 EOS = "<|endoftext|>"
 CHAT_TEMPLATE = (
@@ -154,7 +154,7 @@ def cached_base(spec: BaseSpec = BaseSpec(), progress: bool = True) -> Path:
     model = tiny_llama(spec, len(tokenizer))
     losses = pretrain(model, blocks, spec, progress)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{spec.key()}-"))
+    tmp = staging_dir(target.parent, f".{spec.key()}-")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "spec.json").write_text(json.dumps({**asdict(spec), "final_loss": losses[-1]}, indent=2))

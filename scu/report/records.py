@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,12 +29,28 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() would give a new file or folder under this process's umask: mkstemp and
+    mkdtemp give 0600 and 0700, which would leave written files unreadable to the group a plain save allows."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+def staging_dir(parent: str | Path, prefix: str) -> Path:
+    """A new folder in `parent` to fill and then rename into place, with a plain mkdir's permissions."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(tmp, umask_mode(directory=True))
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary file next to `path` for the block to write; synced and renamed onto `path` only when the
     block succeeds. `suffix` ends the temporary name, for writers that add an extension otherwise.
 
-    A crash or an error mid-write leaves the previous file (or none), never a partial one.
+    A crash or an error mid-write leaves the previous file (or none), never a partial one. The file keeps the
+    mode of the one it replaces, or gets a plain open()'s.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +59,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     try:
         yield Path(tmp)
         fsync_file(tmp)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ import transformers
 from torch import nn
 
 from scu import ScuError
-from scu.report.records import atomic_write_json, atomic_write_text, check_safetensors, first_line
+from scu.report.records import atomic_write_json, atomic_write_text, check_safetensors, first_line, staging_dir
 from scu.vac import modeling_vac
 from scu.vac.compress import all_linears
 from scu.vac.modeling_vac import Int8Linear
@@ -122,7 +121,7 @@ def save_compressed(
         raise ScuError(f"{type(model).__name__} is not a transformers causal-LM class; VAC can only save compressed transformers models")
     source = modeling_source(model.config.model_type)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    tmp = staging_dir(out.parent, f".{out.name}-")
     try:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
