@@ -24,7 +24,7 @@ def test_demo_writes_a_config_that_reloads_trains_and_reports_held_out_bits(tiny
     assert cfg.training.steps == 3
     assert (out / "run" / "adapter_model.safetensors").is_file()
     assert (out / "run" / "metadata.json").is_file()
-    assert not list(out.rglob(".*.tmp*")) and not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in out.rglob(".*")] == [".scu.lock"]  # no temporary file or folder left behind
 
     with pytest.raises(ScuError, match="already exists; pass another --output"):
         scu.demo.run(argparse.Namespace(output=str(out), steps=3))
