@@ -66,6 +66,9 @@ def kd_loss(
 
 
 TEACHER_CACHE_BYTES = 4 << 30  # the teacher's logits on the recovery blocks are kept when they fit in this
+# Blocks per no-grad pass: KL's [blocks, T, vocab] float32 temporaries set recovery's peak memory. At 16 blocks of
+# 256 tokens on SmolLM2's 49k vocabulary they took about 5 GB, and two recoveries sharing 23 GB ran out of memory.
+NO_GRAD_BATCH = 4
 
 
 class TeacherLogits:
@@ -76,7 +79,7 @@ class TeacherLogits:
     computed per call instead.
     """
 
-    def __init__(self, teacher: nn.Module, blocks: torch.Tensor, batch_size: int = 16):
+    def __init__(self, teacher: nn.Module, blocks: torch.Tensor, batch_size: int = NO_GRAD_BATCH):
         self.teacher, self.blocks = teacher.eval(), blocks
         self.cache: torch.Tensor | None = None
         first = self._forward(torch.arange(min(batch_size, len(blocks))))
@@ -96,7 +99,7 @@ class TeacherLogits:
 
 
 @torch.no_grad()
-def heldout_kl(student: nn.Module, teacher: TeacherLogits, batch_size: int = 16) -> float:
+def heldout_kl(student: nn.Module, teacher: TeacherLogits, batch_size: int = NO_GRAD_BATCH) -> float:
     """Mean per-token KL(teacher || student) over the teacher's blocks."""
     total = 0.0
     for i in range(0, len(teacher), batch_size):
