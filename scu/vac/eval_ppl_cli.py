@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", required=True, help="saved model directory (VAC or dense) or hub id")
     p.add_argument("--data", required=True, help="evaluation text (.txt/.jsonl)")
     p.add_argument("--seq-len", type=int, default=256, help="window length in tokens (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default: as many as fit in 2,048 tokens, 8 at the default --seq-len)")
     p.add_argument("--baseline", help="dense model to compare speed with (default: the model a VAC directory was made from)")
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing")
     p.add_argument("--prefill-len", type=int, default=512, help="prompt tokens of the prefill timing (default: %(default)s)")
@@ -37,6 +38,8 @@ def _baseline_path(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     if args.seq_len < 2:
         raise ScuError("--seq-len must be at least 2 tokens")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ScuError("--batch-size must be at least 1 window (leave it out for the default)")
     docs = load_documents(args.data)
     import torch
     from scu.vac.evaluate import (

@@ -25,6 +25,9 @@ from scu.vac.compress import unique_param_count
 from scu.vac.profile import decoder_layers
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+# Tokens per forward pass when the caller gives no batch size: the float32 logits and their log-softmax are
+# several [windows, seq_len, vocab] copies: about 10 GB for 8 windows of 2,048 tokens on a 49k vocabulary, 1.2 GB for one.
+EVAL_TOKENS_PER_PASS = 2048
 
 
 def token_stream(docs: list[str], tokenizer) -> torch.Tensor:
@@ -33,9 +36,13 @@ def token_stream(docs: list[str], tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def window_nll(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: int = 8) -> tuple[float, int]:
-    """(summed NLL in nats, number of predicted tokens) over non-overlapping windows of `ids`."""
+def window_nll(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: int | None = None) -> tuple[float, int]:
+    """(summed NLL in nats, number of predicted tokens) over non-overlapping windows of `ids`.
+
+    `batch_size` windows go through the model at once; by default as many as fit in EVAL_TOKENS_PER_PASS tokens.
+    """
     device = next(model.parameters()).device
+    batch_size = batch_size or max(1, EVAL_TOKENS_PER_PASS // seq_len)
     full = len(ids) // seq_len
     windows = [ids[i * seq_len : (i + 1) * seq_len] for i in range(full)]
     if len(ids) - full * seq_len >= 2:
@@ -52,7 +59,7 @@ def window_nll(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: in
     return total, count
 
 
-def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: int = 8) -> dict[str, float]:
+def perplexity(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: int | None = None) -> dict[str, float]:
     nll, tokens = window_nll(model, ids, seq_len, batch_size)
     mean = nll / max(tokens, 1)
     return {"ppl": math.exp(mean), "bpt": mean / math.log(2), "nll": mean, "tokens": tokens}
