@@ -25,8 +25,9 @@ from scu.vac.compress import unique_param_count
 from scu.vac.profile import decoder_layers
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-# Tokens per forward pass when the caller gives no batch size: the float32 logits and their log-softmax are
-# several [windows, seq_len, vocab] copies: about 10 GB for 8 windows of 2,048 tokens on a 49k vocabulary, 1.2 GB for one.
+# Tokens per forward pass when the caller gives no batch size. The float32 logits and their log-softmax are several
+# [windows, seq_len, vocab] copies: SmolLM2 (49k vocabulary) peaked at 10.3 GB with 8 windows of 2,048 tokens a pass
+# and at 2.2 GB with one (`python -m bench.vac_eval_memory`).
 EVAL_TOKENS_PER_PASS = 2048
 
 
@@ -42,7 +43,8 @@ def window_nll(model: nn.Module, ids: torch.Tensor, seq_len: int, batch_size: in
     `batch_size` windows go through the model at once; by default as many as fit in EVAL_TOKENS_PER_PASS tokens.
     """
     device = next(model.parameters()).device
-    batch_size = batch_size or max(1, EVAL_TOKENS_PER_PASS // seq_len)
+    if batch_size is None:
+        batch_size = max(1, EVAL_TOKENS_PER_PASS // seq_len)
     full = len(ids) // seq_len
     windows = [ids[i * seq_len : (i + 1) * seq_len] for i in range(full)]
     if len(ids) - full * seq_len >= 2:

@@ -67,7 +67,7 @@ def kd_loss(
 
 TEACHER_CACHE_BYTES = 4 << 30  # the teacher's logits on the recovery blocks are kept when they fit in this
 # Blocks per no-grad pass: KL takes several [blocks, T, vocab] float32 temporaries, 0.8 GB each at 16 blocks of
-# 256 tokens on SmolLM2's 49k vocabulary; 4 blocks keep them below the training step's own.
+# 256 tokens on SmolLM2's 49k vocabulary; 4 blocks is half a default training batch.
 NO_GRAD_BATCH = 4
 
 
