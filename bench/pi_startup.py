@@ -40,10 +40,17 @@ class Job:
     start: str  # "default", "high" (λ*·FACTOR) or "low" (λ*/FACTOR)
     seed: int
     lambda_init: float
+    ki: float | None = None  # None: the configured default
 
     @property
     def name(self) -> str:
-        return f"{self.law}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}"
+        gain = "" if self.ki is None else f"_ki{self.ki:g}"
+        return f"{self.law}{gain}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}"
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The job as its result file stores it (runs cached before `ki` existed have no such key)."""
+        return {k: v for k, v in self.__dict__.items() if not (k == "ki" and v is None)}
 
 
 def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -> dict[str, Any]:
@@ -58,6 +65,8 @@ def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -
         scu = {"target_s": target, "lambda_init": 0.0, "lambda_min": 0.0, "lambda_max": 0.0}
     else:
         scu = {"target_s": target, "law": job.law, "lambda_init": job.lambda_init, "lambda_min": 1e-7, "lambda_max": 1e4}
+        if job.ki is not None:
+            scu["ki"] = job.ki
     cfg = build_config({
         "model": {"base_model": s.base_model},
         "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
@@ -74,7 +83,7 @@ def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -
     cycle = limit_cycle(rows, target)
     half = [r["lambda"] for r in rows[len(rows) // 2 :]]
     result = {
-        "job": job.__dict__, "target_s": target, "steps": len(rows), "tracking": tr, "limit_cycle": cycle,
+        "job": job.record, "target_s": target, "steps": len(rows), "tracking": tr, "limit_cycle": cycle,
         "lambda_2nd_half_median": statistics.median(half),
         "meets": {
             "in_band_90": tr["in_band"] >= 0.9,
@@ -82,7 +91,7 @@ def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -
             "overshoot_20pct": tr["overshoot"] <= 0.2,
             "no_limit_cycle": not cycle["cycle"],
         },
-        "trace": {k: [r[k] for r in rows] for k in ("s_hat", "lambda")},
+        "trace": {k: [r.get(k) for r in rows] for k in ("s_hat", "lambda", "lambda_balance")},
     }
     result["meets"]["all"] = all(result["meets"].values())
     atomic_write_json(out / f"{job.name}.json", result)
@@ -93,7 +102,7 @@ def cached(out: Path, job: Job) -> dict[str, Any] | None:
     """The run's result, if it was run with exactly this job (a λ* measured anew moves the starts)."""
     path = out / f"{job.name}.json"
     r = json.loads(path.read_text()) if path.exists() else None
-    return r if r is not None and r["job"] == job.__dict__ else None
+    return r if r is not None and r["job"] == job.record else None
 
 
 def run_all(jobs: list[Job], scale: Scale, manifest: dict, targets: dict, out: Path, workers: int) -> list[dict]:
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=["quick", *sorted(SCALES)], default="cpu")
     ap.add_argument("--laws", nargs="+", default=["pi", "bumpless"])
+    ap.add_argument("--ki", nargs="*", default=[], metavar="LAW=KI", help="integral gain of a law (default: the configured)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--target", type=float, default=0.875, help="the middle S* (the harness's phase-1 choice at cpu scale)")
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {m: scaled_target(args.target, m) for m in multipliers}
     cells = [(size, m) for size in (args.sizes or sizes) for m in multipliers]
     seeds = range(args.seeds)
+    gains = {law: float(ki) for law, ki in (spec.split("=") for spec in args.ki)}
     default = PIConfig.lambda_init
     # phase 0: S with λ = 0 per size; a target S never reaches on its own cannot be settled at
     refs = run_all([Job(UNREGULARIZED, size, 1.0, "ref", 0, 0.0) for size in {c[0]: 0 for c in cells}],
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         rise = next((i + 1 for i, x in enumerate(s_hat) if x >= 0.9 * targets[m]), None)
         reach[(size, m)] = {"unregularized_max_s_hat": max(s_hat), "rise_step": rise, "reachable": rise is not None}
     # phase 1: every law from the default start; the bumpless law's run defines λ* of the cell
-    first = run_all([Job(law, size, m, "default", seed, default) for law in args.laws for size, m in cells for seed in seeds],
+    first = run_all([Job(law, size, m, "default", seed, default, gains.get(law)) for law in args.laws for size, m in cells for seed in seeds],
                     scale, manifest, targets, out, args.jobs)
     lam_star = {}
     for size, m in cells:
@@ -162,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(ref, key=lambda r: (r["tracking"]["in_band"], r["job"]["law"] == "bumpless"))
         lam_star[(size, m)] = best["lambda_2nd_half_median"]
     # phase 2: a factor FACTOR either side of λ*, where S* is reachable
-    jobs = [Job(law, size, m, start, seed, lam_star[(size, m)] * (FACTOR if start == "high" else 1 / FACTOR))
+    jobs = [Job(law, size, m, start, seed, lam_star[(size, m)] * (FACTOR if start == "high" else 1 / FACTOR), gains.get(law))
             for law in args.laws for size, m in cells if reach[(size, m)]["reachable"]
             for start in ("high", "low") for seed in seeds]
     second = run_all(jobs, scale, manifest, targets, out, args.jobs)

@@ -27,6 +27,7 @@ SETTINGS = {
     "pi kp0.5 ki0.01": {"law": "pi", "kp": 0.5, "ki": 0.01},
     "pi kp2 ki0.04": {"law": "pi", "kp": 2.0, "ki": 0.04},
     "bumpless kp2 ki0.04": {"law": "bumpless", "kp": 2.0, "ki": 0.04},
+    "balance kp2 ki0.04": {"law": "balance", "kp": 2.0, "ki": 0.04},
 }
 
 

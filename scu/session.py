@@ -44,6 +44,8 @@ class StepResult:
     param_bpt: float | None  # None: no penalty in this run
     grad_norm: float | None
     tokens: int
+    data_pull: float | None = None  # gradient balance, `law: balance` only (scu.core.telemetry.StepTelemetry)
+    penalty_grad_sq: float | None = None
 
 
 @dataclass
@@ -83,6 +85,7 @@ class RunFacts:
     val_docs: int | None = None
     val_split: str | None = None
     world_size: int = 1
+    measures_balance: bool = False  # reports the gradient balance that `scu.law: balance` needs (scu train, PyTorch)
 
 
 def pi_config(cfg: Config) -> PIConfig:
@@ -125,6 +128,9 @@ class ControlSession:
         meter: EnergyMeter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
+            raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` with the PyTorch "
+                           f"backend measures; {facts.trainer} cannot: use scu.law: pi (the default)")
         self.cfg, self.tokens_per_epoch, self.facts, self.is_main, self.sleep = cfg, tokens_per_epoch, facts, is_main, sleep
         self.out = None if out is None else Path(out)
         self.controllers = build_controllers(cfg, tokens_per_epoch) if controllers is None else controllers
@@ -184,6 +190,7 @@ class ControlSession:
             step=st.step, data_bpt=nats_to_bits(res.data_nats / res.tokens), param_bpt=res.param_bpt or 0.0,
             tokens=res.tokens, lr=lr, grad_norm=res.grad_norm, wall_time=dt,
             lam=lam_used if self.cfg.scu.enabled else None, target_s=self.target_s,
+            data_pull=res.data_pull, penalty_grad_sq=res.penalty_grad_sq,
         )
         interval = self.meter.measure(telemetry) if self.meter is not None else None
         actions = {name: c.step(telemetry) for name, c in self.controllers.items()}
@@ -220,6 +227,8 @@ class ControlSession:
             "step_time": dt,
             "wall_time": st.wall_time,
         }
+        if "lambda_balance" in action.report:
+            row["lambda_balance"] = action.report["lambda_balance"]
         if action.reasons:
             row["reasons"] = action.reasons
         if action.stop:

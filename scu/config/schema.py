@@ -85,7 +85,7 @@ class ScuSection(Section):
     lambda_max: float = PIConfig.lambda_max
     prior_sigma: float | Literal["auto"] = 0.01  # auto: the RMS of the adapted base weights (scu.core.bits)
     prior: Literal["delta", "factors", "raw"] = "delta"
-    law: Literal["pi", "bumpless", "guide"] = PIConfig.law
+    law: Literal["pi", "bumpless", "balance", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
 
     @model_validator(mode="before")

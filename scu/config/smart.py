@@ -371,6 +371,7 @@ class _Hardware:
 LAWS = {
     "pi": "position-form PI on log lambda",
     "bumpless": "velocity-form PI on log-odds, started near S*",
+    "balance": "PI on log-odds around the measured gradient balance",
     "guide": "the reference's velocity law",
 }
 

@@ -1,6 +1,14 @@
 """PI control of the regularization weight lambda so that S tracks a target S*.
 
-Three update laws share one state (lambda, integral, S_hat, step):
+Four update laws share one state (lambda, integral, S_hat, step):
+
+* ``balance`` (measured in docs/method.md): lambda is set around the lambda at which the penalty's gradient cancels
+  the data's (the loop measures both every step: lambda_bal = -<g_d, g_p> / ||g_p||^2, each smoothed by ema_alpha),
+      log(lambda) = log(lambda_bal) + kp * c + ki * sum(c),    c = clip(e, +-error_clip), e the log-odds error below
+  At lambda_bal the learned change stops growing, so S holds where it is; kp * c lets S rise freely while far below
+  S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral removes what
+  the gradient balance misses (the optimizer's preconditioning). Nothing is anchored at lambda_init: it is used
+  only until the change is non-zero (the first step, where the penalty has no gradient whatever lambda is).
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -56,12 +64,13 @@ class PIConfig:
     lambda_max: float = 10.0
     ema_alpha: float = 0.1
     integral_error_clip: float = 0.5
-    law: Literal["pi", "bumpless", "guide"] = "pi"
-    error_clip: float = 3.0  # bumpless law: largest |e| acted on
+    law: Literal["pi", "bumpless", "balance", "guide"] = "pi"
+    error_clip: float = 3.0  # bumpless and balance laws: largest |e| acted on
     start_horizon: float = 20.0  # bumpless law: steps ahead that S must be on course to reach S* for lambda to be held
     start_gain: float = 0.15  # bumpless law: d log(lambda) per unit of predicted shortfall, before the first crossing
     start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
+    lead_steps: float = 10.0  # balance law: the proportional part acts on where e is heading this many steps on
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -92,6 +101,8 @@ class PIController:
         self.step_count = 0
         self.tracking = False  # bumpless law: S has reached S* at least once
         self.prev_error: float | None = None  # bumpless law: last step's log-odds error
+        self.pull = 0.0  # balance law: smoothed -<g_d, g_p> and ||g_p||^2 (scu.core.telemetry.StepTelemetry)
+        self.grad_sq = 0.0
 
     @property
     def fixed(self) -> bool:
@@ -107,8 +118,10 @@ class PIController:
             return "max"
         return None
 
-    def update(self, s: float, target_s: float | None = None) -> float:
-        """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda."""
+    def update(self, s: float, target_s: float | None = None, balance: tuple[float, float] | None = None) -> float:
+        """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda.
+
+        `balance` is the step's gradient balance (-<g_d, g_p>, ||g_p||^2), which the `balance` law needs."""
         if not math.isfinite(s):
             raise ValueError(f"S must be finite, got {s}")
         c = self.config
@@ -121,6 +134,10 @@ class PIController:
             self._guide_update(target)
         elif c.law == "bumpless":
             self._bumpless_update(target)
+        elif c.law == "balance":
+            if balance is None:
+                raise ValueError("law 'balance' needs the step's gradient balance (data_pull, penalty_grad_sq)")
+            self._balance_update(target, *balance)
         else:
             self._pi_update(target)
         return self.lam
@@ -160,6 +177,30 @@ class PIController:
         log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
         self.lam = math.exp(log_lam)
 
+    def _balance_update(self, target: float, pull: float, grad_sq: float) -> None:
+        c = self.config
+        if not (math.isfinite(pull) and math.isfinite(grad_sq)) or grad_sq <= 0.0:
+            return  # no learned change yet (the first step): the penalty has no gradient to balance
+        first = self.grad_sq == 0.0
+        self.pull = pull if first else (1.0 - c.ema_alpha) * self.pull + c.ema_alpha * pull
+        self.grad_sq = grad_sq if first else (1.0 - c.ema_alpha) * self.grad_sq + c.ema_alpha * grad_sq
+        log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
+        # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the feedforward is the floor
+        feedforward = math.log(self.pull / self.grad_sq) if self.pull > 0.0 else log_min
+        raw = log_odds_error(self.s_hat, target)
+        change = 0.0 if self.prev_error is None else raw - self.prev_error
+        self.prev_error = raw
+        e = min(max(raw, -c.error_clip), c.error_clip)
+        ahead = min(max(raw + c.lead_steps * change, -c.error_clip), c.error_clip)
+        # S rising from 0 is not an offset of the balance: the integral starts once S has first come near S*
+        self.tracking = self.tracking or self.s_hat >= (1.0 - c.start_band) * target
+        candidate = self.integral + e if self.tracking else self.integral
+        log_lam = feedforward + c.kp * ahead + c.ki * candidate
+        if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
+            self.integral = candidate
+        log_lam = feedforward + c.kp * ahead + c.ki * self.integral
+        self.lam = math.exp(min(max(log_lam, log_min), log_max))
+
     def _guide_update(self, target: float) -> None:
         c = self.config
         e = self.s_hat - target
@@ -170,12 +211,16 @@ class PIController:
 
     def step(self, telemetry: StepTelemetry) -> Action:
         """The next lambda, toward the S* the loop holds (telemetry.target_s); S_hat, integral and bound for the record."""
-        lam = self.update(telemetry.s, telemetry.target_s)
-        return Action(lam=lam, report={"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound})
+        balance = None if telemetry.data_pull is None else (telemetry.data_pull, telemetry.penalty_grad_sq)
+        lam = self.update(telemetry.s, telemetry.target_s, balance)
+        report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound}
+        if self.grad_sq > 0.0:
+            report["lambda_balance"] = self.pull / self.grad_sq
+        return Action(lam=lam, report=report)
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count,
-                "tracking": self.tracking, "prev_error": self.prev_error}
+                "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
@@ -184,6 +229,8 @@ class PIController:
         self.step_count = int(state["step"])
         self.tracking = bool(state.get("tracking", False))
         self.prev_error = state.get("prev_error")
+        self.pull = float(state.get("pull", 0.0))
+        self.grad_sq = float(state.get("grad_sq", 0.0))
 
     def describe(self) -> dict:
         return asdict(self.config)

@@ -34,6 +34,10 @@ class StepTelemetry:
     throttle_reasons: tuple[str, ...] = ()  # hardware throttling reported by the sensor during the step
     lam: float | None = None  # regularization weight this step was trained with (None: no penalty)
     target_s: float | None = None  # the S* that lambda is controlled toward (None: lambda not controlled)
+    # Gradient balance (measured only for `law: balance`): with g_d the data gradient and g_p that of the penalty at
+    # lambda 1 (ParamBPT * ln 2, nats), -<g_d, g_p> / ||g_p||^2 is the lambda whose penalty best cancels the data's pull.
+    data_pull: float | None = None  # -<g_d, g_p>
+    penalty_grad_sq: float | None = None  # ||g_p||^2
 
     @property
     def s(self) -> float:

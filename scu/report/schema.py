@@ -47,6 +47,7 @@ class MetricsRow(StepRow, total=False):
     val_bpt: float  # evaluation steps
     reasons: list[str]  # a controller said why it acted
     stop: bool  # a controller stopped the run here
+    lambda_balance: float  # law 'balance': the smoothed lambda at which the penalty's gradient cancels the data's
 
 
 METRICS_KEYS = tuple(StepRow.__annotations__)

@@ -90,12 +90,11 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     set_seed(cfg.training.seed)
     model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
+    optimizer = torch.optim.AdamW(trainable(model), lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     check_loop_layout(model)  # refuses FSDP / ZeRO-3 layouts this loop cannot measure or checkpoint
     facts = RunFacts("scu train", "torch", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule,
-                     world_size=accelerator.num_processes)
+                     world_size=accelerator.num_processes, measures_balance=True)
     session = ControlSession(cfg, tokens_per_epoch, out, facts, is_main=accelerator.is_main_process)
     run = Run(cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator, session,
               BlockOrder(len(data.train), cfg.training.seed), lr_schedule(cfg.training))
@@ -124,12 +123,15 @@ def load_checkpoint(run: Run) -> None:
     checkpoint.load_tensors(payload, run.accelerator.unwrap_model(run.model), run.optimizer)
 
 
-def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def accumulate_gradients(
+    run: Run, lam: float
+) -> tuple[torch.Tensor, torch.Tensor | None, int, list[torch.Tensor | None] | None]:
     """Backward over the step's micro-batches: CE summed over the step's loss targets (all ranks) and divided by
     their count, plus the penalty once per step. Packed documents see only themselves (their position ids restart,
     no cache), and only loss targets count (with chat data, the assistant's tokens; docs/data.md).
 
-    Returns the summed CE (nats, this rank), ParamBPT (detached) and the step's loss targets over all ranks.
+    Returns the summed CE (nats, this rank), ParamBPT (detached), the step's loss targets over all ranks, and, for
+    `law: balance`, the penalty's own gradient at lambda 1 (nats), taken before it is mixed into the data's.
     """
     model, acc, st, t = run.model, run.accelerator, run.state, run.cfg.training
     world, rank, bs = acc.num_processes, acc.process_index, t.batch_size
@@ -138,7 +140,7 @@ def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tens
     st.cursor += len(step_idx)
     step_tokens = blocks.loss_tokens(step_idx)
     ce_nats = torch.zeros((), device=acc.device)
-    pbpt = None
+    pbpt = penalty_grad = None
     for micro in range(st.grad_accum):
         lo = (micro * world + rank) * bs
         with nullcontext() if micro == st.grad_accum - 1 else acc.no_sync(model):
@@ -147,10 +149,25 @@ def accumulate_gradients(run: Run, lam: float) -> tuple[torch.Tensor, torch.Tens
             loss = ce_sum * world / max(step_tokens, 1)  # DDP averages gradients over ranks; * world undoes it
             if run.penalty is not None and micro == 0:
                 pbpt = run.penalty()
+                if run.cfg.scu.law == "balance":
+                    penalty_grad = list(torch.autograd.grad(pbpt * LN2, trainable(model), retain_graph=True,
+                                                            allow_unused=True))
                 loss = loss + lam * LN2 * pbpt
             acc.backward(loss)
         ce_nats += ce_sum.detach()
-    return ce_nats, None if pbpt is None else pbpt.detach(), step_tokens
+    return ce_nats, None if pbpt is None else pbpt.detach(), step_tokens, penalty_grad
+
+
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def gradient_balance(model: torch.nn.Module, penalty_grad: list[torch.Tensor | None], lam: float) -> torch.Tensor:
+    """[-<g_d, g_p>, ||g_p||^2] from the step's total gradient g_d + lam * g_p (all ranks) and the penalty's own g_p."""
+    pairs = [(p.grad, g.double()) for p, g in zip(trainable(model), penalty_grad) if g is not None]
+    sq = sum((g * g).sum() for _, g in pairs)
+    dot = sum(((total.double() * g).sum() for total, g in pairs if total is not None), sq * 0)
+    return torch.stack([lam * sq - dot, sq])
 
 
 def train_step(run: Run, lam: float, lr: float) -> StepResult:
@@ -159,17 +176,21 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     for group in opt.param_groups:
         group["lr"] = lr
         group["weight_decay"] = run.cfg.training.weight_decay * st.reg_factor  # S-SCU without a lambda penalty
-    ce_nats, pbpt, step_tokens = accumulate_gradients(run, lam)
+    ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
+    balance = gradient_balance(run.model, penalty_grad, lam).float() if penalty_grad is not None else None
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], max_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable(run.model), max_norm)
     if acc.num_processes > 1:
         ce_nats = acc.reduce(ce_nats, reduction="sum")
-    measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt if pbpt is not None else ce_nats * 0).float()])
-    data_nats, gnorm, param_value = measured.tolist()  # the step's single host sync
+    zero = ce_nats * 0
+    measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt if pbpt is not None else zero).float(),
+                            *(balance.to(zero.device) if balance is not None else (zero, zero))])
+    data_nats, gnorm, param_value, pull, grad_sq = measured.tolist()  # the step's single host sync
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens)
+    return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens,
+                      *((pull, grad_sq) if balance is not None else (None, None)))
 
 
 def write_outputs(run: Run, status: str, adapter: bool) -> None:

@@ -116,3 +116,59 @@ def test_bumpless_state_roundtrip_includes_the_phase():
     b = bumpless()
     b.load_state_dict(a.state_dict())
     assert [a.update(s) for s in seq[45:]] == [b.update(s) for s in seq[45:]]
+
+
+def balance_law(**kw) -> PIController:
+    return PIController(PIConfig(law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3, ema_alpha=1.0, **kw))
+
+
+def test_balance_law_sits_at_the_measured_balance_when_s_is_on_target():
+    c = balance_law(lambda_init=1.0)
+    lams = [c.update(0.1, balance=(0.02 * 5.0, 5.0)) for _ in range(10)]  # -<g_d, g_p> / ||g_p||^2 = 0.02
+    assert lams == pytest.approx([0.02] * 10, rel=1e-12)  # e = 0: no P, no integral; lambda_init plays no part
+
+
+def test_balance_law_ignores_lambda_init_once_the_change_is_non_zero():
+    # the first step has no learned change, so no penalty gradient (||g_p|| = 0): lambda_init is kept for it only
+    seq = [(0.0, (0.0, 0.0))] + [(0.01 * i, (0.3 / i, 1.0 / i)) for i in range(1, 30)]
+    runs = []
+    for lambda_init in (1e-4, 1.0, 100.0):
+        c = balance_law(lambda_init=lambda_init)
+        runs.append([c.update(s, balance=b) for s, b in seq])
+    assert [r[0] for r in runs] == [1e-4, 1.0, 100.0]
+    assert runs[0][1:] == runs[1][1:] == runs[2][1:]
+
+
+def test_balance_law_proportional_part_lets_s_rise_then_leads_near_the_target():
+    c = balance_law(lambda_init=1.0, lead_steps=0.0)
+    lam_low = c.update(0.001, balance=(1.0, 1.0))  # far below S*: e clipped at -3, lambda = balance * e^(-6)
+    assert lam_low == pytest.approx(math.exp(-2.0 * 3.0), rel=1e-12)
+    led = balance_law(lambda_init=1.0, lead_steps=10.0)
+    plain = balance_law(lambda_init=1.0, lead_steps=0.0)
+    for ctrl in (led, plain):  # S climbing toward S*, still below it
+        for s in (0.05, 0.07, 0.085):
+            ctrl.update(s, balance=(1.0, 1.0))
+    # e is still < 0, but S is heading above S* within 10 steps: the lead raises lambda before the crossing
+    assert plain.lam < 1.0 < led.lam
+
+
+def test_balance_law_integral_starts_near_the_target_and_removes_an_offset():
+    c = balance_law(lambda_init=1.0, lead_steps=0.0)
+    for s in (0.001, 0.01, 0.05):  # S rising from 0 is not an offset of the balance
+        c.update(s, balance=(1.0, 1.0))
+    assert c.integral == 0.0 and not c.tracking
+    c.update(0.12, balance=(1.0, 1.0))  # above target: now it integrates, and lambda rises above the balance
+    assert c.tracking and c.integral == pytest.approx(odds_error(0.12))
+    assert c.lam > math.exp(2.0 * odds_error(0.12))
+
+
+def test_balance_law_needs_the_gradient_balance_and_keeps_it_in_its_state():
+    with pytest.raises(ValueError, match="gradient balance"):
+        balance_law().update(0.05)
+    a = balance_law()
+    seq = [(0.01 * i, (0.2 + 0.01 * math.sin(i), 1.0 + 0.1 * i)) for i in range(1, 30)]
+    for s, b in seq[:15]:
+        a.update(s, balance=b)
+    b_ctrl = balance_law()
+    b_ctrl.load_state_dict(a.state_dict())
+    assert [a.update(s, balance=b) for s, b in seq[15:]] == [b_ctrl.update(s, balance=b) for s, b in seq[15:]]

@@ -28,3 +28,13 @@ def test_a_checkpoint_without_the_session_lambda_resumes_at_the_pi_lambda():
     after = ControlSession(cfg, 10_000)
     after.load_state_dict(saved)
     assert after.lam == before.lam and after.state.step == 3 and after.target_s == 0.1
+
+
+def test_balance_law_is_refused_where_the_trainer_does_not_measure_the_balance():
+    from scu import ScuError
+    from scu.session import RunFacts
+
+    cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"}, "scu": {"law": "balance"}})
+    with pytest.raises(ScuError, match="use scu.law: pi"):
+        ControlSession(cfg, 1000, None, RunFacts("scu train (mlx)", "mlx"))
+    ControlSession(cfg, 1000, None, RunFacts("scu train", measures_balance=True))  # the PyTorch loop reports it

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from scu.core.bits import LN2, param_bpt
-from scu.torch.loop import accumulate_gradients, setup
+from scu.torch.loop import accumulate_gradients, gradient_balance, setup
 from scu.torch.regularizer import LoraPenalty
 
 SIGMA, N = 0.01, 10_000
@@ -106,6 +106,29 @@ def test_penalty_gradient_is_lambda_times_analytic_derivative(make_cfg, tmp_path
             assert expected.abs().max() > 1e-3 * g0[key].abs().max()
             changed += 1
     assert changed >= 4
+
+
+def test_gradient_balance_separates_the_data_gradient_from_the_penalty(make_cfg, tmp_path):
+    """law: balance reads -<g_d, g_p> and ||g_p||^2 off one backward at the step's lambda; both must equal what
+    separate backwards of the data loss alone and of the penalty alone give."""
+    run = setup(make_cfg(training__gradient_accumulation=2, scu__law="balance"), tmp_path / "run")
+    with torch.no_grad():
+        for p in run.penalty.pairs:
+            p.B.normal_(std=0.02)
+    data = _lora_grads(run, 0.0)
+    penalty = {k: g - data[k] for k, g in _lora_grads(run, 1.0).items()}  # d(ln2 * ParamBPT)/dtheta
+    run.state.cursor = 0
+    run.optimizer.zero_grad(set_to_none=True)
+    *_, penalty_grad = accumulate_gradients(run, 3.0)
+    pull, grad_sq = gradient_balance(run.model, penalty_grad, 3.0).tolist()
+    expected_pull = -sum((data[k].double() * penalty[k].double()).sum().item() for k in data)
+    expected_sq = sum(penalty[k].double().pow(2).sum().item() for k in data)
+    assert expected_sq > 0 and expected_pull != 0
+    assert grad_sq == pytest.approx(expected_sq, rel=1e-4)
+    assert pull == pytest.approx(expected_pull, rel=1e-3)
+    # other laws pay nothing for it
+    plain = setup(make_cfg(), tmp_path / "plain")
+    assert accumulate_gradients(plain, 3.0)[3] is None
 
 
 def test_auto_sigma_is_the_rms_of_the_adapted_base_weights_and_scales_the_gradient():
