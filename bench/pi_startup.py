@@ -1,13 +1,14 @@
 """Does the λ controller settle from any start? Start-up from the default λ_init and from λ*·1000 and λ*/1000.
 
-    python -m bench.pi_startup [--scale cpu|quick] [--laws pi bumpless] [--seeds 1] [--jobs 2]
+    python -m bench.pi_startup [--scale cpu|quick|real] [--laws pi bumpless balance] [--seeds 1] [--jobs 2]
 
 The harness's data and base (bench/scu_vs_baselines.py, same scale): LoRA on the Shakespeare slices,
 every training-set size × S* multiplier. Each run goes through `scu.torch.loop.train`, the code path of
 `scu train`. λ* of a (size, S*) cell is the median λ of the second half of the run from the
 default start that tracked best (the start-up runs are placed a factor 1000 either side of it). The issue's criterion, per run:
 smoothed S within ±10% of S* for ≥ 90% of the second half, settled within 20% of the steps, overshoot ≤ 20%,
-no limit cycle. Every run is cached as one JSON file under --out, so an interrupted benchmark resumes.
+no limit cycle. `--scale real`: SmolLM2-135M (dequantized Q4_1) on the real harness's two Shakespeare slices (18k
+tokens, which overfits in the budget, and 72k), at the product's S* only. Every run is cached as one JSON file under --out, so an interrupted benchmark resumes.
 """
 
 from __future__ import annotations
@@ -18,12 +19,24 @@ import os
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench.harness.summary import limit_cycle
-from bench.scu_vs_baselines import DEFAULT_DATA, QUICK, SCALES, Scale, fmt, prepare_scale, scaled_target, size_label
+from bench.scu_vs_baselines import (
+    DEFAULT_DATA,
+    QUICK,
+    REAL_SCALES,
+    RealScale,
+    SCALES,
+    Scale,
+    fmt,
+    prepare_real,
+    prepare_scale,
+    scaled_target,
+    size_label,
+)
 from scu.core.pi import PIConfig
 from scu.core.tracking import tracking_from_rows
 from scu.report.records import atomic_write_json
@@ -53,7 +66,7 @@ class Job:
         return {k: v for k, v in self.__dict__.items() if not (k == "ki" and v is None)}
 
 
-def run_job(job: Job, scale: Scale, train_path: str, target: float, out: Path) -> dict[str, Any]:
+def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, out: Path) -> dict[str, Any]:
     import torch
 
     from scu.config.schema import build_config
@@ -105,7 +118,7 @@ def cached(out: Path, job: Job) -> dict[str, Any] | None:
     return r if r is not None and r["job"] == job.record else None
 
 
-def run_all(jobs: list[Job], scale: Scale, manifest: dict, targets: dict, out: Path, workers: int) -> list[dict]:
+def run_all(jobs: list[Job], scale: Scale | RealScale, manifest: dict, targets: dict, out: Path, workers: int) -> list[dict]:
     todo = [j for j in jobs if cached(out, j) is None]
     if todo:
         print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} cached)", flush=True)
@@ -126,27 +139,33 @@ def summary(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", choices=["quick", *sorted(SCALES)], default="cpu")
+    ap.add_argument("--scale", choices=["quick", *sorted(SCALES), *sorted(REAL_SCALES)], default="cpu")
     ap.add_argument("--laws", nargs="+", default=["pi", "bumpless"])
     ap.add_argument("--ki", nargs="*", default=[], metavar="LAW=KI", help="integral gain of a law (default: the configured)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
-    ap.add_argument("--target", type=float, default=0.875, help="the middle S* (the harness's phase-1 choice at cpu scale)")
+    ap.add_argument("--target", type=float, help="the middle S* (default: 0.875, the harness's phase-1 choice at cpu "
+                    "scale; on SmolLM2 (--scale real) the product's default S*)")
     ap.add_argument("--sizes", nargs="*", help="training-set sizes to run (labels, e.g. 16000 pool); default: all")
     ap.add_argument("--multipliers", nargs="*", type=float, help="S* multipliers to run; default: the scale's")
     ap.add_argument("--lambda-star", type=float, help="place the starts around this λ* in every cell (default: measured)")
     ap.add_argument("--out", default=None, help="default bench/results/pi_startup/SCALE")
     args = ap.parse_args(argv)
-    scale = QUICK if args.scale == "quick" else SCALES[args.scale]
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.scale in REAL_SCALES:  # SmolLM2-135M: the slice that overfits and the data-rich one, S* 1x only
+        real = REAL_SCALES[args.scale]
+        gguf, manifest, _ = prepare_real(real, DEFAULT_DATA)
+        scale = replace(real, run=replace(real.run, base_model=gguf))
+        sizes, scale_multipliers, middle = [size_label(real.main_tokens), size_label(real.rich_tokens)], (1.0,), PIConfig.target_s
+    else:
+        scale = QUICK if args.scale == "quick" else SCALES[args.scale]
+        base, manifest, _ = prepare_scale(scale, DEFAULT_DATA)
+        sizes = [size_label(t) for t in (scale.main_tokens, *scale.transfer_tokens)]
+        scale, scale_multipliers, middle = replace(scale, run=replace(scale.run, base_model=str(base))), scale.multipliers, 0.875
     out = Path(args.out or f"bench/results/pi_startup/{scale.name}")
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    base, manifest, _ = prepare_scale(scale, DEFAULT_DATA)
-    from dataclasses import replace
-
-    scale = replace(scale, run=replace(scale.run, base_model=str(base)))
-    sizes = [size_label(t) for t in (scale.main_tokens, *scale.transfer_tokens)]
-    multipliers = args.multipliers or scale.multipliers
+    args.target = middle if args.target is None else args.target
+    multipliers = args.multipliers or scale_multipliers
     targets = {m: scaled_target(args.target, m) for m in multipliers}
     cells = [(size, m) for size in (args.sizes or sizes) for m in multipliers]
     seeds = range(args.seeds)

@@ -379,18 +379,9 @@ def run(args: argparse.Namespace) -> int:
 def run_real(args: argparse.Namespace, scale: RealScale) -> int:
     """The real model's single phase; the report is rewritten after every finished job (partial results)."""
     from scu.config.smart import suggest
-    from scu.models.gguf import smollm2_gguf
 
-    data_dir = Path(args.data_dir).resolve()
-    gguf = str(smollm2_gguf())
     t0 = time.perf_counter()
-    spec = hdata.DataSpec(train_tokens=(scale.main_tokens, scale.rich_tokens), val_tokens=scale.val_tokens,
-                          test_tokens=scale.test_tokens, wiki_tokens=scale.wiki_tokens,
-                          switch_tokens=scale.main_tokens + scale.run.block_size, block_size=scale.run.block_size)
-    key = hashlib.sha1(json.dumps([asdict(spec), gguf, str(data_dir)], sort_keys=True).encode()).hexdigest()[:12]
-    work = cache_root() / "scu_vs_baselines" / key
-    print(f"data: tokenizing the slices into {work} (once)", flush=True)
-    manifest = hdata.prepare(spec, load_tokenizer(ModelSection(base_model=gguf)), data_dir, work)
+    gguf, manifest, work = prepare_real(scale, Path(args.data_dir).resolve())
     s = replace(scale.run, base_model=gguf)
     main_label, rich_label = size_label(scale.main_tokens), size_label(scale.rich_tokens)
     suggested = suggest(gguf, data=manifest["train"][main_label]["path"], target="guide").config.scu.model_dump(mode="json")
@@ -419,6 +410,20 @@ def run_real(args: argparse.Namespace, scale: RealScale) -> int:
     report(f"{done}/{len(jobs)} jobs, {took}")
     print(f"wrote {out / 'results.md'}, results.json and pareto.png", flush=True)
     return 0
+
+
+def prepare_real(scale: RealScale, data_dir: Path) -> tuple[str, dict[str, Any], Path]:
+    """SmolLM2's GGUF and the real scale's tokenized slices, built once and cached: (gguf, manifest, work dir)."""
+    from scu.models.gguf import smollm2_gguf
+
+    gguf = str(smollm2_gguf())
+    spec = hdata.DataSpec(train_tokens=(scale.main_tokens, scale.rich_tokens), val_tokens=scale.val_tokens,
+                          test_tokens=scale.test_tokens, wiki_tokens=scale.wiki_tokens,
+                          switch_tokens=scale.main_tokens + scale.run.block_size, block_size=scale.run.block_size)
+    key = hashlib.sha1(json.dumps([asdict(spec), gguf, str(data_dir)], sort_keys=True).encode()).hexdigest()[:12]
+    work = cache_root() / "scu_vs_baselines" / key
+    print(f"data: tokenizing the slices into {work} (once)", flush=True)
+    return gguf, hdata.prepare(spec, load_tokenizer(ModelSection(base_model=gguf)), data_dir, work), work
 
 
 def prepare_scale(scale: Scale, data_dir: Path) -> tuple[Path, dict[str, Any], Path]:
