@@ -4,7 +4,8 @@ Four update laws share one state (lambda, integral, S_hat, step):
 
 * ``balance`` (measured in docs/method.md): lambda is set around the lambda at which the penalty's gradient cancels
   the data's (the loop measures both every step: lambda_bal = -<g_d, g_p> / ||g_p||^2, each smoothed by ema_alpha),
-      log(lambda) = log(lambda_bal) + kp * c + ki * sum(c),    c = clip(e, +-error_clip), e the log-odds error below
+      log(lambda) = log(lambda_bal) + kp * clip(e_ahead) + ki * sum(e),   e the log-odds error below (clipped at
+  +-error_clip), e_ahead that of S_hat extrapolated lead_steps on
   At lambda_bal the learned change stops growing, so S holds where it is; kp * c lets S rise freely while far below
   S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral removes what
   the gradient balance misses (the optimizer's preconditioning). Nothing is anchored at lambda_init: it is used
@@ -70,7 +71,7 @@ class PIConfig:
     start_gain: float = 0.15  # bumpless law: d log(lambda) per unit of predicted shortfall, before the first crossing
     start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
-    lead_steps: float = 10.0  # balance law: the proportional part acts on where e is heading this many steps on
+    lead_steps: float = 10.0  # balance law: the proportional part acts on where S_hat is heading this many steps on
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -101,6 +102,7 @@ class PIController:
         self.step_count = 0
         self.tracking = False  # bumpless law: S has reached S* at least once
         self.prev_error: float | None = None  # bumpless law: last step's log-odds error
+        self.prev_s_hat: float | None = None  # balance law: last step's S_hat
         self.pull = 0.0  # balance law: smoothed -<g_d, g_p> and ||g_p||^2 (scu.core.telemetry.StepTelemetry)
         self.grad_sq = 0.0
 
@@ -187,11 +189,12 @@ class PIController:
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the feedforward is the floor
         feedforward = math.log(self.pull / self.grad_sq) if self.pull > 0.0 else log_min
-        raw = log_odds_error(self.s_hat, target)
-        change = 0.0 if self.prev_error is None else raw - self.prev_error
-        self.prev_error = raw
-        e = min(max(raw, -c.error_clip), c.error_clip)
-        ahead = min(max(raw + c.lead_steps * change, -c.error_clip), c.error_clip)
+        heading = self.s_hat + c.lead_steps * (self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
+        self.prev_s_hat = self.s_hat
+        e = min(max(log_odds_error(self.s_hat, target), -c.error_clip), c.error_clip)
+        # extrapolated in S, not in its log-odds: while S grows exponentially from ~0 the log-odds rise fast
+        # although S is still far below S*
+        ahead = min(max(log_odds_error(heading, target), -c.error_clip), c.error_clip)
         # S rising from 0 is not an offset of the balance: the integral starts once S has first come near S*
         self.tracking = self.tracking or self.s_hat >= (1.0 - c.start_band) * target
         candidate = self.integral + e if self.tracking else self.integral
@@ -220,7 +223,8 @@ class PIController:
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count,
-                "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq}
+                "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
+                "prev_s_hat": self.prev_s_hat}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
@@ -229,6 +233,7 @@ class PIController:
         self.step_count = int(state["step"])
         self.tracking = bool(state.get("tracking", False))
         self.prev_error = state.get("prev_error")
+        self.prev_s_hat = state.get("prev_s_hat")
         self.pull = float(state.get("pull", 0.0))
         self.grad_sq = float(state.get("grad_sq", 0.0))
 

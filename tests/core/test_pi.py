@@ -172,3 +172,12 @@ def test_balance_law_needs_the_gradient_balance_and_keeps_it_in_its_state():
     b_ctrl = balance_law()
     b_ctrl.load_state_dict(a.state_dict())
     assert [a.update(s, balance=b) for s, b in seq[15:]] == [b_ctrl.update(s, balance=b) for s, b in seq[15:]]
+
+
+def test_balance_law_lead_does_not_fire_on_an_exponential_start_far_below_the_target():
+    # S doubling every step from ~0 (its log-odds rise 0.7 a step): extrapolated in log-odds, S would pass S* within
+    # 10 steps and lambda would jump above the balance (SmolLM2 went to lambda 81 at step 9 that way); in S it is
+    # still far below S*, so lambda stays under the balance and S keeps rising
+    c = balance_law(lambda_init=1.0)
+    lams = [c.update(s, balance=(1.0, 1.0)) for s in (0.0005, 0.001, 0.002, 0.004, 0.008)]
+    assert all(lam < 1.0 for lam in lams[1:])
