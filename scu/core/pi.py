@@ -7,9 +7,10 @@ Four update laws share one state (lambda, integral, S_hat, step):
       log(lambda) = log(lambda_bal) + kp * clip(e_ahead) + ki * sum(e),   e the log-odds error below (clipped at
   +-error_clip), e_ahead that of S_hat extrapolated lead_steps on
   At lambda_bal the learned change stops growing, so S holds where it is; kp * c lets S rise freely while far below
-  S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral removes what
-  the gradient balance misses (the optimizer's preconditioning). Nothing is anchored at lambda_init: it is used
-  only until the change is non-zero (the first step, where the penalty has no gradient whatever lambda is).
+  S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral (from the
+  moment S_hat first comes within start_band of S*) removes what the gradient balance misses. Nothing is anchored
+  at lambda_init: it stands in for lambda_bal only until the change is non-zero (after the first step, where the
+  penalty has no gradient whatever lambda is).
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -181,14 +182,15 @@ class PIController:
 
     def _balance_update(self, target: float, pull: float, grad_sq: float) -> None:
         c = self.config
-        if not (math.isfinite(pull) and math.isfinite(grad_sq)) or grad_sq <= 0.0:
-            return  # no learned change yet (the first step): the penalty has no gradient to balance
-        first = self.grad_sq == 0.0
-        self.pull = pull if first else (1.0 - c.ema_alpha) * self.pull + c.ema_alpha * pull
-        self.grad_sq = grad_sq if first else (1.0 - c.ema_alpha) * self.grad_sq + c.ema_alpha * grad_sq
+        if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
+            first = self.grad_sq == 0.0
+            self.pull = pull if first else (1.0 - c.ema_alpha) * self.pull + c.ema_alpha * pull
+            self.grad_sq = grad_sq if first else (1.0 - c.ema_alpha) * self.grad_sq + c.ema_alpha * grad_sq
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
-        # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the feedforward is the floor
-        feedforward = math.log(self.pull / self.grad_sq) if self.pull > 0.0 else log_min
+        if self.grad_sq == 0.0:  # nothing measured yet (the first step): lambda_init is the only estimate
+            feedforward = math.log(c.lambda_start)
+        else:  # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the floor
+            feedforward = math.log(self.pull / self.grad_sq) if self.pull > 0.0 else log_min
         heading = self.s_hat + c.lead_steps * (self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
         self.prev_s_hat = self.s_hat
         e = min(max(log_odds_error(self.s_hat, target), -c.error_clip), c.error_clip)

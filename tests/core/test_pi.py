@@ -129,13 +129,14 @@ def test_balance_law_sits_at_the_measured_balance_when_s_is_on_target():
 
 
 def test_balance_law_ignores_lambda_init_once_the_change_is_non_zero():
-    # the first step has no learned change, so no penalty gradient (||g_p|| = 0): lambda_init is kept for it only
+    # the first step has no learned change, so no penalty gradient (||g_p|| = 0): lambda_init stands in for the
+    # balance for the next step only (S = 0 is far below S*: lambda_init * e^(-kp * 3))
     seq = [(0.0, (0.0, 0.0))] + [(0.01 * i, (0.3 / i, 1.0 / i)) for i in range(1, 30)]
     runs = []
-    for lambda_init in (1e-4, 1.0, 100.0):
+    for lambda_init in (1e-2, 1.0, 100.0):
         c = balance_law(lambda_init=lambda_init)
         runs.append([c.update(s, balance=b) for s, b in seq])
-    assert [r[0] for r in runs] == [1e-4, 1.0, 100.0]
+    assert [r[0] for r in runs] == pytest.approx([x * math.exp(-6.0) for x in (1e-2, 1.0, 100.0)], rel=1e-12)
     assert runs[0][1:] == runs[1][1:] == runs[2][1:]
 
 
