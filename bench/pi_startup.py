@@ -53,17 +53,10 @@ class Job:
     start: str  # "default", "high" (λ*·FACTOR) or "low" (λ*/FACTOR)
     seed: int
     lambda_init: float
-    ki: float | None = None  # None: the configured default
 
     @property
     def name(self) -> str:
-        gain = "" if self.ki is None else f"_ki{self.ki:g}"
-        return f"{self.law}{gain}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}"
-
-    @property
-    def record(self) -> dict[str, Any]:
-        """The job as its result file stores it (runs cached before `ki` existed have no such key)."""
-        return {k: v for k, v in self.__dict__.items() if not (k == "ki" and v is None)}
+        return f"{self.law}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}"
 
 
 def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, out: Path) -> dict[str, Any]:
@@ -78,8 +71,6 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
         scu = {"target_s": target, "lambda_init": 0.0, "lambda_min": 0.0, "lambda_max": 0.0}
     else:
         scu = {"target_s": target, "law": job.law, "lambda_init": job.lambda_init, "lambda_min": 1e-7, "lambda_max": 1e4}
-        if job.ki is not None:
-            scu["ki"] = job.ki
     cfg = build_config({
         "model": {"base_model": s.base_model},
         "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
@@ -96,7 +87,7 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
     cycle = limit_cycle(rows, target)
     half = [r["lambda"] for r in rows[len(rows) // 2 :]]
     result = {
-        "job": job.record, "target_s": target, "steps": len(rows), "tracking": tr, "limit_cycle": cycle,
+        "job": job.__dict__, "target_s": target, "steps": len(rows), "tracking": tr, "limit_cycle": cycle,
         "lambda_2nd_half_median": statistics.median(half),
         "meets": {
             "in_band_90": tr["in_band"] >= 0.9,
@@ -115,7 +106,7 @@ def cached(out: Path, job: Job) -> dict[str, Any] | None:
     """The run's result, if it was run with exactly this job (a λ* measured anew moves the starts)."""
     path = out / f"{job.name}.json"
     r = json.loads(path.read_text()) if path.exists() else None
-    return r if r is not None and r["job"] == job.record else None
+    return r if r is not None and r["job"] == job.__dict__ else None
 
 
 def run_all(jobs: list[Job], scale: Scale | RealScale, manifest: dict, targets: dict, out: Path, workers: int) -> list[dict]:
@@ -141,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=["quick", *sorted(SCALES), *sorted(REAL_SCALES)], default="cpu")
     ap.add_argument("--laws", nargs="+", default=["pi", "bumpless"])
-    ap.add_argument("--ki", nargs="*", default=[], metavar="LAW=KI", help="integral gain of a law (default: the configured)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--target", type=float, help="the middle S* (default: 0.875, the harness's phase-1 choice at cpu "
@@ -164,23 +154,22 @@ def main(argv: list[str] | None = None) -> int:
         scale, scale_multipliers, middle = replace(scale, run=replace(scale.run, base_model=str(base))), scale.multipliers, 0.875
     out = Path(args.out or f"bench/results/pi_startup/{scale.name}")
     out.mkdir(parents=True, exist_ok=True)
-    args.target = middle if args.target is None else args.target
+    middle = middle if args.target is None else args.target
     multipliers = args.multipliers or scale_multipliers
-    targets = {m: scaled_target(args.target, m) for m in multipliers}
+    targets = {m: scaled_target(middle, m) for m in multipliers}
     cells = [(size, m) for size in (args.sizes or sizes) for m in multipliers]
     seeds = range(args.seeds)
-    gains = {law: float(ki) for law, ki in (spec.split("=") for spec in args.ki)}
     default = PIConfig.lambda_init
     # phase 0: S with λ = 0 per size; a target S never reaches on its own cannot be settled at
     refs = run_all([Job(UNREGULARIZED, size, 1.0, "ref", 0, 0.0) for size in {c[0]: 0 for c in cells}],
-                   scale, manifest, targets | {1.0: scaled_target(args.target, 1.0)}, out, args.jobs)
+                   scale, manifest, targets | {1.0: scaled_target(middle, 1.0)}, out, args.jobs)
     reach = {}
     for size, m in cells:
         s_hat = next(r for r in refs if r["job"]["size"] == size)["trace"]["s_hat"]
         rise = next((i + 1 for i, x in enumerate(s_hat) if x >= 0.9 * targets[m]), None)
         reach[(size, m)] = {"unregularized_max_s_hat": max(s_hat), "rise_step": rise, "reachable": rise is not None}
     # phase 1: every law from the default start; the bumpless law's run defines λ* of the cell
-    first = run_all([Job(law, size, m, "default", seed, default, gains.get(law)) for law in args.laws for size, m in cells for seed in seeds],
+    first = run_all([Job(law, size, m, "default", seed, default) for law in args.laws for size, m in cells for seed in seeds],
                     scale, manifest, targets, out, args.jobs)
     lam_star = {}
     for size, m in cells:
@@ -192,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(ref, key=lambda r: (r["tracking"]["in_band"], r["job"]["law"] == "bumpless"))
         lam_star[(size, m)] = best["lambda_2nd_half_median"]
     # phase 2: a factor FACTOR either side of λ*, where S* is reachable
-    jobs = [Job(law, size, m, start, seed, lam_star[(size, m)] * (FACTOR if start == "high" else 1 / FACTOR), gains.get(law))
+    jobs = [Job(law, size, m, start, seed, lam_star[(size, m)] * (FACTOR if start == "high" else 1 / FACTOR))
             for law in args.laws for size, m in cells if reach[(size, m)]["reachable"]
             for start in ("high", "low") for seed in seeds]
     second = run_all(jobs, scale, manifest, targets, out, args.jobs)

@@ -121,6 +121,11 @@ class PIController:
             return "max"
         return None
 
+    @property
+    def lambda_balance(self) -> float | None:
+        """Balance law: the smoothed lambda at which the penalty's gradient cancels the data's (None: not measured)."""
+        return self.pull / self.grad_sq if self.grad_sq > 0.0 else None
+
     def update(self, s: float, target_s: float | None = None, balance: tuple[float, float] | None = None) -> float:
         """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda.
 
@@ -187,10 +192,11 @@ class PIController:
             self.pull = pull if first else (1.0 - c.ema_alpha) * self.pull + c.ema_alpha * pull
             self.grad_sq = grad_sq if first else (1.0 - c.ema_alpha) * self.grad_sq + c.ema_alpha * grad_sq
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
-        if self.grad_sq == 0.0:  # nothing measured yet (the first step): lambda_init is the only estimate
+        balance = self.lambda_balance
+        if balance is None:  # nothing measured yet (the first step): lambda_init is the only estimate
             feedforward = math.log(c.lambda_start)
         else:  # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the floor
-            feedforward = math.log(self.pull / self.grad_sq) if self.pull > 0.0 else log_min
+            feedforward = math.log(balance) if balance > 0.0 else log_min
         heading = self.s_hat + c.lead_steps * (self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
         self.prev_s_hat = self.s_hat
         e = min(max(log_odds_error(self.s_hat, target), -c.error_clip), c.error_clip)
@@ -219,8 +225,8 @@ class PIController:
         balance = None if telemetry.data_pull is None else (telemetry.data_pull, telemetry.penalty_grad_sq)
         lam = self.update(telemetry.s, telemetry.target_s, balance)
         report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound}
-        if self.grad_sq > 0.0:
-            report["lambda_balance"] = self.pull / self.grad_sq
+        if self.lambda_balance is not None:
+            report["lambda_balance"] = self.lambda_balance
         return Action(lam=lam, report=report)
 
     def state_dict(self) -> dict:
