@@ -43,23 +43,25 @@ EVALS = {"quick": 8, "cpu": 24, "real": 12}  # held-out (and validation) evaluat
 SAVE_GOAL, COST_GOAL, RICH_SLOPE = 0.30, 0.01, 0.005
 
 
-def plan(scale_name: str, main: str, rich: str, seeds: int) -> list[Job]:
+def plan(scale_name: str, main: str, rich: str, seeds: int, target: float | None) -> list[Job]:
+    """The headline SCU arm (or S* = `target`) at the main size for every seed, and at the data-rich size for seed 0."""
     scu: dict[str, Any] = {"enabled": True}
-    if scale_name in HEADLINE_TARGET:
-        scu["target_s"] = HEADLINE_TARGET[scale_name]
-    jobs = [Job("scu_headline", seed, main, {"scu": scu}, early_stop=True) for seed in range(seeds)]
-    return jobs + [Job(f"N={rich}/scu_headline", 0, rich, {"scu": scu}, early_stop=True)]
+    if target is not None or scale_name in HEADLINE_TARGET:
+        scu["target_s"] = target or HEADLINE_TARGET[scale_name]
+    arm = "scu_headline" if target is None else f"scu_target={target:g}"
+    jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in range(seeds)]
+    return jobs + [Job(f"N={rich}/{arm}", 0, rich, {"scu": scu}, early_stop=True)]
 
 
 def slope_per_100(curve: list[dict[str, Any]], step: int) -> float | None:
-    """Relative change of held-out BPT per 100 steps between the two evaluations around `step` (negative: falling)."""
+    """Relative change of held-out BPT per 100 steps (a fraction; negative: falling) between the evaluations around `step`."""
     pts = [(c["step"], c["test"]) for c in curve if "test" in c]
     after = [p for p in pts if p[0] >= step]
     before = [p for p in pts if p[0] < step]
     if not after or not before:
         return None
     (s0, b0), (s1, b1) = before[-1], after[0]
-    return (b1 / b0 - 1.0) * 100.0 / (s1 - s0)
+    return (b1 / b0 - 1.0) * 100 / (s1 - s0)
 
 
 def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
@@ -92,7 +94,7 @@ def markdown(rows: list[dict[str, Any]], note: str) -> str:
         epochs = r["budget"] * r["tokens_per_step"] / r["tokens_per_epoch"] if r.get("tokens_per_step") else float("nan")
         auto = ("did not fire | — | — | —" if a is None else
                 f"{a['step']} | {100 * a['saved']:.0f}% | {100 * a['cost']:+.2f}% | "
-                + ("—" if a["heldout_slope_per_100"] is None else f"{a['heldout_slope_per_100']:+.2f}"))
+                + ("—" if a["heldout_slope_per_100"] is None else f"{100 * a['heldout_slope_per_100']:+.2f}"))
         early = "— | — | —" if not e else f"{e['stop_step']} | {100 * e['saved']:.0f}% | {100 * e['cost']:+.2f}%"
         lines.append(f"| {r['size']}/seed{r['seed']} | {r['budget']} | {epochs:.1f} | {auto} | {early} | "
                      f"{r['best_test']:.4f} ({r['best_step']}) |")
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=["quick", "cpu", "real"], default="cpu")
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the main size (the data-rich size runs seed 0)")
     ap.add_argument("--budget", type=float, default=3.0, help="multiple of the harness's step budget")
+    ap.add_argument("--target", type=float, help="S* of the SCU arm (default: the scale's headline S*)")
+    ap.add_argument("--no-rich", action="store_true", help="skip the data-rich run")
     ap.add_argument("--window", type=int, help="the detector's window (default: the product's)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
@@ -123,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         main_label, rich_label = size_label(scale.main_tokens), size_label(scale.transfer_tokens[-1])
     steps = round(scale.run.steps * args.budget)
     s: Settings = replace(scale.run, base_model=str(base), steps=steps, val_evals=EVALS[args.scale], test_evals=EVALS[args.scale])
-    jobs = plan(args.scale, main_label, rich_label, args.seeds)
+    jobs = plan(args.scale, main_label, rich_label, args.seeds, args.target)
+    if args.no_rich:
+        jobs = [j for j in jobs if j.size == main_label]
     if args.window is not None:
         jobs = [replace(j, config={**j.config, "equilibrium": {"window": args.window}}) for j in jobs]
-    out = Path(args.out or f"bench/results/autostop/{args.scale}")
+    out = Path(args.out or f"bench/results/autostop/{args.scale}" + ("" if args.target is None else f"_target={args.target:g}"))
     runner = Runner(out, s, manifest, work, args.jobs, args.threads)
 
     def report() -> None:
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "fires_every_seed": bool(main_rows) and len(fired) == len(main_rows),
             "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL,
             "cost_1pct": bool(fired) and max(a["cost"] for a in fired) <= COST_GOAL,
-            "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_slope_per_100"] or 0) >= -100 * RICH_SLOPE
+            "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_slope_per_100"] or 0) >= -RICH_SLOPE
                                              for r in rich_rows) if rich_rows else None,
         }
         summary = {"scale": args.scale, "budget_steps": steps, "window": args.window, "settings": s.__dict__,
