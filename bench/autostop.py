@@ -75,8 +75,13 @@ def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
     if auto is None:
         out["auto"] = None
     else:
-        out["auto"] = {"step": auto["step"], "test": auto["test"], "saved": 1 - auto["step"] / budget,
-                       "cost": auto["test"] / best["test"] - 1, "heldout_slope_per_100": slope_per_100(r["curve"], auto["step"])}
+        # what auto-stop saves: the weights averaged over about the detector's window (equilibrium.average), where
+        # the run measured them; runs from before the average was measured have the last step's weights only
+        saved = auto.get("averaged", auto)
+        out["auto"] = {"step": auto["step"], "saved": 1 - auto["step"] / budget, "averaged": "averaged" in auto,
+                       "test": saved["test"], "cost": saved["test"] / best["test"] - 1,
+                       "last_step_test": auto["test"], "last_step_cost": auto["test"] / best["test"] - 1,
+                       "heldout_slope_per_100": slope_per_100(r["curve"], auto["step"])}
     early = r.get("early_stop")
     if early is not None:
         stop = early["stop_step"] if early["triggered"] else budget
@@ -87,13 +92,15 @@ def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], note: str) -> str:
     lines = [f"# Auto-stop against validation early stopping ({note})", "",
-             "| run | budget | epochs in budget | auto-stop step | saved | held-out cost vs best | held-out slope there (%/100 steps) "
-             "| early stop step | saved | cost | best held-out (step) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | budget | epochs in budget | auto-stop step | saved | held-out cost vs best (saved adapter) | last step's weights "
+             "| held-out slope there (%/100 steps) | early stop step | saved | cost | best held-out (step) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, e = r["auto"], r.get("early_stop") or {}
         epochs = r["budget"] * r["tokens_per_step"] / r["tokens_per_epoch"] if r.get("tokens_per_step") else float("nan")
-        auto = ("did not fire | — | — | —" if a is None else
-                f"{a['step']} | {100 * a['saved']:.0f}% | {100 * a['cost']:+.2f}% | "
+        auto = ("did not fire | — | — | — | —" if a is None else
+                f"{a['step']} | {100 * a['saved']:.0f}% | {100 * a['cost']:+.2f}%{'' if a['averaged'] else ' (last step)'} | "
+                f"{100 * a['last_step_cost']:+.2f}% | "
                 + ("—" if a["heldout_slope_per_100"] is None else f"{100 * a['heldout_slope_per_100']:+.2f}"))
         early = "— | — | —" if not e else f"{e['stop_step']} | {100 * e['saved']:.0f}% | {100 * e['cost']:+.2f}%"
         lines.append(f"| {r['size']}/seed{r['seed']} | {r['budget']} | {epochs:.1f} | {auto} | {early} | "

@@ -230,6 +230,8 @@ class Backend:
     val_bpt: Callable[[Any], float]  # held-out bits per token of run.data.val
     save_checkpoint: Callable[[Any], None]
     write_outputs: Callable[[Any, str, bool], None]  # (run, status, adapter)
+    average_weights: Callable[[Any, Any, float], Any]  # (run, average or None, weight): the EMA auto-stop saves
+    load_weights: Callable[[Any, Any], None]  # (run, average): put the averaged weights into the model
     is_main: bool = True  # the process that writes files and shows progress
 
 
@@ -239,6 +241,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
     show = progress and backend.is_main  # when shown, tqdm's own TQDM_DISABLE still applies
     bar = tqdm(total=t.steps, initial=run.state.step, desc=backend.desc, dynamic_ncols=True, **({} if show else {"disable": True}))
     status = "completed"
+    weight, average = run.cfg.equilibrium.average_weight(), None  # after a resume it starts from the resumed weights
     run.model.train()
     session.start()
     for cb in callbacks:
@@ -257,6 +260,8 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
                         "lower training.learning_rate or use fp32 (model.dtype)"
                     )
                 continue
+            if weight is not None:
+                average = backend.average_weights(run, average, weight)
             if t.eval_every and st.step % t.eval_every == 0 and run.data.val is not None:
                 row["val_bpt"] = backend.val_bpt(run)
             session.record(row)
@@ -277,8 +282,15 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
             if any(asked):
                 status = "stopped by a callback"
                 break
+    averaged = status == "stopped at equilibrium" and average is not None
+    if averaged:
+        backend.load_weights(run, average)
+        session.note_averaged(run.cfg.equilibrium.window)
+        if backend.is_main:
+            bar.write(f"SCU: the adapter saved is the weights averaged over about the last {run.cfg.equilibrium.window} "
+                      "steps (equilibrium.average: false keeps the last step's)")
     bar.close()
-    if status not in STOPPED_BY_SIGNAL and run.data.val is not None and "val_bpt" not in run.state.last:
+    if status not in STOPPED_BY_SIGNAL and run.data.val is not None and (averaged or "val_bpt" not in run.state.last):
         run.state.last["val_bpt"] = backend.val_bpt(run)
     backend.save_checkpoint(run)
     backend.write_outputs(run, status, True)

@@ -142,6 +142,7 @@ class ControlSession:
             self.state.lam = pi_config(cfg).lambda_start
             self.state.target_s = None if self.lambda_fixed else cfg.scu.target_s
         self.stop_status: str | None = None  # set when a controller stopped the run
+        self.weights_averaged_over: int | None = None  # set when auto-stop saves window-averaged weights
 
     # -- the knobs of the next step -------------------------------------------------------
     @property
@@ -281,6 +282,10 @@ class ControlSession:
         }
         self.tscu.rows.append(row)
 
+    def note_averaged(self, span: int) -> None:
+        """The model now holds the weights averaged over about `span` steps: metadata.json says so."""
+        self.weights_averaged_over = span
+
     def record(self, row: MetricsRow) -> None:
         """Keep the row as the run's last and append it to metrics.jsonl (main process only)."""
         self.state.last = dict(row)
@@ -321,6 +326,7 @@ class ControlSession:
             "steps_planned": cfg.training.steps,
             "nan_skips": st.nan_skips,
             "equilibrium_step": st.equilibrium_step,
+            "weights_averaged_over": self.weights_averaged_over,
             "tokens_seen": st.tokens_seen,
             "wall_time_s": st.wall_time,
             "seed": cfg.training.seed,

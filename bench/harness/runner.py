@@ -143,6 +143,17 @@ class Measure(Callback):
         self.switch_info: dict[str, Any] | None = None
         self.t_start = time.perf_counter()
         self.result: dict[str, Any] = {}
+        self.average: dict[str, torch.Tensor] | None = None  # EMA of the trainable weights, span = the detector's window
+
+    def track_average(self, run: Run) -> None:
+        with torch.no_grad():
+            if self.average is None:
+                self.average = trainable_state(run)
+                return
+            beta = 1.0 - 2.0 / (run.cfg.equilibrium.window + 1)
+            for n, p in run.model.named_parameters():
+                if n in self.average:
+                    self.average[n].lerp_(p.detach(), 1.0 - beta)
 
     def on_step_end(self, run: Run, row: dict[str, Any]) -> None:
         job, st, steps = self.job, run.state, run.cfg.training.steps
@@ -153,8 +164,13 @@ class Measure(Callback):
             self.switch_step = None if job.switch_at is None else round(steps * job.switch_at)
         evaluate = self.evaluate
         self.rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
+        self.track_average(run)
         if self.auto is None and st.equilibrium_step == st.step:  # where `scu train --auto-stop` would end
             self.auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
+            current = trainable_state(run)
+            load_trainable(run, self.average)  # the same, on the weights averaged over about the detector's window
+            self.auto["averaged"] = evaluate("val", "test", "wiki")
+            load_trainable(run, current)
         point: dict[str, Any] = {}
         if st.step in self.val_at:
             point.update(evaluate("val"))

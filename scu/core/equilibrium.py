@@ -41,10 +41,19 @@ class EquilibriumConfig:
     """The `equilibrium:` config section."""
 
     auto_stop: bool = False  # end training at the equilibrium step and save the adapter there (scu train --auto-stop)
+    average: bool = True  # with auto_stop, save the weights averaged over about the window (an EMA of span `window`)
     window: int = 100  # steps over which all three conditions must hold (the guide's 100; shorter runs may set >= 20)
     lambda_tolerance: float = 0.05  # largest relative change of λ's trend over the window
     s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
     loss_tolerance: float = 0.01  # largest relative loss drop per 100 steps that still counts as a plateau
+
+    def average_weight(self) -> float | None:
+        """The per-step EMA weight of the weights auto-stop saves (span = window), or None: not averaged.
+
+        At λ-equilibrium the detector has judged its window stationary; with a constant learning rate the weights
+        still wander around the regularized optimum, and their average over the window estimates it better than
+        the last step's (docs/evaluation.md has the measurements)."""
+        return 2.0 / (self.window + 1) if self.auto_stop and self.average else None
 
     def __post_init__(self) -> None:
         if self.window < MIN_WINDOW:

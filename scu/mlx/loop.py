@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
@@ -147,6 +147,19 @@ def block_bpt(model: nn.Module, blocks: Blocks, batch_size: int = 16) -> float:
     return nats / blocks.loss_tokens() / LN2
 
 
+def average_weights(run: MlxRun, average: dict[str, mx.array] | None, weight: float) -> dict[str, mx.array]:
+    """One EMA step of the trainable weights (EquilibriumConfig.average_weight), evaluated now: no lazy graph builds up."""
+    params = dict(tree_flatten(run.model.trainable_parameters()))
+    average = dict(params) if average is None else {n: a + weight * (params[n] - a) for n, a in average.items()}
+    mx.eval(list(average.values()))
+    return average
+
+
+def load_weights(run: MlxRun, average: dict[str, mx.array]) -> None:
+    run.model.load_weights(list(average.items()), strict=False)
+    mx.eval(run.model.parameters())
+
+
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
@@ -164,7 +177,7 @@ def train(
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
         "scu train (mlx)", train_step, lambda r: block_bpt(r.model, r.data.val_blocks, r.cfg.training.batch_size),
-        save_checkpoint, write_outputs,
+        save_checkpoint, write_outputs, average_weights, load_weights,
     )
     trackers = []
     if cfg.training.report_to:  # Accelerate's trackers need an Accelerator, not a torch model

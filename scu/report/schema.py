@@ -88,6 +88,7 @@ class RunMetadata(TypedDict):
     steps_planned: int
     nan_skips: int
     equilibrium_step: int | None
+    weights_averaged_over: int | None  # auto-stop saved the weights averaged over about this many steps (EMA span)
     tokens_seen: int
     wall_time_s: float
     seed: int

@@ -42,6 +42,7 @@ from scu.core.bits import LN2
 from scu.report.records import atomic_path, atomic_write_json
 from scu.report.schema import CONTROL_KEYS
 from scu.session import ControlSession, RunFacts, StepResult
+from scu.torch.average import load_average, update_average
 from scu.torch.distributed import all_reduce_sum_, check_layout, rank, world_size
 from scu.torch.regularizer import LoraPenalty
 from scu.trackers import scu_logs
@@ -290,6 +291,7 @@ class SCUTrainerMixin:
         self._scu_lr, self._scu_began = 0.0, 0.0
         self._scu_window: list[dict[str, Any]] = []  # metrics rows since the last log
         self._scu_logged_tokens = 0
+        self._scu_average: dict[str, Tensor] | None = None  # what auto-stop leaves in the model (equilibrium.average)
         self.add_callback(SCUCallback(self))
 
     def _scu_loss_is_scaled(self, num_items_in_batch: Any) -> bool:
@@ -342,10 +344,20 @@ class SCUTrainerMixin:
         seconds = time.perf_counter() - self._scu_began
         self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens, grad_norm=self._scu_grad_norm, lr=self._scu_lr,
                       seconds=seconds)
-        if self.scu.session.state.last.get("step") == self.state.global_step:
-            self._scu_window.append(self.scu.session.state.last)
+        session = self.scu.session
+        recorded = session.state.last.get("step") == self.state.global_step  # False for a skipped NaN step
+        if recorded:
+            self._scu_window.append(session.state.last)
         self._scu_nats, self._scu_tokens, self._scu_grad_norm, self._scu_penalized = 0.0, 0, None, False
-        return self.scu.session.stop_status is not None
+        weight = session.cfg.equilibrium.average_weight()
+        model = self.accelerator.unwrap_model(self.model)
+        if weight is not None and recorded:
+            self._scu_average = update_average(model, self._scu_average, weight)
+        if session.stop_status == "stopped at equilibrium" and self._scu_average is not None:
+            load_average(model, self._scu_average)  # the weights the Trainer saves from here on
+            session.note_averaged(session.cfg.equilibrium.window)
+            self._scu_average = None
+        return session.stop_status is not None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self._scu_window and "loss" in logs:  # a training log: the scu/ keys of the steps since the last one

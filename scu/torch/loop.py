@@ -41,6 +41,7 @@ from scu.report.records import atomic_write_text
 from scu.rundir import RunLock, check_output, claim, publish
 from scu.session import ControlSession, RunFacts, RunState
 from scu.torch import checkpoint
+from scu.torch.average import load_average, update_average
 from scu.torch.checkpoint import CHECKPOINT
 from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
@@ -216,7 +217,10 @@ def train(
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
         "scu train", train_step, lambda r: block_bpt(r.model, r.data.val_blocks, r.cfg.training.batch_size),
-        save_checkpoint, write_outputs, is_main=run.accelerator.is_main_process,
+        save_checkpoint, write_outputs,
+        lambda r, average, weight: update_average(r.accelerator.unwrap_model(r.model), average, weight),
+        lambda r, average: load_average(r.accelerator.unwrap_model(r.model), average),
+        is_main=run.accelerator.is_main_process,
     )
     trackers = [ReportTo(run.accelerator, cfg, run.state.tokens_seen)] if cfg.training.report_to else []
     try:

@@ -117,3 +117,33 @@ def test_cli_trains_with_backend_mlx(mlx_cfg, tmp_path, tiny_base, pydoc_txt):
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert meta["backend"] == "mlx" and meta["steps"] == 3 and meta["config"]["model"]["backend"] == "mlx"
     assert (tmp_path / "run" / "adapters.safetensors").exists()
+
+
+def test_auto_stop_saves_the_weights_averaged_over_the_window(mlx_cfg, tmp_path):
+    from mlx.utils import tree_flatten
+
+    from scu.core.equilibrium import EquilibriumConfig
+
+    class Recorder(driver.Callback):
+        def __init__(self):
+            self.states = []
+
+        def on_step_end(self, run, row):
+            self.states.append({n: np.array(a) for n, a in tree_flatten(run.model.trainable_parameters())})
+
+    cfg = mlx_cfg(training__steps=40)
+    # tolerances that always hold: the detector fires once its 20-step window is full
+    cfg.equilibrium = EquilibriumConfig(auto_stop=True, window=20, lambda_tolerance=1e9, s_tolerance=1e9, loss_tolerance=1e9)
+    rec = Recorder()
+    meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
+    assert meta["status"] == "stopped at equilibrium" and meta["steps"] == 20 == len(rec.states)
+    assert meta["weights_averaged_over"] == 20
+    expected = {n: a.astype(np.float64) for n, a in rec.states[0].items()}
+    for state in rec.states[1:]:
+        for n, a in state.items():
+            expected[n] += (2 / 21) * (a - expected[n])
+    saved = {n: np.array(a) for n, a in mx.load(str(tmp_path / "run" / "adapters.safetensors")).items()}
+    assert saved.keys() == expected.keys()
+    for n, a in saved.items():
+        np.testing.assert_allclose(a, expected[n], rtol=1e-4, atol=1e-6)
+    assert max(float(np.abs(rec.states[-1][n] - expected[n]).max()) for n in saved) > 1e-4  # not the last step's weights

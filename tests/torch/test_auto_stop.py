@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from peft import PeftModel
 
 import scu.torch.loop as loop
 from scu.core.equilibrium import EquilibriumConfig
 from scu.data.builtin import pydoc_topics
 from scu.data.corpus import load_train_val
+from scu.driver import Callback
 from scu.session import build_controllers
 from scu.eval.bpt import block_bpt
 from scu.torch.model import load_model, load_tokenizer
@@ -86,3 +88,45 @@ def test_detector_needs_a_penalty(make_cfg):
     assert "equilibrium" in build_controllers(make_cfg(scu__lambda_min=0.5, scu__lambda_max=0.5))
     assert "equilibrium" not in build_controllers(make_cfg(scu__lambda_min=0.0, scu__lambda_max=0.0))
     assert "equilibrium" not in build_controllers(make_cfg(scu__enabled=False))
+
+
+class WeightRecorder(Callback):
+    """The trainable weights after every recorded step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_step_end(self, run, row):
+        self.states.append({n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad})
+
+
+def fires_at(window: int, average: bool) -> EquilibriumConfig:
+    """A detector whose tolerances always hold: it fires once its window is full, at step `window`."""
+    return EquilibriumConfig(auto_stop=True, average=average, window=window, lambda_tolerance=1e9, s_tolerance=1e9,
+                             loss_tolerance=1e9)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_auto_stop_saves_the_weights_averaged_over_the_window(make_cfg, tmp_path, average):
+    cfg = make_cfg(training__steps=60)
+    cfg.equilibrium = fires_at(20, average)
+    rec = WeightRecorder()
+    meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
+    assert meta["status"] == "stopped at equilibrium" and meta["steps"] == 20 == len(rec.states)
+    assert meta["weights_averaged_over"] == (20 if average else None)
+
+    expected = {n: t.clone() for n, t in rec.states[0].items()}  # the EMA of span 20, computed here step by step
+    for state in rec.states[1:]:
+        for n, t in state.items():
+            expected[n] += (2 / 21) * (t - expected[n])
+    if not average:
+        expected = rec.states[-1]
+    reloaded = PeftModel.from_pretrained(load_model(cfg.model), str(tmp_path / "run"))
+    saved = {n: p for n, p in reloaded.named_parameters() if "lora_" in n}
+    assert saved.keys() == expected.keys()
+    for n, p in saved.items():
+        torch.testing.assert_close(p, expected[n], rtol=1e-5, atol=1e-7)
+    moved = max(float((rec.states[-1][n] - expected[n]).abs().max()) for n in saved) if average else 0.0
+    assert not average or moved > 1e-4  # the average is not just the last step's weights
+    data = load_train_val(cfg.data, load_tokenizer(cfg.model), cfg.training.block_size, cfg.training.seed)
+    assert block_bpt(reloaded, data.val_blocks) == pytest.approx(meta["val_bpt"], rel=1e-6)  # metadata scores what was saved

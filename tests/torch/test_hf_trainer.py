@@ -164,3 +164,28 @@ def test_tokens_per_epoch_counts_loss_tokens_after_the_shift():
 def test_bad_scu_settings_are_one_line_errors(tmp_path, scu, message):
     with pytest.raises(ScuError, match=message):
         SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), args=trainer_args(tmp_path), scu=scu)
+
+
+def test_auto_stop_leaves_the_weights_averaged_over_the_window_in_the_model(tmp_path):
+    class WeightsAtStepEnd(TrainerCallback):  # runs before SCU's own callback (added last), so sees each step's weights
+        states: list[dict[str, torch.Tensor]] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.states.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    rec = WeightsAtStepEnd()
+    always = {"auto_stop": True, "window": 20, "lambda_tolerance": 1e9, "s_tolerance": 1e9, "loss_tolerance": 1e9}
+    trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), callbacks=[rec], scu={"target_s": 0.1},
+                         equilibrium=always, args=trainer_args(tmp_path, max_steps=40, learning_rate=3e-3))
+    trainer.train()
+    assert trainer.state.global_step == 20 == len(rec.states)  # the detector fired once its window was full
+    expected = {n: t.clone() for n, t in rec.states[0].items()}
+    for state in rec.states[1:]:
+        for n, t in state.items():
+            expected[n] += (2 / 21) * (t - expected[n])
+    now = {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for n, p in now.items():
+        torch.testing.assert_close(p, expected[n], rtol=1e-5, atol=1e-7)
+    assert max(float((rec.states[-1][n] - now[n]).abs().max()) for n in now) > 1e-4  # not the last step's weights
+    trainer.save_model()
+    assert json.loads((tmp_path / "metadata.json").read_text())["weights_averaged_over"] == 20
