@@ -208,6 +208,8 @@ def outcome_section(meta: dict[str, Any]) -> list[str]:
     rows = [("Steps", steps), ("Tokens seen", f"{meta['tokens_seen']:,}")]
     if meta.get("equilibrium_step") is not None:
         rows.append(("λ-equilibrium step", str(meta["equilibrium_step"])))
+    if meta.get("weights_averaged_over"):
+        rows.append(("Weights", f"averaged over about the last {meta['weights_averaged_over']} steps (auto-stop)"))
     if meta.get("scu_enabled"):
         rows += [
             ("Final S (smoothed)", "n/a" if meta.get("final_s_hat") is None else f"{100 * meta['final_s_hat']:.2f}%"),

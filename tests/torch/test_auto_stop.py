@@ -114,6 +114,8 @@ def test_auto_stop_saves_the_weights_averaged_over_the_window(make_cfg, tmp_path
     meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
     assert meta["status"] == "stopped at equilibrium" and meta["steps"] == 20 == len(rec.states)
     assert meta["weights_averaged_over"] == (20 if average else None)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert ("averaged over about the last 20 steps" in card) == average
 
     expected = {n: t.clone() for n, t in rec.states[0].items()}  # the EMA of span 20, computed here step by step
     for state in rec.states[1:]:
