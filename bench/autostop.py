@@ -1,6 +1,6 @@
 """Does λ-equilibrium auto-stop fire, and what does stopping there cost? Side by side with validation early stopping.
 
-    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--budget 3] [--jobs 2]
+    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--budget 3] [--target S] [--equilibrium KEY=VALUE ...] [--jobs 2]
 
 The harness's base, data and protocol (bench/scu_vs_baselines.py, same scale), with the step budget multiplied
 by `--budget`, so that a run has time to reach its regularized optimum. Arms: the scale's headline SCU arm at
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=3.0, help="multiple of the harness's step budget")
     ap.add_argument("--target", type=float, help="S* of the SCU arm (default: the scale's headline S*)")
     ap.add_argument("--no-rich", action="store_true", help="skip the data-rich run")
-    ap.add_argument("--window", type=int, help="the detector's window (default: the product's)")
+    ap.add_argument("--equilibrium", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="detector settings other than the product's defaults, e.g. window=50 lambda_tolerance=0.1")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
@@ -137,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(args.scale, main_label, rich_label, args.seeds, args.target)
     if args.no_rich:
         jobs = [j for j in jobs if j.size == main_label]
-    if args.window is not None:
-        jobs = [replace(j, config={**j.config, "equilibrium": {"window": args.window}}) for j in jobs]
+    detector = {key: float(value) for key, value in (item.split("=", 1) for item in args.equilibrium)}
+    if "window" in detector:
+        detector["window"] = int(detector["window"])
+    if detector:
+        jobs = [replace(j, config={**j.config, "equilibrium": detector}) for j in jobs]
     out = Path(args.out or f"bench/results/autostop/{args.scale}" + ("" if args.target is None else f"_target={args.target:g}"))
     runner = Runner(out, s, manifest, work, args.jobs, args.threads)
 
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_slope_per_100"] or 0) >= -RICH_SLOPE
                                              for r in rich_rows) if rich_rows else None,
         }
-        summary = {"scale": args.scale, "budget_steps": steps, "window": args.window, "settings": s.__dict__,
+        summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector, "settings": s.__dict__,
                    "runs": rows, "goals": goals,
                    "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
                    "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}

@@ -1,0 +1,55 @@
+"""bench.autostop: how a run is judged (cost against the run's own best, on the weights auto-stop saves), and the
+quick scale end to end with a detector that must fire."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.autostop import judge, main, slope_per_100
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def run(auto: dict | None) -> dict:
+    curve = [{"step": 100, "test": 6.0, "val": 5.9}, {"step": 200, "test": 5.0, "val": 4.9},
+             {"step": 300, "test": 5.2, "val": 5.1}, {"step": 400, "test": 5.4, "val": 5.3}]
+    return {"arm": "a", "seed": 0, "size": "16000", "tokens_per_epoch": 16000, "curve": curve, "final": {"test": 5.4},
+            "auto_stop": auto, "early_stop": {"stop_step": 350, "best_val_step": 200, "test": 5.0, "triggered": True}}
+
+
+def test_cost_is_the_saved_adapters_held_out_bpt_against_the_runs_best_checkpoint():
+    r = judge(run({"step": 250, "test": 5.1, "averaged": {"test": 5.05}}), budget=400)
+    a = r["auto"]
+    assert r["best_step"] == 200 and r["best_test"] == 5.0
+    assert a["averaged"] and a["saved"] == pytest.approx(1 - 250 / 400)
+    assert a["cost"] == pytest.approx(0.01) and a["last_step_cost"] == pytest.approx(0.02)  # 5.05 and 5.1 against 5.0
+    assert a["heldout_slope_per_100"] == pytest.approx(0.04)  # 5.0 -> 5.2 between steps 200 and 300
+    e = r["early_stop"]
+    assert e["stop_step"] == 350 and e["cost"] == 0.0 and e["saved"] == pytest.approx(50 / 400)
+
+
+def test_a_run_measured_before_averaging_is_judged_on_its_last_step_and_says_so():
+    a = judge(run({"step": 250, "test": 5.1}), budget=400)["auto"]
+    assert not a["averaged"] and a["cost"] == pytest.approx(0.02) == pytest.approx(a["last_step_cost"])
+    assert judge(run(None), budget=400)["auto"] is None
+    assert slope_per_100([{"step": 100, "test": 6.0}], 50) is None  # no evaluation before the step
+
+
+@pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
+def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    always = ["window=20", "lambda_tolerance=1e9", "s_tolerance=1e9", "loss_tolerance=1e9"]  # fires once its window is full
+    assert main(["--scale", "quick", "--seeds", "1", "--jobs", "1", "--budget", "4", "--out", str(tmp_path),
+                 "--equilibrium", *always]) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["budget_steps"] == 64 and {r["size"] for r in summary["runs"]} == {"3000", "12000"}
+    for r in summary["runs"]:
+        assert len(r["curve"]) == 8 and r["early_stop"] is not None
+        a = r["auto"]
+        assert a["step"] == 20 and a["averaged"] and a["saved"] == pytest.approx(1 - 20 / 64)
+        assert a["test"] != a["last_step_test"]  # the averaged weights were measured, not the last step's again
+    assert (tmp_path / "results.md").read_text().startswith("# Auto-stop against validation early stopping")
