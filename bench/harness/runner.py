@@ -14,7 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from scu.config.schema import build_config
 from scu.core.tracking import tracking
 from scu.driver import BlockOrder, Callback
 from scu.eval.bpt import block_bpt
+from scu.torch.average import update_average
 from scu.torch.loop import Run, setup, train
 from scu.torch.regularizer import LoraPenalty
 
@@ -146,14 +147,9 @@ class Measure(Callback):
         self.average: dict[str, torch.Tensor] | None = None  # EMA of the trainable weights, span = the detector's window
 
     def track_average(self, run: Run) -> None:
-        with torch.no_grad():
-            if self.average is None:
-                self.average = trainable_state(run)
-                return
-            beta = 1.0 - 2.0 / (run.cfg.equilibrium.window + 1)
-            for n, p in run.model.named_parameters():
-                if n in self.average:
-                    self.average[n].lerp_(p.detach(), 1.0 - beta)
+        """The average `scu train --auto-stop` would save (the harness observes the detector with auto-stop off)."""
+        weight = replace(run.cfg.equilibrium, auto_stop=True, average=True).average_weight()
+        self.average = update_average(run.model, self.average, weight)
 
     def on_step_end(self, run: Run, row: dict[str, Any]) -> None:
         job, st, steps = self.job, run.state, run.cfg.training.steps
