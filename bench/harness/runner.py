@@ -26,7 +26,7 @@ from scu.config.schema import build_config
 from scu.core.tracking import tracking
 from scu.driver import BlockOrder, Callback
 from scu.eval.bpt import block_bpt
-from scu.torch.average import update_average
+from scu.torch.average import load_average, update_average
 from scu.torch.loop import Run, setup, train
 from scu.torch.regularizer import LoraPenalty
 
@@ -85,13 +85,6 @@ def make_config(job: Job, s: Settings, train_path: str) -> dict[str, Any]:
 
 def trainable_state(run: Run) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
-
-
-def load_trainable(run: Run, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, p in run.model.named_parameters():
-            if n in state:
-                p.copy_(state[n])
 
 
 class Evaluator:
@@ -164,9 +157,9 @@ class Measure(Callback):
         if self.auto is None and st.equilibrium_step == st.step:  # where `scu train --auto-stop` would end
             self.auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
             current = trainable_state(run)
-            load_trainable(run, self.average)  # the same, on the weights averaged over about the detector's window
+            load_average(run.model, self.average)  # the same, on the weights averaged over about the detector's window
             self.auto["averaged"] = evaluate("val", "test", "wiki")
-            load_trainable(run, current)
+            load_average(run.model, current)
         point: dict[str, Any] = {}
         if st.step in self.val_at:
             point.update(evaluate("val"))
@@ -214,10 +207,10 @@ def restored_eval(run: Run, evaluate: Evaluator, best: dict[str, torch.Tensor], 
     """Held-out BPT of the best-validation checkpoint, as early stopping returns it (also when the patience
     never ran out and training reached the budget); then carry on from the current weights."""
     current = trainable_state(run)
-    load_trainable(run, best)
+    load_average(run.model, best)
     out = {"stop_step": stop_step, "best_val_step": best_step, "train_wall_s": wall, "triggered": triggered,
            **evaluate("val", "test", "wiki")}
-    load_trainable(run, current)
+    load_average(run.model, current)
     return out
 
 

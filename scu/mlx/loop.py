@@ -148,10 +148,11 @@ def block_bpt(model: nn.Module, blocks: Blocks, batch_size: int = 16) -> float:
 
 
 def average_weights(run: MlxRun, average: dict[str, mx.array] | None, weight: float) -> dict[str, mx.array]:
-    """One EMA step of the trainable weights (EquilibriumConfig.average_weight), evaluated now: no lazy graph builds up."""
+    """One EMA step of the trainable weights (EquilibriumConfig.average_weight), scheduled now without waiting for
+    it (async_eval): no lazy graph builds up across steps and the step gets no extra host sync."""
     params = dict(tree_flatten(run.model.trainable_parameters()))
     average = dict(params) if average is None else {n: a + weight * (params[n] - a) for n, a in average.items()}
-    mx.eval(list(average.values()))
+    mx.async_eval(list(average.values()))
     return average
 
 
