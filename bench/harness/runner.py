@@ -24,7 +24,7 @@ import torch
 from bench.scu_overhead import timed_step
 from scu.config.schema import build_config
 from scu.core.tracking import tracking
-from scu.driver import BlockOrder, Callback
+from scu.driver import STOPPED_BY_SIGNAL, BlockOrder, Callback
 from scu.eval.bpt import block_bpt
 from scu.torch.average import load_average, update_average
 from scu.torch.loop import Run, setup, train
@@ -116,9 +116,16 @@ def run_job(job: Job, s: Settings, train_path: str, blocks: dict[str, np.ndarray
     measure = Measure(job, s, blocks)
     try:
         train(cfg, work / "run", progress=False, callbacks=[measure])  # `scu train`'s own entry point
-        return measure.result
+        return complete(measure.result["status"], job.key, measure.result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def complete(status: str, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The result, unless a signal cut the run short: a truncated run must not be cached as a measurement."""
+    if status in STOPPED_BY_SIGNAL:
+        raise RuntimeError(f"{name}: {status} before its budget; not cached, rerun the benchmark to measure it")
+    return result
 
 
 class Measure(Callback):

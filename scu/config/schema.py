@@ -87,6 +87,8 @@ class ScuSection(Section):
     prior: Literal["delta", "factors", "raw"] = "delta"
     law: Literal["pi", "bumpless", "balance", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
+    smoothing: Literal["data", "ratio"] = PIConfig.smoothing
+    lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
 
     @model_validator(mode="before")
     @classmethod

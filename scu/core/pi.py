@@ -35,6 +35,12 @@ Four update laws share one state (lambda, integral, S_hat, step):
   (a double integrator) and oscillates between the bounds on a real gradient.
 
 S above its target raises lambda (more regularization lowers ParamBPT, hence S).
+
+What the laws read is S_hat, a smoothed S. `smoothing: ratio` is an EMA of S itself (rate ema_alpha). It lags
+S by about 1/ema_alpha steps, and while the learned change grows fast from zero that lag is most of the error
+(docs/method.md). `smoothing: data` smooths only DataBPT, the minibatch estimate that is noisy, and takes
+ParamBPT as it is: it is a function of the weights, exact each step, so S_hat = ParamBPT / (DataBPT_hat + ParamBPT)
+has no lag where S moves and the same noise where it does not.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from scu.core.bits import info_ratio
 from scu.core.telemetry import Action, StepTelemetry
 
 MAX_LOG_ERROR = 10.0  # |log(S_hat/S*)| cap, so S = 0 at step 0 cannot produce -inf
@@ -65,6 +72,7 @@ class PIConfig:
     lambda_min: float = 1e-4
     lambda_max: float = 10.0
     ema_alpha: float = 0.1
+    smoothing: Literal["data", "ratio"] = "data"  # what ema_alpha smooths: DataBPT only, or S itself (module docstring)
     integral_error_clip: float = 0.5
     law: Literal["pi", "bumpless", "balance", "guide"] = "pi"
     error_clip: float = 3.0  # bumpless and balance laws: largest |e| acted on
@@ -72,7 +80,7 @@ class PIConfig:
     start_gain: float = 0.15  # bumpless law: d log(lambda) per unit of predicted shortfall, before the first crossing
     start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
-    lead_steps: float = 10.0  # balance law: the proportional part acts on where S_hat is heading this many steps on
+    lead_steps: float = 3.0  # balance law: the proportional part acts on where a rising S_hat is heading this many steps on
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -85,6 +93,8 @@ class PIConfig:
             raise ValueError("lambda_min must be > 0 when lambda is controlled (log domain); fix lambda with lambda_min = lambda_max")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if self.smoothing not in ("data", "ratio"):
+            raise ValueError(f"smoothing must be 'data' or 'ratio', got {self.smoothing!r}")
 
     @property
     def lambda_start(self) -> float:
@@ -100,6 +110,7 @@ class PIController:
         self.lam = config.lambda_start
         self.integral = 0.0
         self.s_hat: float | None = None
+        self.data_hat: float | None = None  # smoothing "data": the smoothed DataBPT
         self.step_count = 0
         self.tracking = False  # bumpless law: S has reached S* at least once
         self.prev_error: float | None = None  # bumpless law: last step's log-odds error
@@ -126,16 +137,20 @@ class PIController:
         """Balance law: the smoothed lambda at which the penalty's gradient cancels the data's (None: not measured)."""
         return self.pull / self.grad_sq if self.grad_sq > 0.0 else None
 
-    def update(self, s: float, target_s: float | None = None, balance: tuple[float, float] | None = None) -> float:
+    def update(
+        self, s: float, target_s: float | None = None, balance: tuple[float, float] | None = None,
+        parts: tuple[float, float] | None = None,
+    ) -> float:
         """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda.
 
-        `balance` is the step's gradient balance (-<g_d, g_p>, ||g_p||^2), which the `balance` law needs."""
+        `parts` is the step's (DataBPT, ParamBPT), which `smoothing: data` needs; `balance` is the step's gradient
+        balance (-<g_d, g_p>, ||g_p||^2), which the `balance` law needs."""
         if not math.isfinite(s):
             raise ValueError(f"S must be finite, got {s}")
         c = self.config
         target = c.target_s if target_s is None else target_s
         self.step_count += 1
-        self.s_hat = s if self.s_hat is None else (1.0 - c.ema_alpha) * self.s_hat + c.ema_alpha * s
+        self._smooth(s, parts)
         if self.fixed:
             self.lam = c.lambda_min
         elif c.law == "guide":
@@ -149,6 +164,19 @@ class PIController:
         else:
             self._pi_update(target)
         return self.lam
+
+    def _smooth(self, s: float, parts: tuple[float, float] | None) -> None:
+        c = self.config
+        if c.smoothing == "ratio":
+            self.s_hat = s if self.s_hat is None else (1.0 - c.ema_alpha) * self.s_hat + c.ema_alpha * s
+            return
+        if parts is None:
+            raise ValueError("smoothing 'data' needs the step's (DataBPT, ParamBPT); pass parts= or use smoothing 'ratio'")
+        data_bpt, param_bpt = parts
+        if not (math.isfinite(data_bpt) and math.isfinite(param_bpt)):
+            raise ValueError(f"DataBPT and ParamBPT must be finite, got {data_bpt}, {param_bpt}")
+        self.data_hat = data_bpt if self.data_hat is None else (1.0 - c.ema_alpha) * self.data_hat + c.ema_alpha * data_bpt
+        self.s_hat = info_ratio(self.data_hat, param_bpt)
 
     def _pi_update(self, target: float) -> None:
         c = self.config
@@ -197,7 +225,10 @@ class PIController:
             feedforward = math.log(c.lambda_start)
         else:  # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the floor
             feedforward = math.log(balance) if balance > 0.0 else log_min
-        heading = self.s_hat + c.lead_steps * (self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
+        # only a rise is extrapolated: the lead brakes S before it crosses S*, and a fall read ahead would release
+        # that brake at once (measured on SmolLM2 with smoothing "data": lambda 1.3 -> 0.002 in two steps)
+        rise = max(0.0, self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
+        heading = self.s_hat + c.lead_steps * rise
         self.prev_s_hat = self.s_hat
         e = min(max(log_odds_error(self.s_hat, target), -c.error_clip), c.error_clip)
         # extrapolated in S, not in its log-odds: while S grows exponentially from ~0 the log-odds rise fast
@@ -223,14 +254,14 @@ class PIController:
     def step(self, telemetry: StepTelemetry) -> Action:
         """The next lambda, toward the S* the loop holds (telemetry.target_s); S_hat, integral and bound for the record."""
         balance = None if telemetry.data_pull is None else (telemetry.data_pull, telemetry.penalty_grad_sq)
-        lam = self.update(telemetry.s, telemetry.target_s, balance)
+        lam = self.update(telemetry.s, telemetry.target_s, balance, (telemetry.data_bpt, telemetry.param_bpt))
         report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound}
         if self.lambda_balance is not None:
             report["lambda_balance"] = self.lambda_balance
         return Action(lam=lam, report=report)
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "step": self.step_count,
+        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat, "step": self.step_count,
                 "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat}
 
@@ -238,6 +269,7 @@ class PIController:
         self.lam = float(state["lam"])
         self.integral = float(state["integral"])
         self.s_hat = None if state["s_hat"] is None else float(state["s_hat"])
+        self.data_hat = state.get("data_hat")
         self.step_count = int(state["step"])
         self.tracking = bool(state.get("tracking", False))
         self.prev_error = state.get("prev_error")

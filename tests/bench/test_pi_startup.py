@@ -34,3 +34,19 @@ def test_balance_law_meets_the_startup_criterion_from_a_factor_1000_either_side_
     for start, lambda_init in (("high", lam_star * FACTOR), ("low", lam_star / FACTOR)):
         result = run_job(Job("balance", "16000", 0.5, start, 0, lambda_init), scale, train_path, target, tmp_path)
         assert result["meets"]["all"], (start, lambda_init, result["meets"], result["tracking"])
+
+
+def test_a_run_cut_short_by_a_signal_is_not_cached(tmp_path, monkeypatch):
+    import bench.pi_startup as startup
+    import scu.torch.loop
+
+    def stopped_by_sigterm(cfg, out, progress=True):
+        out.mkdir(parents=True)
+        (out / "metrics.jsonl").write_text('{"step": 1, "s": 0.0, "s_hat": 0.0, "lambda": 1.0}\n')
+        return {"status": "terminated"}
+
+    monkeypatch.setattr(scu.torch.loop, "train", stopped_by_sigterm)
+    job = Job("balance", "16000", 1.0, "default", 0, 1.0)
+    with pytest.raises(RuntimeError, match="terminated before its budget"):
+        startup.run_job(job, startup.QUICK, "unused.txt", 0.5, tmp_path)
+    assert startup.cached(tmp_path, job) is None and not list(tmp_path.iterdir())

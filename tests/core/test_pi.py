@@ -4,22 +4,25 @@ import pytest
 
 from scu.core.pi import PIConfig, PIController
 
+# Most tests feed S itself, which only `smoothing: ratio` reads; the tests of `smoothing: data` (the default) at the
+# end pass each step's (DataBPT, ParamBPT).
+
 
 def test_s_above_target_raises_lambda_and_below_lowers_it():
-    up = PIController(PIConfig(target_s=0.05, lambda_init=1.0))
-    down = PIController(PIConfig(target_s=0.05, lambda_init=1.0))
+    up = PIController(PIConfig(smoothing="ratio", target_s=0.05, lambda_init=1.0))
+    down = PIController(PIConfig(smoothing="ratio", target_s=0.05, lambda_init=1.0))
     assert up.update(0.10) > 1.0
     assert down.update(0.02) < 1.0
 
 
 def test_fixed_lambda_when_bounds_equal():
-    c = PIController(PIConfig(lambda_min=0.3, lambda_max=0.3, lambda_init=1.0))
+    c = PIController(PIConfig(smoothing="ratio", lambda_min=0.3, lambda_max=0.3, lambda_init=1.0))
     assert [c.update(s) for s in (0.0, 0.5, 0.9)] == [0.3, 0.3, 0.3]
 
 
 @pytest.mark.parametrize("s,bound", [(0.9, "max"), (1e-6, "min")])
 def test_anti_windup_at_both_bounds(s, bound):
-    cfg = PIConfig(target_s=0.05, lambda_min=1e-3, lambda_max=10.0, ema_alpha=1.0)
+    cfg = PIConfig(smoothing="ratio", target_s=0.05, lambda_min=1e-3, lambda_max=10.0, ema_alpha=1.0)
     c = PIController(cfg)
     for _ in range(200):
         c.update(s)
@@ -35,17 +38,17 @@ def test_anti_windup_at_both_bounds(s, bound):
 
 
 def test_state_dict_roundtrip_continues_identically():
-    a = PIController(PIConfig())
+    a = PIController(PIConfig(smoothing="ratio"))
     seq = [0.2 * math.exp(-i / 30) + 0.01 for i in range(100)]
     for s in seq[:50]:
         a.update(s)
-    b = PIController(PIConfig())
+    b = PIController(PIConfig(smoothing="ratio"))
     b.load_state_dict(a.state_dict())
     assert [a.update(s) for s in seq[50:]] == [b.update(s) for s in seq[50:]]
 
 
 def test_guide_law_reproduces_reference_update():
-    cfg = PIConfig(law="guide", kp=0.8, ki=0.15, deadband=0.003, lambda_min=1e-4, lambda_max=2.0, ema_alpha=1.0)
+    cfg = PIConfig(smoothing="ratio", law="guide", kp=0.8, ki=0.15, deadband=0.003, lambda_min=1e-4, lambda_max=2.0, ema_alpha=1.0)
     c = PIController(cfg)
     lam, integral = 1.0, 0.0
     for s in (0.10, 0.08, 0.031, 0.02, 0.5):
@@ -58,11 +61,11 @@ def test_guide_law_reproduces_reference_update():
 
 def test_nan_s_is_refused():
     with pytest.raises(ValueError):
-        PIController(PIConfig()).update(float("nan"))
+        PIController(PIConfig(smoothing="ratio")).update(float("nan"))
 
 
 def bumpless(**kw) -> PIController:
-    return PIController(PIConfig(law="bumpless", target_s=0.1, lambda_init=1.0, lambda_min=1e-6, lambda_max=1e3,
+    return PIController(PIConfig(smoothing="ratio", law="bumpless", target_s=0.1, lambda_init=1.0, lambda_min=1e-6, lambda_max=1e3,
                                  ema_alpha=1.0, **kw))
 
 
@@ -119,7 +122,7 @@ def test_bumpless_state_roundtrip_includes_the_phase():
 
 
 def balance_law(**kw) -> PIController:
-    return PIController(PIConfig(law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3, ema_alpha=1.0, **kw))
+    return PIController(PIConfig(smoothing="ratio", law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3, ema_alpha=1.0, **kw))
 
 
 def test_balance_law_sits_at_the_measured_balance_when_s_is_on_target():
@@ -179,6 +182,47 @@ def test_balance_law_lead_does_not_fire_on_an_exponential_start_far_below_the_ta
     # S doubling every step from ~0 (its log-odds rise 0.7 a step): extrapolated in log-odds, S would pass S* within
     # 10 steps and lambda would jump above the balance (SmolLM2 went to lambda 81 at step 9 that way); in S it is
     # still far below S*, so lambda stays under the balance and S keeps rising
-    c = balance_law(lambda_init=1.0)
+    c = balance_law(lambda_init=1.0, lead_steps=10.0)
     lams = [c.update(s, balance=(1.0, 1.0)) for s in (0.0005, 0.001, 0.002, 0.004, 0.008)]
     assert all(lam < 1.0 for lam in lams[1:])
+
+
+def test_balance_law_lead_extrapolates_a_rise_but_not_a_fall():
+    # S falling back toward S* from above: read ahead, the fall would put S below S* and drop lambda under the
+    # balance while S is still too high (SmolLM2: lambda 1.3 -> 0.002 in two steps); only the rise is led
+    c = balance_law(lambda_init=1.0, lead_steps=3.0)
+    for s in (0.16, 0.13):
+        lam = c.update(s, balance=(1.0, 1.0))
+    assert lam == pytest.approx(math.exp(2.0 * odds_error(0.13) + 0.04 * (odds_error(0.16) + odds_error(0.13))))
+    assert lam > 1.0
+
+
+def test_data_smoothing_averages_only_the_noisy_data_bpt():
+    c = PIController(PIConfig(smoothing="data", ema_alpha=0.25))
+    data, param = [6.0, 7.0, 5.0, 6.5], [0.1, 0.2, 0.4, 0.8]
+    data_hat = None
+    for d, p in zip(data, param):
+        c.update(p / (d + p), parts=(d, p))
+        data_hat = d if data_hat is None else 0.75 * data_hat + 0.25 * d
+        assert c.s_hat == pytest.approx(p / (data_hat + p))
+
+
+def test_data_smoothing_follows_a_jump_of_param_bpt_in_the_same_step_where_ratio_smoothing_lags():
+    # ParamBPT is a function of the weights, exact each step; only the ratio EMA delays it by ~1/alpha steps
+    data_only, ratio = PIController(PIConfig(smoothing="data")), PIController(PIConfig(smoothing="ratio"))
+    for p in (0.0, 0.0, 1.0):
+        for c in (data_only, ratio):
+            c.update(p / (6.0 + p), parts=(6.0, p))
+    assert data_only.s_hat == pytest.approx(1.0 / 7.0)
+    assert ratio.s_hat == pytest.approx(0.1 / 7.0)
+
+
+def test_data_smoothing_needs_the_parts_and_keeps_the_smoothed_data_bpt_in_its_state():
+    c = PIController(PIConfig(smoothing="data"))
+    with pytest.raises(ValueError, match="parts="):
+        c.update(0.05)
+    for d in (6.0, 5.0, 7.0):
+        c.update(0.3 / (d + 0.3), parts=(d, 0.3))
+    resumed = PIController(PIConfig(smoothing="data"))
+    resumed.load_state_dict(c.state_dict())
+    assert [resumed.update(0.05, parts=(6.2, 0.35)) for _ in range(3)] == [c.update(0.05, parts=(6.2, 0.35)) for _ in range(3)]

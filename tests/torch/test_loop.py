@@ -115,9 +115,9 @@ def test_nan_loss_step_is_skipped_counted_and_controller_not_updated(make_cfg, t
     before = {}
     real_update = PIController.update
 
-    def counting_update(self, s, target_s=None, balance=None):
+    def counting_update(self, s, target_s=None, balance=None, parts=None):
         before[len(before) + 1] = s
-        return real_update(self, s, target_s, balance)
+        return real_update(self, s, target_s, balance, parts)
 
     monkeypatch.setattr(PIController, "update", counting_update)
     meta = loop.train(make_cfg(training__steps=6), tmp_path / "run", progress=False)
