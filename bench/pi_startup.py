@@ -99,7 +99,8 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
     torch.set_num_threads(1)
     s = scale.run
     if job.law == UNREGULARIZED:  # λ fixed at 0: how fast S rises on its own, and how high it gets
-        scu = {"target_s": target, "lambda_init": 0.0, "lambda_min": 0.0, "lambda_max": 0.0}
+        # its rise is read on an EMA of S (the reference ruler), as when the cached reference runs were made
+        scu = {"target_s": target, "lambda_init": 0.0, "lambda_min": 0.0, "lambda_max": 0.0, "smoothing": "ratio"}
     else:
         scu = {"target_s": target, "law": job.law, "lambda_init": job.lambda_init, "lambda_min": 1e-7, "lambda_max": 1e4,
                "smoothing": job.smoothing, **job.scu_settings()}

@@ -21,7 +21,7 @@ from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 
 SETTINGS = {
-    "guide kp0.8 ki0.15": {"law": "guide", "kp": 0.8, "ki": 0.15, "deadband": 0.003, "lambda_max": 2.0},
+    "guide kp0.8 ki0.15": {"law": "guide", "kp": 0.8, "ki": 0.15, "deadband": 0.003, "lambda_max": 2.0, "smoothing": "ratio"},
     "pi kp1 ki0.02": {"law": "pi", "kp": 1.0, "ki": 0.02},
     "pi kp1 ki0.05": {"law": "pi", "kp": 1.0, "ki": 0.05},
     "pi kp0.5 ki0.01": {"law": "pi", "kp": 0.5, "ki": 0.01},
