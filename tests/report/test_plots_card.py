@@ -52,7 +52,8 @@ def test_plot_writes_pngs_with_the_curves(good_run, tmp_path, capsys):
     both = tmp_path / "two"
     assert main(["plot", str(good_run), str(second_run(good_run, tmp_path)), "--out", str(both)]) == 0
     for name in ("s.png", "lambda.png", "overview.png"):
-        assert pixels_of(both / name, C0) > 500 and pixels_of(both / name, C1) > 500  # overlaid, one color each
+        # overlaid, one color each: a 200-step curve across the axes is hundreds of pixels of its color, a missing one 0
+        assert pixels_of(both / name, C0) > 300 and pixels_of(both / name, C1) > 300
 
 
 def test_equilibrium_step_and_target_band_are_drawn(good_run):
