@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.runner import Job, Settings
+from bench.harness.settings import key_values
 from bench.scu_vs_baselines import (
     DEFAULT_DATA,
     QUICK,
@@ -138,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(args.scale, main_label, rich_label, args.seeds, args.target)
     if args.no_rich:
         jobs = [j for j in jobs if j.size == main_label]
-    detector = {key: float(value) for key, value in (item.split("=", 1) for item in args.equilibrium)}
-    if "window" in detector:
-        detector["window"] = int(detector["window"])
+    detector = key_values(args.equilibrium)
     if detector:
         jobs = [replace(j, config={**j.config, "equilibrium": detector}) for j in jobs]
     out = Path(args.out or f"bench/results/autostop/{args.scale}" + ("" if args.target is None else f"_target={args.target:g}"))

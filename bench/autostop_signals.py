@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.harness.settings import key_values
 from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, telemetry_from_rows
 from scu.report.records import atomic_write_json
 
@@ -54,7 +55,7 @@ def main() -> None:
     ap.add_argument("--equilibrium", nargs="*", default=[], metavar="KEY=VALUE", help="tolerances other than the defaults")
     ap.add_argument("--out", default=str(RESULTS / "autostop_signals.json"))
     args = ap.parse_args()
-    tolerances = {k: float(v) for k, v in (item.split("=", 1) for item in args.equilibrium)}
+    tolerances = key_values(args.equilibrium)
     out: dict = {"window": args.window, "tolerances": tolerances, "runs": {}}
     groups = ({"runs": sorted(Path().glob(args.runs))} if args.runs else
               {f"{scale}/{arm}": sorted((root / arm).glob("seed*.json")) for scale, root in SCALES.items() for arm in args.arms})

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-from bench.harness.runner import complete
+from bench.harness.runner import refuse_truncated
+from bench.harness.settings import key_values, settings_label
 from bench.harness.summary import limit_cycle
 from bench.scu_vs_baselines import (
     DEFAULT_DATA,
@@ -56,17 +56,22 @@ class Job:
     start: str  # "default", "high" (λ*·FACTOR) or "low" (λ*/FACTOR)
     seed: int
     lambda_init: float
-    smoothing: str = "ratio"  # scu.smoothing: what the controller's S_hat smooths
+    # scu.smoothing; "ratio" (the runs cached before the setting existed) is left out of the name
+    smoothing: str = "ratio"
     overrides: str = ""  # other scu settings of the controlled runs, "key=value,key=value" (--set)
 
     @property
     def name(self) -> str:
-        suffix = ("" if self.smoothing == "ratio" else f"_sm={self.smoothing}") + "".join(
-            f"_{kv}" for kv in self.overrides.split(",") if kv)
-        return f"{self.law}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}{suffix}"
+        return f"{self.law}_N={self.size}_S={fmt(self.multiplier)}x_{self.start}_seed{self.seed}{self.label}"
 
-    def scu_settings(self) -> dict[str, Any]:
-        return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in self.overrides.split(",") if kv)}
+    @property
+    def label(self) -> str:
+        return run_label(self.smoothing, self.overrides.split(","))
+
+
+def run_label(smoothing: str, overrides: list[str]) -> str:
+    """The file-name suffix of a run's settings, shared by its result and the summary it is in."""
+    return ("" if smoothing == "ratio" else f"_sm={smoothing}") + settings_label(overrides)
 
 
 def reference_s_hat(s: list[float], alpha: float = PIConfig.ema_alpha) -> list[float]:
@@ -103,7 +108,7 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
         scu = {"target_s": target, "lambda_init": 0.0, "lambda_min": 0.0, "lambda_max": 0.0, "smoothing": "ratio"}
     else:
         scu = {"target_s": target, "law": job.law, "lambda_init": job.lambda_init, "lambda_min": 1e-7, "lambda_max": 1e4,
-               "smoothing": job.smoothing, **job.scu_settings()}
+               "smoothing": job.smoothing, **key_values(job.overrides.split(","))}
     cfg = build_config({
         "model": {"base_model": s.base_model},
         "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
@@ -114,7 +119,7 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
         "data": {"train_data": train_path, "val_fraction": 0.0},
     })
     with tempfile.TemporaryDirectory() as tmp:
-        complete(train(cfg, Path(tmp) / "run", progress=False)["status"], job.name, {})
+        refuse_truncated(train(cfg, Path(tmp) / "run", progress=False)["status"], job.name)
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     measured = [r for r in rows if r.get("s") is not None]
     reference = [{**r, "s_hat": x} for r, x in zip(measured, reference_s_hat([r["s"] for r in measured]))]
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=["quick", *sorted(SCALES), *sorted(REAL_SCALES)], default="cpu")
     ap.add_argument("--laws", nargs="+", default=["pi", "bumpless"])
     ap.add_argument("--smoothing", choices=["data", "ratio"], default=PIConfig.smoothing,
-                    help="scu.smoothing of every controlled run (the criterion is also judged on a reference EMA of raw S)"),
+                    help="scu.smoothing of every controlled run (the criterion is also judged on a reference EMA of raw S)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     ap.add_argument("--target", type=float, help="the middle S* (default: 0.875, the harness's phase-1 choice at cpu "
@@ -239,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 all(v for k, v in r["meets"].items() if k not in ("all", "settled_20pct")) for r in ok),
             "meet_all_on_reference_ema": sum(r["reference"]["meets"]["all"] for r in mine if "reference" in r),
         }
-    suffix = ("" if args.smoothing == "ratio" else f"_sm={args.smoothing}") + "".join(f"_{kv}" for kv in args.set)
-    atomic_write_json(out / f"summary_{'-'.join(args.laws)}{suffix}.json", {
+    atomic_write_json(out / f"summary_{'-'.join(args.laws)}{run_label(args.smoothing, args.set)}.json", {
         "scale": scale.name, "steps": scale.run.steps, "targets": {fmt(m): t for m, t in targets.items()},
         "lambda_star": {f"N={s}, S={fmt(m)}x": v for (s, m), v in lam_star.items()},
         "reach": {f"N={s}, S={fmt(m)}x": v for (s, m), v in reach.items()}, "laws": table,

@@ -118,16 +118,16 @@ def run_job(job: Job, s: Settings, train_path: str, blocks: dict[str, np.ndarray
     measure = Measure(job, s, blocks)
     try:
         train(cfg, work / "run", progress=False, callbacks=[measure])  # `scu train`'s own entry point
-        return complete(measure.result["status"], job.key, measure.result)
+        refuse_truncated(measure.result["status"], job.key)
+        return measure.result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def complete(status: str, name: str, result: dict[str, Any]) -> dict[str, Any]:
-    """The result, unless a signal cut the run short: a truncated run must not be cached as a measurement."""
+def refuse_truncated(status: str, name: str) -> None:
+    """Raise when a signal cut the run short: a truncated run must not be cached as a measurement."""
     if status in STOPPED_BY_SIGNAL:
         raise RuntimeError(f"{name}: {status} before its budget; not cached, rerun the benchmark to measure it")
-    return result
 
 
 class Measure(Callback):

@@ -165,17 +165,20 @@ class PIController:
             self._pi_update(target)
         return self.lam
 
+    def _ema(self, previous: float | None, value: float) -> float:
+        a = self.config.ema_alpha
+        return value if previous is None else (1.0 - a) * previous + a * value
+
     def _smooth(self, s: float, parts: tuple[float, float] | None) -> None:
-        c = self.config
-        if c.smoothing == "ratio":
-            self.s_hat = s if self.s_hat is None else (1.0 - c.ema_alpha) * self.s_hat + c.ema_alpha * s
+        if self.config.smoothing == "ratio":
+            self.s_hat = self._ema(self.s_hat, s)
             return
         if parts is None:
             raise ValueError("smoothing 'data' needs the step's (DataBPT, ParamBPT); pass parts= or use smoothing 'ratio'")
         data_bpt, param_bpt = parts
         if not (math.isfinite(data_bpt) and math.isfinite(param_bpt)):
             raise ValueError(f"DataBPT and ParamBPT must be finite, got {data_bpt}, {param_bpt}")
-        self.data_hat = data_bpt if self.data_hat is None else (1.0 - c.ema_alpha) * self.data_hat + c.ema_alpha * data_bpt
+        self.data_hat = self._ema(self.data_hat, data_bpt)
         self.s_hat = info_ratio(self.data_hat, param_bpt)
 
     def _pi_update(self, target: float) -> None:
@@ -217,8 +220,8 @@ class PIController:
         c = self.config
         if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
             first = self.grad_sq == 0.0
-            self.pull = pull if first else (1.0 - c.ema_alpha) * self.pull + c.ema_alpha * pull
-            self.grad_sq = grad_sq if first else (1.0 - c.ema_alpha) * self.grad_sq + c.ema_alpha * grad_sq
+            self.pull = self._ema(None if first else self.pull, pull)
+            self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         balance = self.lambda_balance
         if balance is None:  # nothing measured yet (the first step): lambda_init is the only estimate
@@ -261,8 +264,8 @@ class PIController:
         return Action(lam=lam, report=report)
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat, "step": self.step_count,
-                "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
+        return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
+                "step": self.step_count, "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat}
 
     def load_state_dict(self, state: dict) -> None:

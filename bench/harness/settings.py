@@ -1,0 +1,31 @@
+"""KEY=VALUE settings from a benchmark's command line (--set, --equilibrium): one parser for all of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def parse_value(text: str) -> Any:
+    """An int or a float when the text is one (YAML would read 1e-3 as a string), else YAML's reading (true, ratio)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
+def key_values(items: list[str]) -> dict[str, Any]:
+    """{"window": 50, "lambda_tolerance": 0.2} from ["window=50", "lambda_tolerance=0.2"]."""
+    pairs = [item.split("=", 1) for item in items if item]
+    bad = [item for item, pair in zip(items, pairs) if len(pair) != 2]
+    if bad:
+        raise SystemExit(f"expected KEY=VALUE, got {bad[0]!r}")
+    return {key: parse_value(value) for key, value in pairs}
+
+
+def settings_label(items: list[str]) -> str:
+    """The settings as a file-name suffix: "_window=50_lambda_tolerance=0.2" ("" for none)."""
+    return "".join(f"_{item}" for item in items if item)
