@@ -25,6 +25,7 @@ LOCK_FILE = ".scu.lock"
 # Files that mark a directory as holding a run (both backends), and the records --overwrite removes first.
 RUN_MARKERS = ("checkpoint.pt", "checkpoint.mlx.safetensors", "metadata.json")
 RUN_RECORDS = (*RUN_MARKERS, "metrics.jsonl")
+PLAIN_FIT = "plain_fit"  # the plain fit `prior_sigma: fit` trains first, inside the run's own directory
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -66,7 +67,7 @@ def _check_contents(out: Path, checkpoint: str, resume: bool, overwrite: bool) -
         return
     if any((out / name).exists() for name in RUN_MARKERS):
         raise ScuError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, or another --output")
-    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+    others = sorted(p.name for p in out.iterdir() if p.name not in (LOCK_FILE, PLAIN_FIT))
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise ScuError(f"{out} is not empty ({shown}); use a new or empty --output, or pass --overwrite to write over it")

@@ -83,7 +83,8 @@ class ScuSection(Section):
     lambda_init: float = Field(PIConfig.lambda_init, ge=0)
     lambda_min: float = PIConfig.lambda_min
     lambda_max: float = PIConfig.lambda_max
-    prior_sigma: float | Literal["auto"] = 0.01  # auto: the RMS of the adapted base weights (scu.core.bits)
+    # auto: the RMS of the adapted base weights; fit: from a plain fit that `scu train` runs first (scu.core.bits)
+    prior_sigma: float | Literal["auto", "fit"] = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
     law: Literal["pi", "bumpless", "balance", "guide"] = PIConfig.law
     ema_alpha: float = PIConfig.ema_alpha
@@ -108,8 +109,8 @@ class ScuSection(Section):
     @field_validator("prior_sigma")
     @classmethod
     def _positive_sigma(cls, v: float | str) -> float | str:
-        if v != "auto" and not v > 0:
-            raise ValueError(f"scu.prior_sigma must be > 0 or auto (got {v})")
+        if v not in ("auto", "fit") and not v > 0:
+            raise ValueError(f"scu.prior_sigma must be > 0, auto or fit (got {v})")
         return v
 
     @field_validator("target_s")

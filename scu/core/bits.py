@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from scu import ScuError
+
 LN2 = math.log(2.0)
 
 
@@ -39,6 +41,28 @@ def weight_scale_sigma(sq_sum: float, count: int) -> float:
     if count <= 0:
         raise ValueError("no base weights to take the prior scale from")
     return math.sqrt(sq_sum / count)
+
+
+def fit_scale_sigma(sq_norm: float, dof: int) -> float:
+    """The `prior_sigma: fit` scale: the plain fit's change ||dW||^2 spread over the adapter's `dof` trainable entries.
+
+    Empirical Bayes by the method of moments: if each of the adapter's degrees of freedom were drawn from N(0, sigma^2),
+    the unregularized fit's squared change would be about dof * sigma^2. A rank-r adapter of an out x in matrix has
+    r * (in + out) of them, not in * out, which is what makes the scale transfer between models (docs/method.md).
+    """
+    if dof <= 0 or not sq_norm > 0:
+        raise ValueError(f"need a non-zero plain change and dof > 0 (got ||dW||^2 = {sq_norm}, dof = {dof})")
+    return math.sqrt(sq_norm / dof)
+
+
+def prior_scale(sigma: float | str, weight_rms) -> float:
+    """The numeric prior scale of a penalty: a number as given, `auto` from `weight_rms()` (called only then).
+
+    `fit` must have been resolved to a number by the plain fit `scu train` runs first (scu.torch.prior_fit)."""
+    if sigma == "fit":
+        raise ScuError("scu.prior_sigma: fit needs a plain fit first, which only `scu train` (PyTorch) runs; "
+                       "set scu.prior_sigma to the number such a run reports (its config.yaml)")
+    return weight_rms() if sigma == "auto" else float(sigma)
 
 
 def info_ratio(data_bpt: float, param_bpt_value: float) -> float:

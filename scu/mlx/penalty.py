@@ -25,7 +25,7 @@ from mlx_lm.tuner.dora import DoRAEmbedding, DoRALinear
 from mlx_lm.tuner.lora import LoRAEmbedding, LoRALinear, LoRASwitchLinear
 
 from scu import ScuError
-from scu.core.bits import LN2, param_bpt, weight_scale_sigma
+from scu.core.bits import LN2, param_bpt, prior_scale, weight_scale_sigma
 
 Prior = Literal["delta", "factors", "raw"]
 LORA_TYPES = (LoRALinear, LoRASwitchLinear, LoRAEmbedding)
@@ -73,7 +73,7 @@ class LoraPenalty:
         ]
         if not self.sites:
             raise ScuError("the model has no mlx-lm LoRA layers; check lora.targets against the model's module names")
-        self.sigma = self.base_weight_rms() if sigma == "auto" else float(sigma)
+        self.sigma = prior_scale(sigma, self.base_weight_rms)
         if prior == "factors":
             mx.eval([s.a0 for s in self.sites])
 

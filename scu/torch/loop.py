@@ -45,6 +45,7 @@ from scu.torch.average import load_average, update_average
 from scu.torch.checkpoint import CHECKPOINT
 from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
+from scu.torch.prior_fit import resolve_fit_prior
 from scu.torch.regularizer import LoraPenalty
 from scu.trackers import ReportTo
 
@@ -214,6 +215,9 @@ def train(
     `out` must be new or empty unless `resume` (continue its checkpoint) or `overwrite` (replace what is there).
     `callbacks` (scu.driver.Callback) see every recorded step and the end of training.
     """
+    if cfg.scu.enabled and cfg.scu.prior_sigma == "fit":  # a plain fit first, into <out>/plain_fit
+        plain = lambda c, o, r, w: train(c, o, r, progress, w)  # noqa: E731  (the callbacks watch the SCU run)
+        cfg, resume = resolve_fit_prior(cfg, Path(out), resume, overwrite, plain)
     run = setup(cfg, Path(out), resume, overwrite)
     backend = Backend(
         "scu train", train_step, lambda r: block_bpt(r.model, r.data.val_blocks, r.cfg.training.batch_size),

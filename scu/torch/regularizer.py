@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from scu import ScuError
-from scu.core.bits import param_bpt, weight_scale_sigma
+from scu.core.bits import param_bpt, prior_scale, weight_scale_sigma
 
 Prior = Literal["delta", "factors", "raw"]
 
@@ -152,9 +152,14 @@ class LoraPenalty:
             raise ScuError("tokens_per_epoch must be > 0; check data.tokens_per_epoch")
         self.prior, self.tokens_per_epoch = prior, tokens_per_epoch
         self.pairs = lora_pairs(model, keep_init=(prior == "factors"))
-        self.sigma = base_weight_rms(self.pairs) if sigma == "auto" else float(sigma)
+        self.sigma = prior_scale(sigma, lambda: base_weight_rms(self.pairs))
         self.saved = saved_modules(model)
         self._build_groups()
+
+    @property
+    def dof(self) -> int:
+        """The adapters' trainable LoRA entries, r * (in + out) per matrix: what `prior_sigma: fit` spreads the change over."""
+        return sum(_full(p.A.detach()).numel() + _full(p.B.detach()).numel() for p in self.pairs)
 
     def _build_groups(self) -> None:
         by_shape: dict[tuple, list[LoraPair]] = {}
