@@ -14,7 +14,7 @@ Each arm trains through `scu train`'s entry point (bench.harness.runner), with t
 * `--scale cpu` (the tiny WikiText Llama): everything is rerun with today's code into bench/results/prior_fit/cpu
   (the harness's tiny baselines predate a data-path change, docs/benchmarks.md): plain LoRA (with early stopping),
   `prior_fit`, the fixed-lambda grid around the plain fit's scale, LoRA dropout 0.2 (the harness's best tuned arm at
-  16k) and `target_s: auto` (the weight-RMS prior), at 16k, 100k and the whole pool.
+  16k) and the weight-RMS prior at lambda 1 (`prior_sigma: auto`, what `target_s: auto` meant until 2026-12-05), at 16k, 100k and the whole pool.
 
 Per size the verdict is issue 18's: held-out BPT within max(1%, 2 sd) of the best tuned arm (fixed lambda, dropout
 or early stopping, each picked on validation) and forgetting (WikiText BPT minus the base's) at most half of plain
@@ -80,7 +80,8 @@ def comparator_jobs(sizes: list[str], main: str, seeds: range) -> list[Job]:
         for lam in CPU_LAMBDAS["main" if size == main else "other"]:
             cfg = {"scu": {"enabled": True, "lambda_min": lam, "lambda_max": lam, "lambda_init": lam}}
             jobs += [Job(at(size, main, f"fixed_lambda={lam:g}"), seed, size, cfg, evals=evals) for seed in seeds]
-        jobs += [Job(at(size, main, "scu_auto"), seed, size, {"scu": {"enabled": True, "target_s": "auto"}}, evals=evals)
+        jobs += [Job(at(size, main, "scu_auto"), seed, size, {"scu": {"enabled": True, "target_s": "auto", "prior_sigma": "auto"}},
+                     evals=evals)
                  for seed in seeds]
     jobs += [Job("lora_dropout=0.2", seed, main, {"lora": {"dropout": 0.2}}) for seed in seeds]
     return jobs

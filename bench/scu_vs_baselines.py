@@ -217,8 +217,8 @@ class Plan:
         return jobs
 
     def auto_jobs(self) -> list[Job]:
-        """`target_s: auto` at every size: no target, no grid, no validation (docs/method.md)."""
-        cfg = {"scu": {"enabled": True, "target_s": "auto"}}
+        """The weight-RMS prior at λ 1 (`target_s: auto` until 2026-12-05) at every size: no target, no grid, no validation."""
+        cfg = {"scu": {"enabled": True, "target_s": "auto", "prior_sigma": "auto"}}  # the plain fit's scale: bench.prior_fit
         jobs = [Job("scu_auto", seed, self.main, cfg) for seed in self.headline]
         return jobs + [Job(self._at(size, "scu_auto"), seed, size, cfg, evals="final")
                        for size in self.sizes[1:] for seed in self.seeds]

@@ -28,7 +28,8 @@ def plan_jobs(main: str, rich: str, suggest_scu: dict[str, Any], seeds: int) -> 
     """The real scale's jobs in the order they should run."""
     headline = {
         "unregularized": ({}, True),
-        "scu_auto": ({"scu": {"enabled": True, "target_s": "auto"}}, False),
+        # the weight-RMS prior, what `target_s: auto` meant until 2026-12-05 (now a plain fit's scale: bench.prior_fit)
+        "scu_auto": ({"scu": {"enabled": True, "target_s": "auto", "prior_sigma": "auto"}}, False),
         "scu_defaults": ({"scu": {"enabled": True}}, False),
         "scu_suggest": ({"scu": suggest_scu}, False),
     }

@@ -94,9 +94,10 @@ class ScuSection(Section):
     @model_validator(mode="before")
     @classmethod
     def _auto_target(cls, data: Any) -> Any:
-        """`target_s: auto` is shorthand for the two-part code itself: λ fixed at 1 under the weight-scale prior.
+        """`target_s: auto` is shorthand for the two-part code itself: λ fixed at 1 under the prior scale of a plain fit.
 
-        Nothing is tuned: DataBits + ParamBits is minimized as it stands (docs/method.md, "target_s: auto").
+        Nothing is tuned and no validation data is read: DataBits + ParamBits is minimized as it stands, with
+        sigma^2 = ||dW_plain||^2 / (LoRA entries) (`prior_sigma: fit`; docs/method.md, "target_s: auto").
         """
         if not isinstance(data, dict) or data.get("target_s") != "auto":
             return data
@@ -104,7 +105,7 @@ class ScuSection(Section):
         if clash:
             raise ValueError(f"scu.target_s: auto fixes lambda at 1; drop scu.{clash[0]} or give a numeric target_s")
         out = {k: v for k, v in data.items() if k != "target_s"}
-        return {**out, "lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0, "prior_sigma": out.get("prior_sigma", "auto")}
+        return {**out, "lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0, "prior_sigma": out.get("prior_sigma", "fit")}
 
     @field_validator("prior_sigma")
     @classmethod
@@ -199,6 +200,20 @@ class Config(Section):
                 "set weight_decay: 0.0 or scu.enabled: false"
             )
         return self
+
+
+# keys that choose what the penalty's weight is; an scu section that gives none of them gets `scu train`'s default
+CONTROL_KEYS = frozenset({"target_s", "lambda_init", "lambda_min", "lambda_max", "kp", "ki", "law", "prior_sigma"})
+
+
+def with_default_target(cfg: Config) -> Config:
+    """`scu train`'s default (PyTorch): an enabled scu section that names no target, λ, gains, law or prior is
+    `target_s: auto`, measured against tuned baselines on both harness scales (docs/method.md); it costs a plain fit.
+
+    The loop API, SCUTrainer and MLX keep the numeric default (S* 5%): they cannot run the plain fit first."""
+    if not cfg.scu.enabled or cfg.scu.model_fields_set & CONTROL_KEYS:
+        return cfg
+    return cfg.model_copy(update={"scu": ScuSection(**cfg.scu.model_dump(exclude_unset=True), target_s="auto")})
 
 
 SECTIONS = [name for name, f in Config.model_fields.items() if isinstance(f.annotation, type)]

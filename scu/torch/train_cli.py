@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from scu import ScuError
-from scu.config.schema import canonical_key, load_config
+from scu.config.schema import canonical_key, load_config, with_default_target
 from scu.driver import STOPPED_BY_SIGNAL
 from scu.energy.runtime import tscu_summary
 
@@ -171,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         from scu.mlx.loop import train
     else:
         from scu.torch.loop import train
+
+        cfg = with_default_target(cfg)
     out = cfg.output_dir or DEFAULT_OUTPUT
     if args.push_to_hub:
         from scu.report.card import push_to_hub, require_token
