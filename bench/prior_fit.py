@@ -122,8 +122,8 @@ def verdict(arms: dict[str, dict[str, Any]], size: str, main: str) -> dict[str, 
             tuned[best] = pool[best]
     if "early_stopping" in mine:
         tuned["early_stopping"] = mine["early_stopping"]
-    if not tuned:
-        return None
+    if not tuned:  # the real scale's data-rich size has no tuned arm; its first run's early stopping picked the last step
+        tuned[f"{PLAIN} (no tuned arm at this size)"] = plain
     name = min(tuned, key=lambda k: tuned[k]["test"]["mean"])
     ref = tuned[name]["test"]
     tol = max(0.01 * ref["mean"], 2 * max(fit["test"]["std"], ref["std"]))
