@@ -24,6 +24,7 @@ LoRA's. Results: <out>/prior_fit.json and prior_fit.md, rewritten after every jo
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -104,7 +105,8 @@ def arm_rows(results: dict[str, dict[str, Any]], base_wiki: float) -> dict[str, 
                   "test": stats([r["final"]["test"] for r in rs]), "val": stats([r["final"]["val"] for r in rs]),
                   "forgetting": stats([r["final"]["wiki"] - base_wiki for r in rs]),
                   "dw_norm": stats([r["final"]["dw_norm"] for r in rs if "dw_norm" in r["final"]]),
-                  "prior_sigma": rs[0].get("prior_sigma") if rs[0].get("final_lambda") else None}
+                  # as a lambda-1 prior: sigma / sqrt(lambda); the PI arms' lambda moves, so theirs is the final one
+                  "prior_sigma": rs[0]["prior_sigma"] / math.sqrt(rs[0]["final_lambda"]) if rs[0].get("final_lambda") else None}
             for arm, rs in sorted(runs.items())}
 
 
