@@ -68,7 +68,7 @@ def at(size: str, main: str, arm: str) -> str:
 def plain_jobs(sizes: list[str], main: str, seeds: range, real_scale: bool) -> list[Job]:
     if real_scale:  # exactly the harness's jobs, so that its cache answers
         return [Job(PLAIN, seed, main, {}, early_stop=True) for seed in seeds] + [
-            Job(f"N={size}/{PLAIN}", 0, size, {}, evals="final") for size in sizes[1:]]
+            Job(f"N={size}/{PLAIN}", seed, size, {}, evals="final") for size in sizes[1:] for seed in seeds]
     return [Job(at(size, main, PLAIN), seed, size, {}, early_stop=size == main, evals="curve" if size == main else "final")
             for size in sizes for seed in seeds]
 
@@ -165,7 +165,7 @@ def markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=("cpu", "real"), default="cpu")
-    ap.add_argument("--seeds", type=int, default=None, help="default: 3 (tiny), 2 (real; one at the data-rich size)")
+    ap.add_argument("--seeds", type=int, default=None, help="default: 3 (tiny), 2 (real)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true", help="write the report from cached jobs; run nothing")
