@@ -1,6 +1,6 @@
 """Does λ-equilibrium auto-stop fire, and what does stopping there cost? Side by side with validation early stopping.
 
-    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--budget 3] [--target S] [--equilibrium KEY=VALUE ...] [--jobs 2]
+    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--budget 3] [--target S | --auto] [--equilibrium KEY=VALUE ...] [--jobs 2]
 
 The harness's base, data and protocol (bench/scu_vs_baselines.py, same scale), with the step budget multiplied
 by `--budget`, so that a run has time to reach its regularized optimum. Arms: the scale's headline SCU arm at
@@ -52,6 +52,24 @@ def plan(scale_name: str, main: str, rich: str, seeds: int, target: float | None
     arm = "scu_headline" if target is None else f"scu_target={target:g}"
     jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in range(seeds)]
     return jobs + [Job(f"N={rich}/{arm}", 0, rich, {"scu": scu}, early_stop=True)]
+
+
+def auto_jobs(runner: Runner, jobs: list[Job], base: str, rank: int) -> list[Job]:
+    """`target_s: auto` in place of each job: its plain fit (same seed, size and budget) is run first, then the job
+    trains at lambda 1 under sigma^2 = ||dW_plain||^2 / p, as `scu train` does in its two passes."""
+    from bench.prior_fit import lora_dof
+    from scu.core.bits import fit_scale_sigma
+
+    plain = {j.key: Job(j.arm.replace(j.arm.split("/")[-1], "plain_fit"), j.seed, j.size, {"scu": {"enabled": False}},
+                        evals="final") for j in jobs}
+    runner.run(list(plain.values()), "plain fits")
+    dof = lora_dof(base, rank)
+    out = []
+    for j in jobs:
+        sigma = fit_scale_sigma(runner.results[plain[j.key].key]["final"]["dw_norm"] ** 2, dof)
+        scu = {"enabled": True, "lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0, "prior_sigma": float(f"{sigma:.6g}")}
+        out.append(replace(j, arm=j.arm.replace(j.arm.split("/")[-1], "scu_auto_fit"), config={**j.config, "scu": scu}))
+    return out
 
 
 def slope_per_100(curve: list[dict[str, Any]], step: int) -> float | None:
@@ -115,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the main size (the data-rich size runs seed 0)")
     ap.add_argument("--budget", type=float, default=3.0, help="multiple of the harness's step budget")
     ap.add_argument("--target", type=float, help="S* of the SCU arm (default: the scale's headline S*)")
+    ap.add_argument("--auto", action="store_true",
+                    help="the arm is `target_s: auto` as `scu train` runs it: a plain fit of the same budget first, then "
+                    "lambda 1 under its prior scale (bench.prior_fit)")
     ap.add_argument("--no-rich", action="store_true", help="skip the data-rich run")
     ap.add_argument("--equilibrium", nargs="*", default=[], metavar="KEY=VALUE",
                     help="detector settings other than the product's defaults, e.g. window=50 lambda_tolerance=0.1")
@@ -142,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     detector = key_values(args.equilibrium)
     if detector:
         jobs = [replace(j, config={**j.config, "equilibrium": detector}) for j in jobs]
-    out = Path(args.out or f"bench/results/autostop/{args.scale}" + ("" if args.target is None else f"_target={args.target:g}"))
+    suffix = "_auto" if args.auto else "" if args.target is None else f"_target={args.target:g}"
+    out = Path(args.out or f"bench/results/autostop/{args.scale}{suffix}")
     runner = Runner(out, s, manifest, work, args.jobs, args.threads)
+    if args.auto:
+        jobs = auto_jobs(runner, jobs, str(base), s.rank)
 
     def report() -> None:
         rows = [judge(runner.results[j.key], steps) | {"tokens_per_step": s.batch_size * s.block_size}
