@@ -190,12 +190,17 @@ def run(args: argparse.Namespace) -> int:
 def summary(meta: dict, out: str) -> str:
     lines = [f"{meta['status']}: {meta['steps']}/{meta['steps_planned']} steps -> {out}"]
     if meta["scu_enabled"] and meta["final_s"] is not None:
-        sat = meta["lambda_saturation"]
-        lines.append(
-            f"  S = {100 * meta['final_s']:.2f}% (smoothed {100 * meta['final_s_hat']:.2f}%, target {100 * meta['target_s']:g}%), "
-            f"lambda = {meta['final_lambda']:.4g}, range [{meta['lambda_range'][0]:.3g}, {meta['lambda_range'][1]:.3g}]"
-        )
-        if sat["at_min"] + sat["at_max"] > 0.2:
+        sat, (low, high) = meta["lambda_saturation"], meta["lambda_range"]
+        if low == high:  # a fixed lambda (target_s: auto among them): there is no target to report against
+            sigma = meta["prior"]["sigma"]
+            sigma = f"{sigma:.4g}" if isinstance(sigma, (int, float)) else sigma
+            lines.append(f"  S = {100 * meta['final_s']:.2f}% at lambda fixed at {low:.4g} (prior sigma {sigma})")
+        else:
+            lines.append(
+                f"  S = {100 * meta['final_s']:.2f}% (smoothed {100 * meta['final_s_hat']:.2f}%, target {100 * meta['target_s']:g}%), "
+                f"lambda = {meta['final_lambda']:.4g}, range [{low:.3g}, {high:.3g}]"
+            )
+        if low != high and sat["at_min"] + sat["at_max"] > 0.2:
             lines.append(
                 f"  warning: lambda sat at a bound for {100 * (sat['at_min'] + sat['at_max']):.0f}% of steps "
                 "(target unreachable within [lambda_min, lambda_max]; widen the bounds or change target_s)"

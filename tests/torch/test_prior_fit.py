@@ -95,7 +95,10 @@ def test_scu_train_defaults_to_auto_unless_the_config_chooses(tmp_path, tiny_bas
             "data": {"train_data": str(pydoc_txt)}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(base))
+    capsys.readouterr()
     assert main(["train", "--config", str(path), "--output", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "training the plain fit first" in printed and "at lambda fixed at 1 (prior sigma 0." in printed
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["scu"]
     assert (written["lambda_min"], written["lambda_max"]) == (1.0, 1.0) and isinstance(written["prior_sigma"], float)
     assert (tmp_path / "run" / "plain_fit" / "metadata.json").exists()
