@@ -179,10 +179,11 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def progress_text(row: dict[str, Any], tokens_per_s: float) -> str:
+def progress_text(row: dict[str, Any], tokens_per_s: float, controlled: bool = True) -> str:
+    """The progress bar's postfix; S* only where lambda is controlled (a fixed lambda has no target)."""
     parts = [f"bpt {row['data_bpt']:.3f}"]
     if row["s"] is not None:
-        parts.append(f"S {100 * row['s']:.2f}%/{100 * row['target_s']:g}%")
+        parts.append(f"S {100 * row['s']:.2f}%" + (f"/{100 * row['target_s']:g}%" if controlled else ""))
         flag = {"min": " @MIN", "max": " @MAX"}.get(row["at_bound"], "")
         parts.append(f"λ {row['lambda']:.3g}{flag}")
     parts.append(f"{tokens_per_s:,.0f} tok/s")
@@ -268,7 +269,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
             if backend.is_main:
                 for reason in row.get("reasons", []):
                     bar.write(reason)
-            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9)))
+            bar.set_postfix_str(progress_text(row, res.tokens / max(dt, 1e-9), not session.lambda_fixed))
             asked = [cb.on_step_end(run, row) for cb in callbacks]
             if st.step % t.checkpoint_every == 0:
                 backend.save_checkpoint(run)

@@ -107,3 +107,12 @@ def test_scu_train_defaults_to_auto_unless_the_config_chooses(tmp_path, tiny_bas
         assert with_default_target(cfg) == cfg
     assert build_config(base).scu.lambda_min < build_config(base).scu.lambda_max  # the loop API's default is the PI
     assert with_default_target(build_config({**base, "scu": {"enabled": False}})).scu.enabled is False
+
+
+def test_the_progress_bar_shows_a_target_only_where_lambda_is_controlled():
+    from scu.driver import progress_text
+
+    row = {"data_bpt": 5.5, "s": 0.0045, "target_s": 0.05, "lambda": 1.0, "at_bound": None}
+    assert "S 0.45%/5%" in progress_text(row, 60.0)
+    fixed = progress_text(row, 60.0, controlled=False)
+    assert "S 0.45% λ 1" in fixed and "/5%" not in fixed
