@@ -202,20 +202,6 @@ class Config(Section):
         return self
 
 
-# keys that choose what the penalty's weight is; an scu section that gives none of them gets `scu train`'s default
-CONTROL_KEYS = frozenset({"target_s", "lambda_init", "lambda_min", "lambda_max", "kp", "ki", "law", "prior_sigma"})
-
-
-def with_default_target(cfg: Config) -> Config:
-    """`scu train`'s default (PyTorch): an enabled scu section that names no target, λ, gains, law or prior is
-    `target_s: auto`, measured against tuned baselines on both harness scales (docs/method.md); it costs a plain fit.
-
-    The loop API, SCUTrainer and MLX keep the numeric default (S* 5%): they cannot run the plain fit first."""
-    if not cfg.scu.enabled or cfg.scu.model_fields_set & CONTROL_KEYS:
-        return cfg
-    return cfg.model_copy(update={"scu": ScuSection(**cfg.scu.model_dump(exclude_unset=True), target_s="auto")})
-
-
 SECTIONS = [name for name, f in Config.model_fields.items() if isinstance(f.annotation, type)]
 
 

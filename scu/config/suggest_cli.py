@@ -39,11 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       "(default: none; set data.train_data in the written config)")
     p.add_argument("--task", choices=list(TASK_ADJUSTMENTS), default="general",
                    help="the guide's task adjustment of S*, with --target guide (default: %(default)s)")
-    p.add_argument("--target", choices=["auto", "measured", "guide"], default="auto",
-                   help="auto: lambda 1 under the prior scale of a plain fit, which `scu train` runs first (two fits, no "
-                   "validation data); measured: one PI run at the engine's S* 5%%; guide: the scaling guide's size table "
-                   "with its dataset and task adjustments (its measured cost is printed). A registered --family's S* is "
-                   "used whichever is chosen (default: %(default)s)")
+    p.add_argument("--target", choices=["measured", "auto", "guide"], default="measured",
+                   help="measured: one PI run at the engine's S* 5%%; auto: lambda 1 under the prior scale of a plain fit, "
+                   "which `scu train` runs first (two fits, no validation data); guide: the scaling guide's size table "
+                   "with its dataset and task adjustments. auto and guide print their measured costs. A registered "
+                   "--family's S* is used whichever is chosen (default: %(default)s)")
     p.add_argument("--vram", type=float, metavar="GB",
                    help="GPU memory in GB: sizes batch and weight format, warns above it (default: none, the guide's smallest batch)")
     p.add_argument("--block-size", type=int, help="tokens per sequence (default: 2048, capped by the model's context)")

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from scu import ScuError
-from scu.config.schema import canonical_key, load_config, with_default_target
+from scu.config.schema import canonical_key, load_config
 from scu.driver import STOPPED_BY_SIGNAL
 from scu.energy.runtime import tscu_summary
 
@@ -171,15 +171,13 @@ def run(args: argparse.Namespace) -> int:
         from scu.mlx.loop import train
     else:
         from scu.torch.loop import train
-
-        cfg = with_default_target(cfg)
     out = cfg.output_dir or DEFAULT_OUTPUT
     if args.push_to_hub:
         from scu.report.card import push_to_hub, require_token
 
         require_token(out)
     meta = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
-    print(summary(meta, out))
+    print(summary(meta, out, fixed=cfg.scu.lambda_min == cfg.scu.lambda_max))
     if cfg.tscu.enabled:
         print(tscu_summary(out))
     if args.push_to_hub and meta["status"] not in STOPPED_BY_SIGNAL:
@@ -187,11 +185,12 @@ def run(args: argparse.Namespace) -> int:
     return STOPPED_BY_SIGNAL.get(meta["status"], 0)
 
 
-def summary(meta: dict, out: str) -> str:
+def summary(meta: dict, out: str, fixed: bool = False) -> str:
+    """The lines `scu train` prints at the end; `fixed`: lambda was not controlled (no target to report against)."""
     lines = [f"{meta['status']}: {meta['steps']}/{meta['steps_planned']} steps -> {out}"]
     if meta["scu_enabled"] and meta["final_s"] is not None:
         sat, (low, high) = meta["lambda_saturation"], meta["lambda_range"]
-        if low == high:  # a fixed lambda (target_s: auto among them): there is no target to report against
+        if fixed:  # target_s: auto among them
             sigma = meta["prior"]["sigma"]
             sigma = f"{sigma:.4g}" if isinstance(sigma, (int, float)) else sigma
             lines.append(f"  S = {100 * meta['final_s']:.2f}% at lambda fixed at {low:.4g} (prior sigma {sigma})")
@@ -200,7 +199,7 @@ def summary(meta: dict, out: str) -> str:
                 f"  S = {100 * meta['final_s']:.2f}% (smoothed {100 * meta['final_s_hat']:.2f}%, target {100 * meta['target_s']:g}%), "
                 f"lambda = {meta['final_lambda']:.4g}, range [{low:.3g}, {high:.3g}]"
             )
-        if low != high and sat["at_min"] + sat["at_max"] > 0.2:
+        if not fixed and sat["at_min"] + sat["at_max"] > 0.2:
             lines.append(
                 f"  warning: lambda sat at a bound for {100 * (sat['at_min'] + sat['at_max']):.0f}% of steps "
                 "(target unreachable within [lambda_min, lambda_max]; widen the bounds or change target_s)"

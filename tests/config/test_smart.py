@@ -54,18 +54,20 @@ def test_worked_case_tiny_model_small_domain_dataset_hits_the_floor():
     assert s.config.scu.target_s == pytest.approx(S_FLOOR)
 
 
-def test_default_target_is_auto_and_the_others_state_their_evidence():
-    """The default is target_s: auto (lambda 1 under a plain fit's prior scale, no PI gains); `measured` is S* 5%;
-    the guide's 0.5% over-regularized SmolLM2 (+3.0% held-out BPT) and says so."""
+def test_default_target_is_the_engines_measured_s_star_and_the_others_state_their_evidence():
+    """The default is S* 5% (one PI run). `auto` is lambda 1 under a plain fit's prior (no PI gains) and prints its
+    measured cost, as the guide's 0.5% does (it over-regularized SmolLM2: +3.0% held-out BPT)."""
     s = suggest(params=135e6, tokens=300e3)
-    scu = s.config.scu
+    assert s.config.scu.target_s == pytest.approx(ScuSection().target_s) and s.config.scu.prior_sigma == 0.01
+    assert s.config.scu.lambda_min < s.config.scu.lambda_max  # a PI run
+    assert any(r.startswith("S* = ") and "the engine's default" in r for r in s.reasons)
+    assert not any("floor" in r for r in s.reasons)
+    auto = suggest(params=135e6, tokens=300e3, target="auto")
+    scu = auto.config.scu
     assert (scu.lambda_min, scu.lambda_max, scu.prior_sigma) == (1.0, 1.0, "fit")
-    assert any(r.startswith("S*: auto") and "trains twice" in r for r in s.reasons)
-    assert build_config(yaml.safe_load(dump_config(s.config))).scu == scu  # the written YAML means the same
-    measured = suggest(params=135e6, tokens=300e3, target="measured")
-    assert measured.config.scu.target_s == pytest.approx(ScuSection().target_s) and measured.config.scu.prior_sigma == 0.01
-    assert measured.config.scu.lambda_min < measured.config.scu.lambda_max  # a PI run
-    assert not any("floor" in r for r in measured.reasons)
+    assert any(r.startswith("S*: auto") and "trains twice" in r for r in auto.reasons)
+    assert any(w.startswith("--target auto: measured") and "3.2% above plain LoRA" in w for w in auto.warnings)
+    assert build_config(yaml.safe_load(dump_config(auto.config))).scu == scu  # the written YAML means the same
     guide = suggest(params=135e6, tokens=300e3, target="guide")
     assert guide.config.scu.target_s == pytest.approx(S_FLOOR)
     assert any("--target guide: measured on SmolLM2-135M" in w and "+3.0%" in w for w in guide.warnings)
@@ -258,7 +260,7 @@ def test_memory_savers_are_added_until_it_fits_and_a_warning_when_nothing_does()
 def test_pi_gains_are_read_from_the_schemas_defaults(monkeypatch):
     from scu.config import smart
 
-    s = suggest(params=1e9, target="measured")
+    s = suggest(params=1e9)
     assert (s.config.scu.kp, s.config.scu.ki, s.config.scu.law) == (ScuSection().kp, ScuSection().ki, "pi")
 
     class Retuned(ScuSection):  # the lead re-tunes the defaults: suggest follows without an edit
@@ -266,18 +268,18 @@ def test_pi_gains_are_read_from_the_schemas_defaults(monkeypatch):
         ki: float = 0.05
 
     monkeypatch.setattr(smart, "ScuSection", Retuned)
-    s = suggest(params=1e9, target="measured")
+    s = suggest(params=1e9)
     assert (s.config.scu.kp, s.config.scu.ki) == (0.7, 0.05)
     assert any("kp 0.7, ki 0.05" in r for r in s.reasons)
 
 
 def test_troubleshooting_symptoms_adjust_the_gains():
     d = ScuSection()
-    s = suggest(params=1e9, symptoms=["lambda-oscillates", "s-overshoots"], target="measured")
+    s = suggest(params=1e9, symptoms=["lambda-oscillates", "s-overshoots"])
     assert s.config.scu.kp == pytest.approx(d.kp * SYMPTOM_FACTORS["lambda-oscillates"][1], rel=1e-4)
     assert s.config.scu.kp < d.kp
     assert s.config.scu.ki == pytest.approx(d.ki * 0.2 / 0.15, rel=1e-4)
-    auto = suggest(params=1e9, symptoms=["lambda-oscillates"])  # lambda is fixed under auto: nothing to tune, said so
+    auto = suggest(params=1e9, symptoms=["lambda-oscillates"], target="auto")  # lambda fixed: nothing to tune, said so
     assert (auto.config.scu.kp, auto.config.scu.ki) == (d.kp, d.ki)
     assert any("--symptom tunes the PI gains" in w for w in auto.warnings)
 

@@ -84,15 +84,14 @@ def test_backends_without_the_plain_fit_refuse_it(make_cfg, tmp_path):
         LoraPenalty(run.accelerator.unwrap_model(run.model), "delta", "fit", 1000)
 
 
-def test_scu_train_defaults_to_auto_unless_the_config_chooses(tmp_path, tiny_base, pydoc_txt, capsys):
-    """`scu train` without a target, λ, gains or prior in its scu section trains `target_s: auto` (plain fit first);
-    any of them keeps what was asked. The loop API keeps the numeric default."""
+def test_scu_train_with_target_auto_fits_plain_first_and_reports_the_fixed_lambda(tmp_path, tiny_base, pydoc_txt, capsys):
+    """`scu.target_s: auto` through the CLI: the plain fit runs first, and the summary names lambda and sigma,
+    not a target; without it `scu train` keeps one PI run."""
     from scu.cli import main
-    from scu.config.schema import build_config, with_default_target
 
     base = {"model": {"base_model": str(tiny_base)}, "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
             "training": {"batch_size": 2, "block_size": 64, "steps": 2, "warmup_steps": 1},
-            "data": {"train_data": str(pydoc_txt)}}
+            "data": {"train_data": str(pydoc_txt)}, "scu": {"target_s": "auto"}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(base))
     capsys.readouterr()
@@ -101,12 +100,10 @@ def test_scu_train_defaults_to_auto_unless_the_config_chooses(tmp_path, tiny_bas
     assert "training the plain fit first" in printed and "at lambda fixed at 1 (prior sigma 0." in printed
     written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["scu"]
     assert (written["lambda_min"], written["lambda_max"]) == (1.0, 1.0) and isinstance(written["prior_sigma"], float)
-    assert (tmp_path / "run" / "plain_fit" / "metadata.json").exists()
-    for chosen in ({"target_s": 0.1}, {"lambda_min": 0.5, "lambda_max": 0.5}, {"prior_sigma": 0.02}):
-        cfg = build_config({**base, "scu": chosen})
-        assert with_default_target(cfg) == cfg
-    assert build_config(base).scu.lambda_min < build_config(base).scu.lambda_max  # the loop API's default is the PI
-    assert with_default_target(build_config({**base, "scu": {"enabled": False}})).scu.enabled is False
+    path.write_text(yaml.safe_dump({**base, "scu": {"enabled": True}}))
+    assert main(["train", "--config", str(path), "--output", str(tmp_path / "pi")]) == 0
+    assert not (tmp_path / "pi" / "plain_fit").exists()
+    assert "target 5%" in capsys.readouterr().out
 
 
 def test_the_progress_bar_shows_a_target_only_where_lambda_is_controlled():
