@@ -60,8 +60,9 @@ def prior_scale(sigma: float | str, weight_rms) -> float:
 
     `fit` must have been resolved to a number by the plain fit `scu train` runs first (scu.torch.prior_fit)."""
     if sigma == "fit":
-        raise ScuError("scu.prior_sigma: fit needs a plain fit first, which only `scu train` (PyTorch) runs; "
-                       "set scu.prior_sigma to the number such a run reports (its config.yaml)")
+        raise ScuError("scu.prior_sigma: fit (what target_s: auto uses) needs a plain fit first, which only `scu train` "
+                       "(PyTorch) runs; set scu.prior_sigma to the number such a run writes to its config.yaml, or to auto "
+                       "(the base weights' RMS)")
     return weight_rms() if sigma == "auto" else float(sigma)
 
 
