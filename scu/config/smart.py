@@ -69,7 +69,7 @@ AUTO_MEASURED = ("measured level with the best tuned baseline on SmolLM2-135M (d
                  "and 72k Shakespeare tokens) and within 0.8% of it on the tiny harness at 16k, but on the 25-step plan "
                  "`--cpu-minutes 30` writes for SmolLM2 and Shakespeare its validation BPT was 3.2% above plain LoRA's "
                  "(5.767 against 5.590): a short plain fit gives a small scale, and the penalty then holds the change "
-                 "back; docs/benchmarks.md")
+                 "back (a long one, the other way: it overfits); docs/benchmarks.md")
 # What the guide's S* table costs, measured (docs/benchmarks.md, "Real model"): SmolLM2-135M (dequantized Q4_1),
 # 18k Shakespeare tokens, 100 steps of 4 x 128, two seeds. Printed wherever `--target guide` is chosen.
 GUIDE_COST = ("measured on SmolLM2-135M (dequantized Q4_1, 18k Shakespeare tokens): the guide's S* 0.5% gave held-out "
