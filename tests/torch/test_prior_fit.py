@@ -78,6 +78,24 @@ def test_resume_reuses_a_finished_plain_fit_and_trains_the_scu_run(make_cfg, tmp
     assert meta["prior"]["sigma"] == pytest.approx(math.sqrt(sq_norm / dof), rel=1e-5)
 
 
+def test_an_interrupted_scu_run_resumes_with_the_same_sigma_and_the_plain_fit_untouched(make_cfg, tmp_path):
+    from scu.driver import Callback
+
+    class StopAt(Callback):
+        def on_step_end(self, run, row):
+            return run.state.step >= 2
+
+    cfg = make_cfg(scu__prior_sigma="fit", training__steps=4, training__checkpoint_every=1)
+    out = tmp_path / "run"
+    first = train(cfg, out, progress=False, callbacks=[StopAt()])  # the callbacks watch the SCU run only
+    assert first["steps"] == 2 and json.loads((out / "plain_fit" / "metadata.json").read_text())["steps"] == 4
+    before = (out / "plain_fit" / "metrics.jsonl").read_bytes()
+    meta = train(cfg, out, resume=True, progress=False)
+    assert meta["status"] == "completed" and meta["steps"] == 4
+    assert meta["prior"]["sigma"] == first["prior"]["sigma"]
+    assert (out / "plain_fit" / "metrics.jsonl").read_bytes() == before
+
+
 def test_backends_without_the_plain_fit_refuse_it(make_cfg, tmp_path):
     run = setup(make_cfg(), tmp_path / "run")
     with pytest.raises(ScuError, match="scu train"):
