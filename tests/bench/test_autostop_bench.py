@@ -53,3 +53,23 @@ def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monk
         assert a["step"] == 20 and a["averaged"] and a["saved"] == pytest.approx(1 - 20 / 64)
         assert a["test"] != a["last_step_test"]  # the averaged weights were measured, not the last step's again
     assert (tmp_path / "results.md").read_text().startswith("# Auto-stop against validation early stopping")
+
+
+@pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
+def test_auto_arm_takes_its_sigma_from_the_plain_fit_of_the_same_seed_and_size(tmp_path, monkeypatch):
+    """--auto runs each plain fit first and trains the arm at lambda 1 under sqrt(||dW_plain||^2 / p)."""
+    import math
+
+    from bench.prior_fit import lora_dof
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert main(["--scale", "quick", "--auto", "--seeds", "1", "--jobs", "1", "--budget", "1", "--out", str(tmp_path)]) == 0
+    runs = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/seed0.json")}
+    assert set(runs) == {"plain_fit", "N=12000_plain_fit", "scu_auto_fit", "N=12000_scu_auto_fit"}
+    dof = lora_dof(runs["scu_auto_fit"]["config"]["model"]["base_model"], runs["scu_auto_fit"]["config"]["lora"]["rank"])
+    for prefix in ("", "N=12000_"):
+        plain, fit = runs[prefix + "plain_fit"], runs[prefix + "scu_auto_fit"]
+        assert fit["config"]["scu"]["lambda_min"] == fit["config"]["scu"]["lambda_max"] == 1.0
+        assert fit["prior_sigma"] == pytest.approx(plain["final"]["dw_norm"] / math.sqrt(dof), rel=1e-5)
+        assert plain["prior_sigma"] is None  # SCU off in the plain fit
