@@ -17,6 +17,7 @@ from scu.core.bits import fit_scale_sigma
 from scu.driver import STOPPED_BY_SIGNAL
 from scu.rundir import PLAIN_FIT, check_output
 from scu.torch.checkpoint import CHECKPOINT
+from scu.torch.regularizer import product_sq_norm
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -37,7 +38,7 @@ def change_scale(adapter_dir: Path) -> tuple[float, int]:
         if ".lora_A." not in key:
             continue
         A, B = A.double(), tensors[key.replace(".lora_A.", ".lora_B.")].double()
-        sq_norm += scale**2 * float(((B.T @ B) * (A @ A.T)).sum())  # ||B A||^2 without the out x in matrix
+        sq_norm += scale**2 * float(product_sq_norm(A, B))
         dof += A.numel() + B.numel()
     if dof == 0:
         raise ScuError(f"{adapter_dir / ADAPTER_WEIGHTS} has no LoRA factors")

@@ -139,6 +139,12 @@ class _Group:
     M0: Tensor | None  # [G, out], stacked initial DoRA magnitudes
 
 
+def product_sq_norm(A: Tensor, B: Tensor) -> Tensor:
+    """||B @ A||^2 (over the last two dims, batched over any leading ones) from r x r Gram products,
+    sum((B^T B) o (A A^T)), without materializing the out x in matrix."""
+    return ((B.transpose(-2, -1) @ B) * (A @ A.transpose(-2, -1))).sum((-2, -1))
+
+
 def _stack_full(tensors: list[Tensor]) -> Tensor:
     """torch.stack, then (for FSDP2 shards) one all-gather for the whole group."""
     return _full(torch.stack(tensors)).float()
@@ -190,8 +196,7 @@ class LoraPenalty:
             return (A - g.A0).pow(2).sum() + (B - g.B0).pow(2).sum() + magnitude
         if g.A0 is not None:  # delta from a non-zero init (PiSSA/OLoRA): B A - B0 A0 = [B, -B0] @ [A; A0]
             A, B = torch.cat([A, g.A0], 1), torch.cat([B, -g.B0], 2)
-        gram = (B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))  # [G, r, r]: ||B A||^2 = sum of entries
-        return (g.scale_sq * gram.sum((1, 2))).sum() + magnitude
+        return (g.scale_sq * product_sq_norm(A, B)).sum() + magnitude
 
     def _saved_sq_norm(self) -> tuple[Tensor, Tensor]:
         """(replicated, local) squared change of the modules_to_save copies."""
