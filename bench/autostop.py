@@ -57,19 +57,16 @@ def plan(scale_name: str, main: str, rich: str, seeds: int, target: float | None
 def auto_jobs(runner: Runner, jobs: list[Job], base: str, rank: int) -> list[Job]:
     """`target_s: auto` in place of each job: its plain fit (same seed, size and budget) is run first, then the job
     trains at lambda 1 under sigma^2 = ||dW_plain||^2 / p, as `scu train` does in its two passes."""
-    from bench.prior_fit import lora_dof
-    from scu.core.bits import fit_scale_sigma
+    from bench.prior_fit import fit_scu, lora_dof
 
-    plain = {j.key: Job(j.arm.replace(j.arm.split("/")[-1], "plain_fit"), j.seed, j.size, {"scu": {"enabled": False}},
-                        evals="final") for j in jobs}
+    def renamed(j: Job, arm: str) -> str:  # keeps the size prefix (N=.../)
+        return j.arm.replace(j.arm.split("/")[-1], arm)
+
+    plain = {j.key: Job(renamed(j, "plain_fit"), j.seed, j.size, {"scu": {"enabled": False}}, evals="final") for j in jobs}
     runner.run(list(plain.values()), "plain fits")
     dof = lora_dof(base, rank)
-    out = []
-    for j in jobs:
-        sigma = fit_scale_sigma(runner.results[plain[j.key].key]["final"]["dw_norm"] ** 2, dof)
-        scu = {"enabled": True, "lambda_init": 1.0, "lambda_min": 1.0, "lambda_max": 1.0, "prior_sigma": float(f"{sigma:.6g}")}
-        out.append(replace(j, arm=j.arm.replace(j.arm.split("/")[-1], "scu_auto_fit"), config={**j.config, "scu": scu}))
-    return out
+    return [replace(j, arm=renamed(j, "scu_auto_fit"), config={**j.config, "scu": fit_scu(runner.results[plain[j.key].key], dof)})
+            for j in jobs]
 
 
 def slope_per_100(curve: list[dict[str, Any]], step: int) -> float | None:

@@ -54,11 +54,16 @@ def lora_dof(base_model: str, rank: int) -> int:
     return LoraPenalty(model, "delta", 0.01, 1).dof
 
 
-def fit_job(plain: dict[str, Any], dof: int, size: str, main: str) -> Job:
+def fit_scu(plain: dict[str, Any], dof: int) -> dict[str, Any]:
+    """The scu section `target_s: auto` resolves to after the plain run `plain` (a harness result): lambda 1 under
+    sigma^2 = ||dW_plain||^2 / dof, rounded as `scu train` writes it."""
     sigma = fit_scale_sigma(plain["final"]["dw_norm"] ** 2, dof)
-    cfg = {"scu": {"enabled": True, "lambda_min": 1.0, "lambda_max": 1.0, "lambda_init": 1.0, "prior_sigma": float(f"{sigma:.6g}")}}
+    return {"enabled": True, "lambda_min": 1.0, "lambda_max": 1.0, "lambda_init": 1.0, "prior_sigma": float(f"{sigma:.6g}")}
+
+
+def fit_job(plain: dict[str, Any], dof: int, size: str, main: str) -> Job:
     arm = FIT if size == main else f"N={size}/{FIT}"
-    return Job(arm, plain["seed"], size, cfg, evals="curve" if size == main else "final")
+    return Job(arm, plain["seed"], size, {"scu": fit_scu(plain, dof)}, evals="curve" if size == main else "final")
 
 
 def at(size: str, main: str, arm: str) -> str:
