@@ -42,17 +42,36 @@ def best_test(r: dict[str, Any]) -> tuple[float, int]:
     return min(points)
 
 
+def detrended_p2p(values: list[float]) -> float:
+    """Peak-to-peak of the values' residuals from their least-squares line: the swing left once a drift is removed."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, statistics.fmean(values)
+    slope = sum((i - mx) * (v - my) for i, v in enumerate(values)) / sum((i - mx) ** 2 for i in range(n))
+    residuals = [v - my - slope * (i - mx) for i, v in enumerate(values)]
+    return max(residuals) - min(residuals)
+
+
 def limit_cycle(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """Second half: log-λ peak-to-peak and how often S_hat crossed S*; both large means an oscillation."""
+    """Second half: log-λ peak-to-peak and how often S_hat crossed S*; both large means an oscillation.
+
+    `cycle` reads the raw peak-to-peak, which also counts a λ* that drifts (the data's pull grows as the adapter
+    learns, and λ must follow it to hold S). `cycle_detrended` reads it after removing the half's linear trend: a
+    cycle is a swing about the trend, and a line absorbs no oscillation of a period under the half's length."""
     half = [r for r in rows if r["s"] is not None]
     half = half[len(half) // 2 :]
     if not half:
-        return {"p2p_2nd_half": None, "crossings_2nd_half": None, "cycle": None}
+        return {"p2p_2nd_half": None, "p2p_detrended_2nd_half": None, "crossings_2nd_half": None, "cycle": None,
+                "cycle_detrended": None}
     logs = [math.log(r["lambda"]) for r in half if r["lambda"] > 0]
     side = [r["s_hat"] >= target for r in half]
     crossings = sum(a != b for a, b in zip(side, side[1:]))
     p2p = max(logs) - min(logs) if logs else 0.0
-    return {"p2p_2nd_half": p2p, "crossings_2nd_half": crossings, "cycle": p2p >= LIMIT_CYCLE_P2P and crossings >= 2}
+    swing = detrended_p2p(logs)
+    return {"p2p_2nd_half": p2p, "p2p_detrended_2nd_half": swing, "crossings_2nd_half": crossings,
+            "cycle": p2p >= LIMIT_CYCLE_P2P and crossings >= 2,
+            "cycle_detrended": swing >= LIMIT_CYCLE_P2P and crossings >= 2}
 
 
 def arm_stats(runs: list[dict[str, Any]]) -> dict[str, Any]:

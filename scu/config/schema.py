@@ -90,6 +90,7 @@ class ScuSection(Section):
     ema_alpha: float = PIConfig.ema_alpha
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
+    tracking_alpha: float | None = Field(PIConfig.tracking_alpha, gt=0, le=1)  # balance law: its EMA rate once tracking
 
     @model_validator(mode="before")
     @classmethod

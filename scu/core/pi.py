@@ -10,7 +10,9 @@ Four update laws share one state (lambda, integral, S_hat, step):
   S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral (from the
   moment S_hat first comes within start_band of S*) removes what the gradient balance misses. Nothing is anchored
   at lambda_init: it stands in for lambda_bal only until the change is non-zero (after the first step, where the
-  penalty has no gradient whatever lambda is).
+  penalty has no gradient whatever lambda is). Once tracking, the balance is averaged at the slower tracking_alpha
+  (lambda* then drifts slowly, and the fast average's noise was most of lambda's motion); where the measured pull
+  turns inward (lambda_bal <= 0) the last positive lambda_bal stands in.
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -81,6 +83,7 @@ class PIConfig:
     start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
     lead_steps: float = 3.0  # balance law: the proportional part acts on where a rising S_hat is heading this many steps on
+    tracking_alpha: float | None = 0.03  # balance law: EMA rate of the balance once tracking (None: ema_alpha)
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -117,6 +120,7 @@ class PIController:
         self.prev_s_hat: float | None = None  # balance law: last step's S_hat
         self.pull = 0.0  # balance law: smoothed -<g_d, g_p> and ||g_p||^2 (scu.core.telemetry.StepTelemetry)
         self.grad_sq = 0.0
+        self.held_balance: float | None = None  # balance law: the last positive lambda_bal
 
     @property
     def fixed(self) -> bool:
@@ -220,14 +224,17 @@ class PIController:
         c = self.config
         if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
             first = self.grad_sq == 0.0
-            self.pull = self._ema(None if first else self.pull, pull)
-            self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq)
+            # once S holds S*, lambda* moves slowly and the balance's step-to-step noise is what remains
+            a = c.tracking_alpha if self.tracking and c.tracking_alpha is not None else c.ema_alpha
+            self.pull = pull if first else (1.0 - a) * self.pull + a * pull
+            self.grad_sq = grad_sq if first else (1.0 - a) * self.grad_sq + a * grad_sq
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         balance = self.lambda_balance
-        if balance is None:  # nothing measured yet (the first step): lambda_init is the only estimate
-            feedforward = math.log(c.lambda_start)
-        else:  # data pushing the change inward (pull <= 0): no lambda is needed to hold it, so the floor
-            feedforward = math.log(balance) if balance > 0.0 else log_min
+        if balance is not None and balance > 0.0:
+            self.held_balance = balance
+        # the data's measured pull can turn inward (<= 0) while Adam still grows the change: the last positive
+        # balance is kept, not lambda_min, which let S run to 3.7x S* (docs/method.md); lambda_init before any
+        feedforward = math.log(self.held_balance if self.held_balance is not None else c.lambda_start)
         # only a rise is extrapolated: the lead brakes S before it crosses S*, and a fall read ahead would release
         # that brake at once (measured on SmolLM2 with smoothing "data": lambda 1.3 -> 0.002 in two steps)
         rise = max(0.0, self.s_hat - (self.prev_s_hat if self.prev_s_hat is not None else self.s_hat))
@@ -266,7 +273,7 @@ class PIController:
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
                 "step": self.step_count, "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
-                "prev_s_hat": self.prev_s_hat}
+                "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
@@ -279,6 +286,7 @@ class PIController:
         self.prev_s_hat = state.get("prev_s_hat")
         self.pull = float(state.get("pull", 0.0))
         self.grad_sq = float(state.get("grad_sq", 0.0))
+        self.held_balance = state.get("held_balance")
 
     def describe(self) -> dict:
         return asdict(self.config)

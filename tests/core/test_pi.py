@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -195,6 +196,37 @@ def test_balance_law_lead_extrapolates_a_rise_but_not_a_fall():
         lam = c.update(s, balance=(1.0, 1.0))
     assert lam == pytest.approx(math.exp(2.0 * odds_error(0.13) + 0.04 * (odds_error(0.16) + odds_error(0.13))))
     assert lam > 1.0
+
+
+def test_balance_law_keeps_the_last_positive_balance_when_the_data_pull_turns_inward():
+    # -<g_d, g_p> <= 0 while Adam still grows the change: lambda must not fall to lambda_min (S then ran to 3.7x S*)
+    c = balance_law(lambda_init=1.0, lead_steps=0.0, tracking_alpha=1.0)  # each step's balance as it is
+    c.update(0.1, balance=(0.5, 1.0))
+    assert c.lambda_balance == pytest.approx(0.5)
+    lams = [c.update(0.1, balance=(-0.2, 1.0)) for _ in range(3)]
+    assert c.lambda_balance < 0.0
+    assert lams == pytest.approx([0.5] * 3, rel=1e-12)  # e = 0: the held balance, no integral
+
+
+def test_balance_law_averages_the_balance_more_slowly_once_tracking():
+    c = balance_law(lambda_init=1.0, lead_steps=0.0, tracking_alpha=0.25)  # ema_alpha 1: no smoothing before tracking
+    c.update(0.01, balance=(1.0, 1.0))
+    c.update(0.02, balance=(3.0, 1.0))
+    assert c.lambda_balance == pytest.approx(3.0)  # not tracking yet: the step's own balance
+    c.update(0.1, balance=(3.0, 1.0))  # tracking starts with this update, after its balance was averaged
+    c.update(0.1, balance=(7.0, 1.0))
+    assert c.lambda_balance == pytest.approx(0.75 * 3.0 + 0.25 * 7.0)
+
+
+def test_balance_law_resumes_its_start_up_state_exactly():
+    seq = [(0.01 * i, (0.2 + 0.05 * math.sin(i), 1.0 + 0.1 * i)) for i in range(1, 30)] + [(0.1, (-0.1, 2.0))] * 3
+    a = balance_law(tracking_alpha=0.05)
+    for s, b in seq[:15]:
+        a.update(s, balance=b)
+    assert a.tracking
+    resumed = balance_law(tracking_alpha=0.05)
+    resumed.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert [a.update(s, balance=b) for s, b in seq[15:]] == [resumed.update(s, balance=b) for s, b in seq[15:]]
 
 
 def test_data_smoothing_averages_only_the_noisy_data_bpt():
