@@ -3,7 +3,8 @@
 Four update laws share one state (lambda, integral, S_hat, step):
 
 * ``balance`` (measured in docs/method.md): lambda is set around the lambda at which the penalty's gradient cancels
-  the data's (the loop measures both every step: lambda_bal = -<g_d, g_p> / ||g_p||^2, each smoothed by ema_alpha),
+  the data's (the loop measures both every step: lambda_bal = -<g_d, g_p> / ||g_p||^2, each smoothed
+  by ema_alpha, and once tracking by tracking_alpha),
       log(lambda) = log(lambda_bal) + kp * clip(e_ahead) + ki * sum(e),   e the log-odds error below (clipped at
   +-error_clip), e_ahead that of S_hat extrapolated lead_steps on while it rises
   At lambda_bal the learned change stops growing, so S holds where it is; kp * c lets S rise freely while far below
