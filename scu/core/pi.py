@@ -11,9 +11,10 @@ Four update laws share one state (lambda, integral, S_hat, step):
   S* (lambda << lambda_bal) and makes S approach S* at a rate proportional to the error. The integral (from the
   moment S_hat first comes within start_band of S*) removes what the gradient balance misses. Nothing is anchored
   at lambda_init: it stands in for lambda_bal only until the change is non-zero (after the first step, where the
-  penalty has no gradient whatever lambda is). Once tracking, the balance is averaged at the slower tracking_alpha
-  (lambda* then drifts slowly, and the fast average's noise was most of lambda's motion); where the measured pull
-  turns inward (lambda_bal <= 0) the last positive lambda_bal stands in.
+  penalty has no gradient whatever lambda is). Once tracking, the balance can be averaged at a slower tracking_alpha
+  (opt-in: lambda* then drifts slowly, and on the tiny harness the fast average's noise was most of lambda's motion;
+  elsewhere it settled later); where the measured pull turns inward (lambda_bal <= 0) the last positive lambda_bal
+  stands in.
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -84,7 +85,7 @@ class PIConfig:
     start_band: float = 0.1  # bumpless law: tracking starts once S_hat >= (1 - start_band) * S*
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
     lead_steps: float = 3.0  # balance law: the proportional part acts on where a rising S_hat is heading this many steps on
-    tracking_alpha: float | None = 0.03  # balance law: EMA rate of the balance once tracking (None: ema_alpha)
+    tracking_alpha: float | None = None  # balance law: EMA rate of the balance once tracking (None: ema_alpha)
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 

@@ -4,7 +4,7 @@
 pre-trained on WikiText-103, LoRA on 16k tokens of Shakespeare, 200 steps) at the harness's S* 0.875. λ* is the
 second-half median λ of the run from the default start. Each far start must keep the smoothed S within ±10% of S*
 for ≥ 90% of the second half, settle by step 40, overshoot by ≤ 20% and not cycle about λ's trend (bench.pi_startup.run_job
-judges all four; measured: settled at step 30, 3% overshoot, log-λ swing about the trend 0.21, from every start).
+judges all four; measured: settled at step 30, 3% overshoot, log-λ swing about the trend 0.33, from every start).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_balance_law_meets_the_startup_criterion_from_a_factor_1000_either_side_
     assert 1e-4 < lam_star < 1.0  # the default start (λ_init 1) is itself far above λ*
     for start, lambda_init in (("high", lam_star * FACTOR), ("low", lam_star / FACTOR)):
         result = run_job(Job("balance", "16000", 1.0, start, 0, lambda_init, "data"), scale, train_path, target, tmp_path)
-        # the cycle is read about lambda's trend: here lambda* drifts up by ~1.8x over the second half (measured)
+        # the cycle is read about lambda's trend, as the benchmark reports it (λ also drifts with λ* here)
         assert result["meets"]["all_detrended"], (start, lambda_init, result["meets"], result["tracking"], result["limit_cycle"])
 
 
