@@ -98,6 +98,8 @@ class PIConfig:
             raise ValueError("lambda_min must be > 0 when lambda is controlled (log domain); fix lambda with lambda_min = lambda_max")
         if not 0.0 < self.ema_alpha <= 1.0:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if self.tracking_alpha is not None and not 0.0 < self.tracking_alpha <= 1.0:
+            raise ValueError(f"tracking_alpha must be in (0, 1] or None, got {self.tracking_alpha}")
         if self.smoothing not in ("data", "ratio"):
             raise ValueError(f"smoothing must be 'data' or 'ratio', got {self.smoothing!r}")
 
@@ -171,8 +173,8 @@ class PIController:
             self._pi_update(target)
         return self.lam
 
-    def _ema(self, previous: float | None, value: float) -> float:
-        a = self.config.ema_alpha
+    def _ema(self, previous: float | None, value: float, alpha: float | None = None) -> float:
+        a = self.config.ema_alpha if alpha is None else alpha
         return value if previous is None else (1.0 - a) * previous + a * value
 
     def _smooth(self, s: float, parts: tuple[float, float] | None) -> None:
@@ -227,9 +229,9 @@ class PIController:
         if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
             first = self.grad_sq == 0.0
             # once S holds S*, lambda* moves slowly and the balance's step-to-step noise is what remains
-            a = c.tracking_alpha if self.tracking and c.tracking_alpha is not None else c.ema_alpha
-            self.pull = pull if first else (1.0 - a) * self.pull + a * pull
-            self.grad_sq = grad_sq if first else (1.0 - a) * self.grad_sq + a * grad_sq
+            a = c.tracking_alpha if self.tracking else None
+            self.pull = self._ema(None if first else self.pull, pull, a)
+            self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         balance = self.lambda_balance
         if balance is not None and balance > 0.0:

@@ -258,3 +258,9 @@ def test_data_smoothing_needs_the_parts_and_keeps_the_smoothed_data_bpt_in_its_s
     resumed = PIController(PIConfig(smoothing="data"))
     resumed.load_state_dict(c.state_dict())
     assert [resumed.update(0.05, parts=(6.2, 0.35)) for _ in range(3)] == [c.update(0.05, parts=(6.2, 0.35)) for _ in range(3)]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_tracking_alpha_outside_its_range_is_refused(alpha):
+    with pytest.raises(ValueError, match="tracking_alpha must be in"):
+        PIConfig(law="balance", tracking_alpha=alpha)
