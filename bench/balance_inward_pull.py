@@ -20,11 +20,9 @@ from bench.harness.summary import limit_cycle
 from scu.config.schema import build_config
 from scu.core.tracking import tracking_from_rows
 from scu.data.builtin import pydoc_topics
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import TEST_BASE, cached_base
 from scu.report.records import atomic_write_json
 from scu.torch.loop import train
-
-TEST_BASE = BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)
 
 
 def run(law: str, overrides: dict, steps: int, target: float, base: Path, data: Path, work: Path) -> dict:

@@ -28,12 +28,10 @@ from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, telemet
 from scu.data.builtin import pydoc_topics
 from scu.data.corpus import load_train_val
 from scu.eval.bpt import block_bpt
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import TEST_BASE, cached_base
 from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 from scu.torch.model import load_model, load_tokenizer
-
-TEST_BASE = BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)
 
 
 def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_stop: bool, eval_every: int):

@@ -175,8 +175,8 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
 def cached(out: Path, job: Job) -> dict[str, Any] | None:
     """The run's result, if it was run with exactly this job (a λ* measured anew moves the starts) and controller.
 
-    A result that does not record its controller settings predates that record, and a default may have changed since
-    (the balance law's tracking_alpha did on 2026-12-05): it is run again, except the λ = 0 reference runs."""
+    A result that does not record its controller settings predates that record, and a default may have changed since:
+    it is run again, except the λ = 0 reference runs."""
     path = out / f"{job.name}.json"
     r = json.loads(path.read_text()) if path.exists() else None
     if r is None or {"smoothing": "ratio", "overrides": "", **r["job"]} != job.__dict__:

@@ -16,7 +16,7 @@ from pathlib import Path
 from scu.config.schema import build_config
 from scu.core.tracking import tracking_from_rows
 from scu.data.builtin import pydoc_topics
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import TEST_BASE, cached_base
 from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--grid", nargs="*", default=[], help="extra position-form settings as KP,KI pairs")
     ap.add_argument("--out", default="bench/results/pi_tuning.json")
     args = ap.parse_args()
-    base = cached_base(BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2))
+    base = cached_base(TEST_BASE)
     work = Path(tempfile.mkdtemp(prefix="pi_tuning-"))
     data = work / "pydoc.txt"
     data.write_text("\n\n".join(pydoc_topics()))

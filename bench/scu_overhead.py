@@ -25,11 +25,11 @@ from scu.data.builtin import pydoc_topics
 from scu.demo import DEMO_BASE
 from scu.driver import optimizer_step
 from scu.models.gguf import smollm2_gguf
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import TEST_BASE, cached_base
 from scu.report.records import atomic_write_json
 from scu.torch.loop import setup, train_step
 
-BASES = {"demo": DEMO_BASE, "test": BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)}
+BASES = {"demo": DEMO_BASE, "test": TEST_BASE}
 
 
 def timed_step(run) -> float:

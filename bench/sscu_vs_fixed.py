@@ -22,12 +22,12 @@ from pathlib import Path
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.data.text import split_documents
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import BaseSpec, TEST_BASE, cached_base
 from scu.report.records import atomic_write_json
 from scu.torch.loop import train
 
 BASES = {
-    "test": BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2),
+    "test": TEST_BASE,
     "demo": BaseSpec(corpus="stdlib", max_chars=1_500_000, steps=300),
 }
 

@@ -6,19 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from scu.models.tiny import BaseSpec, cached_base
+from scu.models.tiny import TEST_BASE, cached_base
 
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-# A small, fast base: trained on stdlib source, fine-tuned on pydoc prose in tests.
-TEST_BASE = BaseSpec(corpus="stdlib", max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)
-
 
 @pytest.fixture(scope="session")
 def tiny_base() -> Path:
-    """Directory with a pre-trained tiny Llama + tokenizer (built once, cached under SCU_CACHE)."""
+    """Directory with a pre-trained tiny Llama + tokenizer (built once, cached under SCU_CACHE): trained on stdlib
+    source, fine-tuned on pydoc prose in tests."""
     return cached_base(TEST_BASE, progress=False)
 
 

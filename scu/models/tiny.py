@@ -51,6 +51,10 @@ class BaseSpec:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+# the smallest base: the test suite and the controller benchmarks train on it (2 layers, hidden 64, stdlib code)
+TEST_BASE = BaseSpec(max_chars=400_000, steps=120, hidden_size=64, intermediate_size=172, layers=2)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("SCU_CACHE", Path.home() / ".cache" / "scu"))
 
