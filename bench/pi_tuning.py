@@ -68,7 +68,8 @@ def main() -> None:
         tr = tracking_from_rows(rows, args.target)
         lams = [r["lambda"] for r in rows[len(rows) // 2 :]]
         results[name] = {**tr.as_dict(), "lambda_second_half": [min(lams), max(lams)], "val_bpt": meta["val_bpt"],
-                         "tokens_per_epoch": meta["tokens_per_epoch"]}
+                         "tokens_per_epoch": meta["tokens_per_epoch"],
+                         "scu": meta["config"]["scu"]}  # every controller setting it ran with, defaults included
         r = results[name]
         print(f"{name:22s} err {100 * r['error']:5.1f}%  in-band {100 * r['in_band']:5.1f}%  settle {r['settling_step']}  "
               f"overshoot {100 * r['overshoot']:5.1f}%  at-bound {100 * r['at_bound']:4.1f}%  "
