@@ -11,7 +11,6 @@ highest smoothed S, and how many steps measured an inward pull. Results: bench/r
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from scu.config.schema import build_config
 from scu.core.tracking import tracking_from_rows
 from scu.data.builtin import pydoc_topics
 from scu.models.tiny import TEST_BASE, cached_base
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 from scu.torch.loop import train
 
 
@@ -39,7 +38,7 @@ def run(law: str, overrides: dict, steps: int, target: float, base: Path, data: 
     })
     out = work / law
     train(cfg, out, progress=False)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = MetricsLog(out / "metrics.jsonl").read()
     measured = [r for r in rows if r.get("s") is not None]
     inward = [r["step"] for r in measured if r.get("lambda_balance") is not None and r["lambda_balance"] <= 0.0]
     return {

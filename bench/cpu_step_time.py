@@ -15,7 +15,6 @@ absolute times depend on it, the ratios much less.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,13 +25,13 @@ import numpy as np
 
 from scu.config.schema import load_config
 from scu.config.smart import inspect_model
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def median_step_s(run: Path, steps: int) -> float | None:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+    rows = MetricsLog(run / "metrics.jsonl").read()
     times = [r["step_time"] for r in rows if "step_time" in r][1:]
     return statistics.median(times) if len(times) >= steps - 1 else None
 

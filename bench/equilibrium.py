@@ -17,7 +17,6 @@ Writes everything to --out (default bench/results/equilibrium.json).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from scu.data.builtin import pydoc_topics
 from scu.data.corpus import load_train_val
 from scu.eval.bpt import block_bpt
 from scu.models.tiny import TEST_BASE, cached_base
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 from scu.torch.loop import train
 from scu.torch.model import load_model, load_tokenizer
 
@@ -48,7 +47,7 @@ def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_
 
 
 def val_curve(run_dir: Path, meta: dict) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = MetricsLog(run_dir / "metrics.jsonl").read()
     curve = {r["step"]: r["val_bpt"] for r in rows if "val_bpt" in r}
     curve[meta["steps"]] = meta["val_bpt"]
     return curve
@@ -56,7 +55,7 @@ def val_curve(run_dir: Path, meta: dict) -> dict[int, float]:
 
 def signal_spread(run_dir: Path, after: int) -> dict[str, list[float]]:
     """5th/50th/95th percentiles of the three window signals at every step after `after` (tolerances off)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = MetricsLog(run_dir / "metrics.jsonl").read()
     detector = EquilibriumDetector(EquilibriumConfig(lambda_tolerance=1e9, s_tolerance=1e9, loss_tolerance=1e9))
     seen = {"lambda_change": [], "s_error": [], "loss_change": []}
     for t in telemetry_from_rows(rows):

@@ -23,13 +23,13 @@ import torch
 
 from scu.config.schema import build_config
 from scu.models.gguf import smollm2_gguf
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare" / "input.txt"
 
 
 def rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return MetricsLog(out / "metrics.jsonl").read()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from bench.scu_vs_baselines import (
 )
 from scu.core.pi import PIConfig
 from scu.core.tracking import tracking_from_rows
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 
 FACTOR = 1000.0
 UNREGULARIZED = "unregularized"
@@ -158,7 +158,7 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
     })
     with tempfile.TemporaryDirectory() as tmp:
         refuse_truncated(train(cfg, Path(tmp) / "run", progress=False)["status"], job.name)
-        rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = MetricsLog(Path(tmp) / "run" / "metrics.jsonl").read()
     measured = [r for r in rows if r.get("s") is not None]
     reference = [{**r, "s_hat": x} for r, x in zip(measured, reference_s_hat([r["s"] for r in measured]))]
     half = [r["lambda"] for r in rows[len(rows) // 2 :]]

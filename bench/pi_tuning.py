@@ -9,7 +9,6 @@ projections, constant LR. Every setting runs the same data and seed; prints one 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from scu.config.schema import build_config
 from scu.core.tracking import tracking_from_rows
 from scu.data.builtin import pydoc_topics
 from scu.models.tiny import TEST_BASE, cached_base
-from scu.report.records import atomic_write_json
+from scu.report.records import MetricsLog, atomic_write_json
 from scu.torch.loop import train
 
 SETTINGS = {
@@ -64,7 +63,7 @@ def main() -> None:
         })
         out = work / name.replace(" ", "_")
         meta = train(cfg, out, progress=False)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = MetricsLog(out / "metrics.jsonl").read()
         tr = tracking_from_rows(rows, args.target)
         lams = [r["lambda"] for r in rows[len(rows) // 2 :]]
         results[name] = {**tr.as_dict(), "lambda_second_half": [min(lams), max(lams)], "val_bpt": meta["val_bpt"],

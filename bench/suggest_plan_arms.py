@@ -30,7 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scu.report.records import atomic_write_json, atomic_write_text
+import yaml
+
+from scu.report.records import MetricsLog, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -74,7 +76,7 @@ def train_arm(name: str, plan: Path, work: Path) -> dict[str, Any]:
 
 def read_arm(out: Path) -> dict[str, Any]:
     meta = json.loads((out / "metadata.json").read_text())
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = MetricsLog(out / "metrics.jsonl").read()
     curve = {r["step"]: r["val_bpt"] for r in rows if r.get("val_bpt") is not None}
     curve[meta["steps"]] = meta["val_bpt"]  # the final evaluation (of the averaged weights where averaging is on)
     return {"val_bpt": meta["val_bpt"], "val_curve": curve, "final_s": meta["final_s"] if meta["scu_enabled"] else None,
@@ -87,7 +89,7 @@ def forgetting(model: str, names: list[str], work: Path) -> dict[str, float]:
     if not path.exists():
         wiki = work / f"wiki2_head{WIKI_LINES}.txt"
         lines = (DATA / "wikitext" / "wiki2_valid.txt").read_text().splitlines(keepends=True)[:WIKI_LINES]
-        wiki.write_text("".join(lines))
+        atomic_write_text(wiki, "".join(lines))
         adapters = [a for n in names for a in ("--adapter", str(work / n))]
         run_logged(scu_cmd("eval", "--model", model, *adapters, "--data", str(wiki), "--json", str(path)),
                    work / "eval_wiki.log")
@@ -156,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     if not plan_path.exists():
         run_logged(scu_cmd("suggest", "--model", model, "--data", str(SHAKESPEARE), "--cpu-minutes", f"{args.cpu_minutes:g}",
                            "--out", str(plan_path)), args.work / "suggest.log")
-    import yaml
-
     plan = yaml.safe_load(plan_path.read_text())
     arms: dict[str, dict[str, Any]] = {}
 
