@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,8 @@ def run_all(jobs: list[Job], scale: Scale | RealScale, manifest: dict, targets: 
     todo = [j for j in jobs if cached(out, j) is None]
     if todo:
         print(f"{len(todo)} runs to do ({len(jobs) - len(todo)} cached)", flush=True)
-        with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:  # spawn: no CUDA state inherited on a GPU
             futures = [pool.submit(run_job, j, scale, manifest["train"][j.size]["path"], targets[j.multiplier], out)
                        for j in todo]
             for f in futures:

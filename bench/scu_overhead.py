@@ -33,9 +33,17 @@ BASES = {"demo": DEMO_BASE, "test": TEST_BASE}
 
 
 def timed_step(run) -> float:
+    sync()
     t0 = time.perf_counter()
     optimizer_step(run, train_step)  # the controllers' share is timed too
+    sync()
     return time.perf_counter() - t0
+
+
+def sync() -> None:
+    """On a GPU the step's kernels may still run when Python returns: wait for them before reading the clock."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -82,8 +90,10 @@ def main() -> None:
     # The direct cost of what SCU adds, timed alone: the penalty's forward + backward, and one PI update.
     penalty_s, pi_s = [], []
     for _ in range(0 if args.aa else 200):
+        sync()
         t0 = time.perf_counter()
         (on.penalty() * 0.5).backward()
+        sync()
         penalty_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         on.session.controllers["pi"].update(0.05, balance=(1.0, 1.0))
@@ -95,6 +105,7 @@ def main() -> None:
         "batch": [args.batch_size, args.block_size],
         "steps": args.steps,
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "median_step_s_on": statistics.median(t_on),
         "median_step_s_off": statistics.median(t_off),
         "median_pair_ratio": statistics.median(ratios),

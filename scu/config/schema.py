@@ -91,6 +91,7 @@ class ScuSection(Section):
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
     tracking_alpha: float | None = Field(PIConfig.tracking_alpha, gt=0, le=1)  # balance law: its EMA rate once tracking
+    balance_margin: float = Field(PIConfig.balance_margin, gt=0)  # balance law: lambda around this multiple of lambda_bal
 
     @model_validator(mode="before")
     @classmethod

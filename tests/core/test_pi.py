@@ -208,6 +208,27 @@ def test_balance_law_keeps_the_last_positive_balance_when_the_data_pull_turns_in
     assert lams == pytest.approx([0.5] * 3, rel=1e-12)  # e = 0: the held balance, no integral
 
 
+def test_balance_margin_multiplies_the_balance_and_nothing_else():
+    # the same S and balance sequence: every lambda is the margin times the unmargined one, start-up and tracking alike
+    seq = [(0.01 * i, (0.2 + 0.05 * math.sin(i), 1.0 + 0.1 * i)) for i in range(1, 25)]
+    plain, margined = balance_law(), balance_law(balance_margin=1.25)
+    lams = [(plain.update(s, balance=b), margined.update(s, balance=b)) for s, b in seq]
+    assert plain.tracking and margined.tracking
+    assert [m for _, m in lams] == pytest.approx([1.25 * p for p, _ in lams], rel=1e-12)
+
+
+def test_balance_margin_leaves_the_start_before_any_balance_alone():
+    # no learned change yet (||g_p||^2 = 0): lambda_init stands in, unscaled
+    c = balance_law(lambda_init=0.3, lead_steps=0.0, balance_margin=1.25)
+    assert c.update(0.1, balance=(0.0, 0.0)) == pytest.approx(0.3)  # S on target: e = 0
+
+
+@pytest.mark.parametrize("margin", [0.0, -1.0])
+def test_balance_margin_must_be_positive(margin):
+    with pytest.raises(ValueError, match="balance_margin must be > 0"):
+        PIConfig(law="balance", balance_margin=margin)
+
+
 def test_balance_law_averages_the_balance_more_slowly_once_tracking():
     c = balance_law(lambda_init=1.0, lead_steps=0.0, tracking_alpha=0.25)  # ema_alpha 1: no smoothing before tracking
     c.update(0.01, balance=(1.0, 1.0))

