@@ -53,13 +53,14 @@ tscu_config() {  # SmolLM2 + the shared Shakespeare, larger steps than the CPU h
 model: {base_model: $1}
 lora: {rank: 8}
 scu: {enabled: true}
-training: {learning_rate: 2.0e-4, batch_size: ${TSCU_BATCH:-8}, block_size: 512, steps: ${TSCU_STEPS:-60}, warmup_steps: 5, seed: 0}
+training: {learning_rate: 2.0e-4, batch_size: ${TSCU_BATCH:-8}, block_size: 512, steps: ${TSCU_STEPS:-200}, warmup_steps: 5, seed: 0}
 data: {train_data: ../shared/data/shakespeare/input.txt}
 EOF
 }
 
 tscu_runs() {  # T-SCU on the real NVML sensor: a free run to read the busy power, then a budget halfway to idle
     local gguf=$1 idle busy budget
+    command -v nvidia-smi >/dev/null || { echo "no nvidia-smi: no NVML sensor to check"; return 0; }
     tscu_config "$gguf"
     idle=$(nvidia-smi --query-gpu=power.draw --format=csv,noheader,nounits | head -1)
     python3 -m scu.cli train --config /tmp/tscu.yaml --controller scu,thermal --power-budget 10000 \
@@ -100,15 +101,15 @@ main)
     probe
     stage dequantize 120 python3 -c "from scu.models.gguf import smollm2_gguf, dense_dir; print(dense_dir(smollm2_gguf()))"
     stage tscu 150 bash bench/gpu_session.sh tscu "$GGUF"
-    stage overhead 60 python3 -m bench.scu_overhead --base smollm2 --steps "${OVERHEAD_STEPS:-40}" --warmup 5 \
+    stage overhead 60 python3 -m bench.scu_overhead --base smollm2 --steps "${OVERHEAD_STEPS:-40}" --warmup "${OVERHEAD_WARMUP:-5}" \
         --batch-size 4 --threads 4 --out bench/results/gpu/scu_overhead_smollm2.json
     # issue 18 item 1 on SmolLM2: the balance law with and without its margin, every start, two seeds
-    for margin in ${MARGINS:-1.25 1}; do
+    for margin in ${MARGINS-1.25 1}; do
         stage "pi_startup margin $margin" "${STARTUP_S:-85}" python3 -m bench.pi_startup --scale real --laws balance \
             --smoothing data --seeds 2 --jobs 4 --set "balance_margin=$margin" --out bench/results/pi_startup/gpu
     done
     # item 3: auto-stop at the product's detector, then at lambda_tolerance 0.2 (chosen on seeds 0-1 on the CPU)
-    for tol in ${TOLERANCES:-0.05 0.2}; do
+    for tol in ${TOLERANCES-0.05 0.2}; do
         stage "autostop tolerance $tol" "${AUTOSTOP_S:-55}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
             --equilibrium "lambda_tolerance=$tol" --out "bench/results/autostop/gpu/tol_$tol"
     done

@@ -96,7 +96,7 @@ def main() -> None:
         sync()
         penalty_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        on.session.controllers["pi"].update(0.05, balance=(1.0, 1.0))
+        on.session.controllers["pi"].update(0.05, balance=(1.0, 1.0), parts=(6.0, 0.3))
         pi_s.append(time.perf_counter() - t0)
     on.optimizer.zero_grad(set_to_none=True)
     result = {
