@@ -99,8 +99,8 @@ main)
     exec > >(tee "$OUT/gpu.log") 2>&1
     trap pack EXIT
     probe
-    stage dequantize 120 python3 -c "from scu.models.gguf import smollm2_gguf, dense_dir; print(dense_dir(smollm2_gguf()))"
-    stage tscu 150 bash bench/gpu_session.sh tscu "$GGUF"
+    stage dequantize 75 python3 -c "from scu.models.gguf import smollm2_gguf, dense_dir; print(dense_dir(smollm2_gguf()))"
+    stage tscu 110 bash bench/gpu_session.sh tscu "$GGUF"
     stage overhead 60 python3 -m bench.scu_overhead --base smollm2 --steps "${OVERHEAD_STEPS:-40}" --warmup "${OVERHEAD_WARMUP:-5}" \
         --batch-size 4 --threads 4 --out bench/results/gpu/scu_overhead_smollm2.json
     # issue 18 item 1 on SmolLM2: the balance law with and without its margin, every start, two seeds
@@ -108,9 +108,12 @@ main)
         stage "pi_startup margin $margin" "${STARTUP_S:-85}" python3 -m bench.pi_startup --scale real --laws balance \
             --smoothing data --seeds 2 --jobs 4 --set "balance_margin=$margin" --out bench/results/pi_startup/gpu
     done
-    # item 3: auto-stop at the product's detector, then at lambda_tolerance 0.2 (chosen on seeds 0-1 on the CPU)
-    for tol in ${TOLERANCES-0.05 0.2}; do
-        stage "autostop tolerance $tol" "${AUTOSTOP_S:-55}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
+    # item 2 on SmolLM2 at three seeds: the auto target and the defaults against the tuned baselines (--scale real-gpu)
+    stage "scu_vs_baselines real-gpu" "${BASELINES_S:-120}" python3 -m bench.scu_vs_baselines --scale real-gpu --jobs 6 \
+        --out bench/results/gpu/scu_vs_baselines_real_gpu
+    # item 3: auto-stop at lambda_tolerance 0.2, chosen on seeds 0-1 on the CPU; seeds 2-4 are new to it
+    for tol in ${TOLERANCES-0.2}; do
+        stage "autostop tolerance $tol" "${AUTOSTOP_S:-60}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
             --equilibrium "lambda_tolerance=$tol" --out "bench/results/autostop/gpu/tol_$tol"
     done
     ;;
