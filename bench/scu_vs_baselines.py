@@ -49,7 +49,8 @@ from bench.harness.runner import Job, Settings
 from bench.harness.summary import summarize, transfer_rule, value_of
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = (REPO.parent / "shared" / "data").resolve()
+# the shared data beside the checkout; SCU_DATA_DIR names another copy (a GPU machine gets the repository alone)
+DEFAULT_DATA = Path(os.environ.get("SCU_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 MIDDLE = 1.0  # the S* multiplier of the headline SCU arm
 MEASUREMENT_VERSION = 2  # part of every job's hash: bump when what a job measures changes, so old cached results are not reused
 
