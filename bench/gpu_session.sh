@@ -37,6 +37,11 @@ for name in ("torch", "transformers", "peft", "accelerate", "pydantic", "pywt", 
         print(name, "MISSING", type(e).__name__, e)
 import torch
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:
+    from transformers import GgufConfig  # what scu.models.gguf dequantizes with
+    print("GgufConfig ok")
+except ImportError as e:
+    print("GgufConfig MISSING", e)
 EOF
 }
 
