@@ -19,8 +19,8 @@ import os
 import statistics
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from dataclasses import asdict, dataclass, fields, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
