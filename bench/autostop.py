@@ -1,6 +1,6 @@
 """Does λ-equilibrium auto-stop fire, and what does stopping there cost? Side by side with validation early stopping.
 
-    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--budget 3] [--target S | --auto] [--equilibrium KEY=VALUE ...] [--jobs 2]
+    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--first-seed 0] [--budget 3] [--target S | --auto] [--equilibrium KEY=VALUE ...] [--jobs 2]
 
 The harness's base, data and protocol (bench/scu_vs_baselines.py, same scale), with the step budget multiplied
 by `--budget`, so that a run has time to reach its regularized optimum. Arms: the scale's headline SCU arm at
@@ -44,13 +44,13 @@ EVALS = {"quick": 8, "cpu": 24, "real": 12}  # held-out (and validation) evaluat
 SAVE_GOAL, COST_GOAL, RICH_SLOPE = 0.30, 0.01, 0.005
 
 
-def plan(scale_name: str, main: str, rich: str, seeds: int, target: float | None) -> list[Job]:
+def plan(scale_name: str, main: str, rich: str, seeds: range, target: float | None) -> list[Job]:
     """The headline SCU arm (or S* = `target`) at the main size for every seed, and at the data-rich size for seed 0."""
     scu: dict[str, Any] = {"enabled": True}
     if target is not None or scale_name in HEADLINE_TARGET:
         scu["target_s"] = target or HEADLINE_TARGET[scale_name]
     arm = "scu_headline" if target is None else f"scu_target={target:g}"
-    jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in range(seeds)]
+    jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in seeds]
     return jobs + [Job(f"N={rich}/{arm}", 0, rich, {"scu": scu}, early_stop=True)]
 
 
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", choices=["quick", "cpu", "real"], default="cpu")
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the main size (the data-rich size runs seed 0)")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="the main size runs seeds first-seed … first-seed+seeds−1 (new seeds for a setting chosen on others)")
     ap.add_argument("--budget", type=float, default=3.0, help="multiple of the harness's step budget")
     ap.add_argument("--target", type=float, help="S* of the SCU arm (default: the scale's headline S*)")
     ap.add_argument("--auto", action="store_true",
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         main_label, rich_label = size_label(scale.main_tokens), size_label(scale.transfer_tokens[-1])
     steps = round(scale.run.steps * args.budget)
     s: Settings = replace(scale.run, base_model=str(base), steps=steps, val_evals=EVALS[args.scale], test_evals=EVALS[args.scale])
-    jobs = plan(args.scale, main_label, rich_label, args.seeds, args.target)
+    jobs = plan(args.scale, main_label, rich_label, range(args.first_seed, args.first_seed + args.seeds), args.target)
     if args.no_rich:
         jobs = [j for j in jobs if j.size == main_label]
     detector = key_values(args.equilibrium)

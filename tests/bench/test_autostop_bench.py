@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.autostop import judge, main, slope_per_100
+from bench.autostop import judge, main, plan, slope_per_100
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -36,6 +36,12 @@ def test_a_run_measured_before_averaging_is_judged_on_its_last_step_and_says_so(
     assert not a["averaged"] and a["cost"] == pytest.approx(0.02) == pytest.approx(a["last_step_cost"])
     assert judge(run(None), budget=400)["auto"] is None
     assert slope_per_100([{"step": 100, "test": 6.0}], 50) is None  # no evaluation before the step
+
+
+def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_data_rich_run():
+    jobs = plan("real", "18000", "72000", range(2, 5), None)
+    assert [(j.size, j.seed) for j in jobs] == [("18000", 2), ("18000", 3), ("18000", 4), ("72000", 0)]
+    assert all(j.config == {"scu": {"enabled": True}} for j in jobs)  # real: the product's default S*
 
 
 @pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
