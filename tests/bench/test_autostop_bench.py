@@ -59,6 +59,7 @@ def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monk
         assert a["step"] == 20 and a["averaged"] and a["saved"] == pytest.approx(1 - 20 / 64)
         assert a["test"] != a["last_step_test"]  # the averaged weights were measured, not the last step's again
     assert (tmp_path / "results.md").read_text().startswith("# Auto-stop against validation early stopping")
+    assert (tmp_path / "autostop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
