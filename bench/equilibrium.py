@@ -1,6 +1,6 @@
 """λ-equilibrium auto-stop over seeds: where it fires, and what the adapter there is worth.
 
-    python -m bench.equilibrium [--seeds 0 1 2] [--budget 600] [--rich-steps 400] [--out FILE]
+    python -m bench.equilibrium [--seeds 0 1 2] [--budget 600] [--rich-steps 400] [--lambda-tolerance 0.05] [--out FILE]
 
 Base: the test suite's tiny base (2-layer Llama pre-trained on stdlib code). Fine-tune: LoRA r 4 on
 pydoc prose under SCU (S* = 5%, deadband 0 unless --deadband), held-out BPT every 25 steps.
@@ -33,7 +33,8 @@ from scu.torch.loop import train
 from scu.torch.model import load_model, load_tokenizer
 
 
-def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_stop: bool, eval_every: int):
+def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_stop: bool, eval_every: int,
+           lambda_tolerance: float):
     cfg = build_config({
         "model": {"base_model": str(base)},
         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
@@ -42,7 +43,7 @@ def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_
                      "checkpoint_every": 100_000, "eval_every": eval_every, "seed": seed},
         "data": {"train_data": str(text)},
     })
-    cfg.equilibrium = EquilibriumConfig(auto_stop=auto_stop)
+    cfg.equilibrium = EquilibriumConfig(auto_stop=auto_stop, lambda_tolerance=lambda_tolerance)
     return cfg
 
 
@@ -67,12 +68,12 @@ def signal_spread(run_dir: Path, after: int) -> dict[str, list[float]]:
     return {k: [float(q) for q in np.percentile(v, [5, 50, 95])] for k, v in seen.items() if v}
 
 
-def over_budget(base: Path, work: Path, seed: int, budget: int, deadband: float) -> dict:
+def over_budget(base: Path, work: Path, seed: int, budget: int, deadband: float, lambda_tolerance: float) -> dict:
     text = work / "pydoc4.txt"
     text.write_text("\n\n".join(pydoc_topics()[:4]))
-    full_cfg = config(base, text, budget, seed, deadband, False, 25)
+    full_cfg = config(base, text, budget, seed, deadband, False, 25, lambda_tolerance)
     full = train(full_cfg, work / f"full{seed}", progress=False)
-    stop = train(config(base, text, budget, seed, deadband, True, 25), work / f"auto{seed}", progress=False)
+    stop = train(config(base, text, budget, seed, deadband, True, 25, lambda_tolerance), work / f"auto{seed}", progress=False)
     curve = val_curve(work / f"full{seed}", full)
     best_step = min(curve, key=curve.get)
     data = load_train_val(full_cfg.data, load_tokenizer(full_cfg.model), 64, seed)
@@ -89,10 +90,10 @@ def over_budget(base: Path, work: Path, seed: int, budget: int, deadband: float)
     }
 
 
-def data_rich(base: Path, work: Path, seed: int, steps: int) -> dict:
+def data_rich(base: Path, work: Path, seed: int, steps: int, lambda_tolerance: float) -> dict:
     text = work / "pydoc79.txt"
     text.write_text("\n\n".join(pydoc_topics()))
-    meta = train(config(base, text, steps, seed, 0.0, True, 100), work / f"rich{seed}", progress=False)
+    meta = train(config(base, text, steps, seed, 0.0, True, 100, lambda_tolerance), work / f"rich{seed}", progress=False)
     return {"seed": seed, "steps": meta["steps"], "status": meta["status"], "equilibrium_step": meta["equilibrium_step"],
             "tokens_per_epoch": meta["tokens_per_epoch"], "val_bpt": val_curve(work / f"rich{seed}", meta),
             "signals_last_window": signal_spread(work / f"rich{seed}", steps - 1)}
@@ -104,13 +105,15 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=600)
     p.add_argument("--rich-steps", type=int, default=400)
     p.add_argument("--deadband", type=float, default=0.0)
+    p.add_argument("--lambda-tolerance", type=float, default=EquilibriumConfig.lambda_tolerance,
+                   help="the detector's λ tolerance (default: the product's)")
     p.add_argument("--out", default="bench/results/equilibrium.json")
     args = p.parse_args()
     base = cached_base(TEST_BASE, progress=False)
     results = {"over_budget": [], "data_rich": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            r = over_budget(base, Path(tmp), seed, args.budget, args.deadband)
+            r = over_budget(base, Path(tmp), seed, args.budget, args.deadband, args.lambda_tolerance)
             results["over_budget"].append(r)
             print(f"over-budget seed {seed}: stop at {r['auto_stop_step']}/{args.budget} (full run recorded "
                   f"{r['equilibrium_step_full_run']}); held-out {r['val_bpt_at_stop']:.4f} vs best {r['best_val_bpt']:.4f} "
@@ -118,7 +121,7 @@ def main() -> None:
                   f"{100 * r['share_of_gain']:.0f}% of the gain, {100 * r['steps_saved']:.0f}% of the steps saved; "
                   f"signals after equilibrium (p5/p50/p95) {r['signals_after_equilibrium_p5_p50_p95']}", flush=True)
         for seed in args.seeds[:2]:
-            r = data_rich(base, Path(tmp), seed, args.rich_steps)
+            r = data_rich(base, Path(tmp), seed, args.rich_steps, args.lambda_tolerance)
             results["data_rich"].append(r)
             print(f"data-rich seed {seed}: {r['status']} after {r['steps']} steps, equilibrium {r['equilibrium_step']}, "
                   f"held-out {', '.join(f'{k}: {v:.4f}' for k, v in r['val_bpt'].items())}; "
