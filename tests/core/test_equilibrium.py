@@ -11,6 +11,7 @@ from scu.core.telemetry import StepTelemetry
 
 TARGET = 0.05
 W = EquilibriumConfig().window
+LAM_TOL = EquilibriumConfig().lambda_tolerance
 
 
 def stream(n, lam=0.15, lam_change=0.0, s_off=0.0, loss_change=0.0, seed=0, lam_noise=0.01, s_noise=0.02, loss_noise=0.003):
@@ -44,8 +45,8 @@ def test_fires_on_the_first_full_window_where_all_three_hold():
 @pytest.mark.parametrize(
     "case",
     [
-        {"lam_change": 0.15},  # λ still climbing 15% per window: the controller is still working
-        {"lam_change": -0.15},
+        {"lam_change": 2 * LAM_TOL},  # λ still climbing twice the tolerance per window: the controller is still working
+        {"lam_change": -2 * LAM_TOL},
         {"s_off": 0.10},  # S 10% above its target
         {"s_off": -0.10},
         {"loss_change": -0.03},  # the loss still falls 3% per window
@@ -107,7 +108,7 @@ def test_no_controlled_lambda_no_equilibrium_and_a_gap_restarts_the_window():
 
 
 def test_state_dict_continues_exactly():
-    data = stream(5 * W, lam_change=0.15, seed=4)
+    data = stream(5 * W, lam_change=2 * LAM_TOL, seed=4)
     data = (np.concatenate([data[0][: 2 * W], data[0][2 * W - 1] * stream(3 * W, lam=1.0, seed=5)[0]]), data[1], data[2])
     whole = EquilibriumDetector(EquilibriumConfig())
     feed(whole, *data)
