@@ -38,7 +38,7 @@ from bench.scu_vs_baselines import (
     prepare_scale,
     size_label,
 )
-from scu.report.records import atomic_write_json, atomic_write_text
+from scu.report.records import atomic_path, atomic_write_json, atomic_write_text
 
 HEADLINE_TARGET = {"cpu": 0.875, "quick": 0.5}  # the tiny harness's phase-1 S* (docs/benchmarks.md); real: the product default
 EVALS = {"quick": 8, "cpu": 24, "real": 12}  # held-out (and validation) evaluations per run: a SmolLM2 one costs ~1 min
@@ -132,8 +132,6 @@ def plot(results: list[dict[str, Any]], judged: list[dict[str, Any]], path: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from scu.report.records import atomic_path
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 2))
     settled: list[float] = []  # λ after the first tenth of each run: the start-up transient would flatten the drift
