@@ -45,7 +45,7 @@ def run(law: str, overrides: dict, steps: int, target: float, base: Path, data: 
         **tracking_from_rows(rows, target).as_dict(), "limit_cycle": limit_cycle(measured, target),
         "max_s_hat": max(r["s_hat"] for r in measured),
         "inward_pull_steps": len(inward), "first_inward_step": inward[0] if inward else None,
-        "trace": {k: [r.get(k) for r in measured] for k in ("s", "s_hat", "lambda", "lambda_balance")},
+        "trace": {k: [r.get(k) for r in measured] for k in ("s", "s_hat", "lambda", "lambda_balance", "lambda_growth")},
     }
 
 

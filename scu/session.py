@@ -46,6 +46,7 @@ class StepResult:
     tokens: int
     data_pull: float | None = None  # gradient balance, `law: balance` only (scu.core.telemetry.StepTelemetry)
     penalty_grad_sq: float | None = None
+    penalty_sensitivity: float | None = None
 
 
 @dataclass
@@ -94,7 +95,7 @@ def pi_config(cfg: Config) -> PIConfig:
         target_s=s.target_s, kp=s.kp, ki=s.ki, deadband=s.deadband, lambda_init=s.lambda_init,
         lambda_min=s.lambda_min, lambda_max=s.lambda_max, ema_alpha=s.ema_alpha, smoothing=s.smoothing,
         lead_steps=s.lead_steps, tracking_alpha=s.tracking_alpha, balance_margin=s.balance_margin,
-        law=s.law,
+        feedforward=s.feedforward, growth_alpha=s.growth_alpha, law=s.law,
     )
 
 
@@ -193,7 +194,7 @@ class ControlSession:
             step=st.step, data_bpt=nats_to_bits(res.data_nats / res.tokens), param_bpt=res.param_bpt or 0.0,
             tokens=res.tokens, lr=lr, grad_norm=res.grad_norm, wall_time=dt,
             lam=lam_used if self.cfg.scu.enabled else None, target_s=self.target_s,
-            data_pull=res.data_pull, penalty_grad_sq=res.penalty_grad_sq,
+            data_pull=res.data_pull, penalty_grad_sq=res.penalty_grad_sq, penalty_sensitivity=res.penalty_sensitivity,
         )
         interval = self.meter.measure(telemetry) if self.meter is not None else None
         actions = {name: c.step(telemetry) for name, c in self.controllers.items()}
@@ -230,8 +231,9 @@ class ControlSession:
             "step_time": dt,
             "wall_time": st.wall_time,
         }
-        if "lambda_balance" in action.report:
-            row["lambda_balance"] = action.report["lambda_balance"]
+        for key in ("lambda_balance", "lambda_growth"):
+            if key in action.report:
+                row[key] = action.report[key]
         if action.reasons:
             row["reasons"] = action.reasons
         if action.stop:

@@ -17,6 +17,13 @@ Four update laws share one state (lambda, integral, S_hat, step):
   stands in. balance_margin (opt-in) multiplies lambda_bal: the minibatch noise grows the change at any lambda,
   a second-order growth the first-order balance leaves out, so lambda* lies above lambda_bal (measured 1.1-1.5x)
   and without a margin the integral alone must supply that factor, which at ki 0.04 takes tens of steps.
+  ``feedforward: growth`` (opt-in) measures that lambda instead of modelling it: ParamBPT is exact each step, so its
+  growth over a step is known, and the loop also reports the step's penalty sensitivity (lr * clip * <g_p, D g_p>,
+  D AdamW's per-entry step scale: how much one unit of lambda, held, lowers the penalty per step). Then
+      lambda_growth = lambda_avg + ln2 * (ParamBPT - pace * ParamBPT_prev) / sensitivity,
+  lambda_avg the AdamW-momentum average of the lambdas that step answered and pace the smoothed DataBPT's ratio over
+  the step, is the lambda at which S would have held still, whatever drove the growth (the data's pull, minibatch
+  noise, Adam's scaling, weight decay).
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -89,6 +96,11 @@ class PIConfig:
     lead_steps: float = 3.0  # balance law: the proportional part acts on where a rising S_hat is heading this many steps on
     tracking_alpha: float | None = None  # balance law: EMA rate of the balance once tracking (None: ema_alpha)
     balance_margin: float = 1.0  # balance law: lambda is set around this multiple of lambda_bal (module docstring)
+    # balance law: what sets lambda's centre, the gradient balance or the lambda at which the measured growth of
+    # ParamBPT would stop (module docstring); growth needs the step's penalty sensitivity (AdamW, scu train)
+    feedforward: Literal["balance", "growth"] = "balance"
+    momentum: float = 0.9  # AdamW's beta1: the growth measured in a step answers the momentum's average of lambda
+    growth_alpha: float | None = None  # EMA rate of lambda_growth's two parts (None: the balance's rate)
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -105,6 +117,12 @@ class PIConfig:
             raise ValueError(f"tracking_alpha must be in (0, 1] or None, got {self.tracking_alpha}")
         if not self.balance_margin > 0.0:
             raise ValueError(f"balance_margin must be > 0, got {self.balance_margin}")
+        if self.feedforward not in ("balance", "growth"):
+            raise ValueError(f"feedforward must be 'balance' or 'growth', got {self.feedforward!r}")
+        if self.growth_alpha is not None and not 0.0 < self.growth_alpha <= 1.0:
+            raise ValueError(f"growth_alpha must be in (0, 1] or None, got {self.growth_alpha}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.smoothing not in ("data", "ratio"):
             raise ValueError(f"smoothing must be 'data' or 'ratio', got {self.smoothing!r}")
 
@@ -129,7 +147,13 @@ class PIController:
         self.prev_s_hat: float | None = None  # balance law: last step's S_hat
         self.pull = 0.0  # balance law: smoothed -<g_d, g_p> and ||g_p||^2 (scu.core.telemetry.StepTelemetry)
         self.grad_sq = 0.0
-        self.held_balance: float | None = None  # balance law: the last positive lambda_bal
+        self.held_balance: float | None = None  # balance law: the last positive feedforward estimate
+        self.lam_momentum = 0.0  # balance law: AdamW-momentum average of the lambdas applied (before bias correction)
+        self.lam_steps = 0
+        # last step's (ParamBPT, sensitivity, averaged lambda, smoothed DataBPT or 0)
+        self.growth_point: tuple[float, float, float, float] | None = None
+        self.growth_num = 0.0  # smoothed (averaged lambda * sensitivity + growth of the penalty); lambda_growth = num / den
+        self.growth_den = 0.0
 
     @property
     def fixed(self) -> bool:
@@ -150,14 +174,20 @@ class PIController:
         """Balance law: the smoothed lambda at which the penalty's gradient cancels the data's (None: not measured)."""
         return self.pull / self.grad_sq if self.grad_sq > 0.0 else None
 
+    @property
+    def lambda_growth(self) -> float | None:
+        """Balance law: the smoothed lambda at which the measured growth of ParamBPT would stop (None: not measured)."""
+        return self.growth_num / self.growth_den if self.growth_den > 0.0 else None
+
     def update(
-        self, s: float, target_s: float | None = None, balance: tuple[float, float] | None = None,
+        self, s: float, target_s: float | None = None, balance: tuple[float, float, float | None] | None = None,
         parts: tuple[float, float] | None = None,
     ) -> float:
         """Feed one step's measured S (and the S* in force, default the configured one); return the next lambda.
 
         `parts` is the step's (DataBPT, ParamBPT), which `smoothing: data` needs; `balance` is the step's gradient
-        balance (-<g_d, g_p>, ||g_p||^2), which the `balance` law needs."""
+        balance (-<g_d, g_p>, ||g_p||^2[, penalty sensitivity]), which the `balance` law needs (the sensitivity for
+        `feedforward: growth`)."""
         if not math.isfinite(s):
             raise ValueError(f"S must be finite, got {s}")
         c = self.config
@@ -173,7 +203,9 @@ class PIController:
         elif c.law == "balance":
             if balance is None:
                 raise ValueError("law 'balance' needs the step's gradient balance (data_pull, penalty_grad_sq)")
-            self._balance_update(target, *balance)
+            pull, grad_sq, *sensitivity = balance
+            self._balance_update(target, pull, grad_sq, sensitivity[0] if sensitivity else None,
+                                 None if parts is None else parts[1])
         else:
             self._pi_update(target)
         return self.lam
@@ -229,16 +261,19 @@ class PIController:
         log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
         self.lam = math.exp(log_lam)
 
-    def _balance_update(self, target: float, pull: float, grad_sq: float) -> None:
+    def _balance_update(
+        self, target: float, pull: float, grad_sq: float, sensitivity: float | None, param_bpt: float | None
+    ) -> None:
         c = self.config
+        # once S holds S*, lambda* moves slowly and the estimates' step-to-step noise is what remains
+        a = c.tracking_alpha if self.tracking else None
         if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
             first = self.grad_sq == 0.0
-            # once S holds S*, lambda* moves slowly and the balance's step-to-step noise is what remains
-            a = c.tracking_alpha if self.tracking else None
             self.pull = self._ema(None if first else self.pull, pull, a)
             self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
+        self._measure_growth(sensitivity, param_bpt, c.growth_alpha or a, math.isfinite(grad_sq) and grad_sq > 0.0)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
-        balance = self.lambda_balance
+        balance = self.lambda_growth if c.feedforward == "growth" else self.lambda_balance
         if balance is not None and balance > 0.0:
             self.held_balance = balance
         # the data's measured pull can turn inward (<= 0) while Adam still grows the change: the last positive
@@ -263,6 +298,33 @@ class PIController:
         log_lam = feedforward + c.kp * ahead + c.ki * self.integral
         self.lam = math.exp(min(max(log_lam, log_min), log_max))
 
+    def _measure_growth(
+        self, sensitivity: float | None, param_bpt: float | None, alpha: float | None, penalty_has_gradient: bool
+    ) -> None:
+        """lambda_growth = lambda_avg + ln2 * (ParamBPT - pace * ParamBPT_prev) / sensitivity, from the step before this
+        one (pace: the smoothed DataBPT's ratio over that step): the lambda at which S would have held still. The
+        growth of the penalty that a step measured, beyond the pace that keeps S, plus what its momentum-averaged lambda
+        held back, per unit of lambda. Unlike the gradient balance it counts the growth that minibatch noise and
+        AdamW's per-entry scaling cause."""
+        c = self.config
+        if penalty_has_gradient:  # before the change is non-zero, lambda multiplies a zero gradient: momentum holds none of it
+            self.lam_steps += 1
+            self.lam_momentum = c.momentum * self.lam_momentum + (1.0 - c.momentum) * self.lam  # this step's lambda
+        lam_avg = self.lam_momentum / (1.0 - c.momentum ** self.lam_steps) if self.lam_steps else self.lam
+        if sensitivity is None or param_bpt is None or not (math.isfinite(sensitivity) and math.isfinite(param_bpt)):
+            self.growth_point = None
+            return
+        if self.growth_point is not None and self.growth_point[1] > 0.0:
+            last_param, last_sensitivity, last_lam, last_data = self.growth_point
+            # S holds where ParamBPT keeps pace with the smoothed DataBPT, not where it stops: while the data is
+            # being memorised DataBPT falls, and ParamBPT must fall with it
+            pace = self.data_hat / last_data if self.data_hat and last_data else 1.0
+            num = last_lam * last_sensitivity + math.log(2.0) * (param_bpt - pace * last_param)
+            first = self.growth_den == 0.0
+            self.growth_num = self._ema(None if first else self.growth_num, num, alpha)
+            self.growth_den = self._ema(None if first else self.growth_den, last_sensitivity, alpha)
+        self.growth_point = (param_bpt, sensitivity, lam_avg, self.data_hat or 0.0)
+
     def _guide_update(self, target: float) -> None:
         c = self.config
         e = self.s_hat - target
@@ -273,17 +335,22 @@ class PIController:
 
     def step(self, telemetry: StepTelemetry) -> Action:
         """The next lambda, toward the S* the loop holds (telemetry.target_s); S_hat, integral and bound for the record."""
-        balance = None if telemetry.data_pull is None else (telemetry.data_pull, telemetry.penalty_grad_sq)
+        balance = None if telemetry.data_pull is None else (
+            telemetry.data_pull, telemetry.penalty_grad_sq, telemetry.penalty_sensitivity)
         lam = self.update(telemetry.s, telemetry.target_s, balance, (telemetry.data_bpt, telemetry.param_bpt))
         report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound}
         if self.lambda_balance is not None:
             report["lambda_balance"] = self.lambda_balance
+        if self.lambda_growth is not None:
+            report["lambda_growth"] = self.lambda_growth
         return Action(lam=lam, report=report)
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
                 "step": self.step_count, "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
-                "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance}
+                "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance, "lam_momentum": self.lam_momentum,
+                "lam_steps": self.lam_steps, "growth_point": self.growth_point, "growth_num": self.growth_num,
+                "growth_den": self.growth_den}
 
     def load_state_dict(self, state: dict) -> None:
         self.lam = float(state["lam"])
@@ -297,6 +364,12 @@ class PIController:
         self.pull = float(state.get("pull", 0.0))
         self.grad_sq = float(state.get("grad_sq", 0.0))
         self.held_balance = state.get("held_balance")
+        self.lam_momentum = float(state.get("lam_momentum", 0.0))
+        self.lam_steps = int(state.get("lam_steps", 0))
+        point = state.get("growth_point")
+        self.growth_point = None if point is None else tuple(float(v) for v in point)
+        self.growth_num = float(state.get("growth_num", 0.0))
+        self.growth_den = float(state.get("growth_den", 0.0))
 
     def describe(self) -> dict:
         return asdict(self.config)

@@ -38,6 +38,9 @@ class StepTelemetry:
     # lambda 1 (ParamBPT * ln 2, nats), -<g_d, g_p> / ||g_p||^2 is the lambda whose penalty best cancels the data's pull.
     data_pull: float | None = None  # -<g_d, g_p>
     penalty_grad_sq: float | None = None  # ||g_p||^2
+    # lr * clip * <g_p, D g_p>, D AdamW's per-entry step scale: the fall of the penalty (nats) per step that one unit
+    # of lambda, held through AdamW's momentum, causes to first order
+    penalty_sensitivity: float | None = None
 
     @property
     def s(self) -> float:

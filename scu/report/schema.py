@@ -48,6 +48,7 @@ class MetricsRow(StepRow, total=False):
     reasons: list[str]  # a controller said why it acted
     stop: bool  # a controller stopped the run here
     lambda_balance: float  # law 'balance': the smoothed lambda at which the penalty's gradient cancels the data's
+    lambda_growth: float  # law 'balance': the smoothed lambda at which the measured growth of ParamBPT would stop
 
 
 METRICS_KEYS = tuple(StepRow.__annotations__)

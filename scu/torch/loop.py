@@ -164,12 +164,24 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def gradient_balance(model: torch.nn.Module, penalty_grad: list[torch.Tensor | None], lam: float) -> torch.Tensor:
-    """[-<g_d, g_p>, ||g_p||^2] from the step's total gradient g_d + lam * g_p (all ranks) and the penalty's own g_p."""
-    pairs = [(p.grad, g.double()) for p, g in zip(trainable(model), penalty_grad) if g is not None]
-    sq = sum((g * g).sum() for _, g in pairs)
-    dot = sum(((total.double() * g).sum() for total, g in pairs if total is not None), sq * 0)
-    return torch.stack([lam * sq - dot, sq])
+def gradient_balance(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], lam: float
+) -> torch.Tensor:
+    """[-<g_d, g_p>, ||g_p||^2, <g_p, D g_p>] from the step's total gradient g_d + lam * g_p (all ranks) and the
+    penalty's own g_p. D = 1 / (sqrt(v_hat) + eps) is AdamW's per-entry step scale from the steps before this one
+    (0 before the first): lr * <g_p, D g_p> is how far one unit of lambda, held, moves the penalty per step."""
+    pairs = [(p, p.grad, g.double()) for p, g in zip(trainable(model), penalty_grad) if g is not None]
+    sq = sum((g * g).sum() for _, _, g in pairs)
+    dot = sum(((total.double() * g).sum() for _, total, g in pairs if total is not None), sq * 0)
+    group = optimizer.param_groups[0]
+    beta2, eps = group["betas"][1], group["eps"]
+    scaled = sq * 0
+    for p, _, g in pairs:
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" in state:
+            v_hat = state["exp_avg_sq"].double() / (1.0 - beta2 ** float(state["step"]))
+            scaled = scaled + (g * g / (v_hat.sqrt() + eps)).sum()
+    return torch.stack([lam * sq - dot, sq, scaled])
 
 
 def train_step(run: Run, lam: float, lr: float) -> StepResult:
@@ -179,20 +191,21 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
         group["lr"] = lr
         group["weight_decay"] = run.cfg.training.weight_decay * st.reg_factor  # S-SCU without a lambda penalty
     ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
-    balance = gradient_balance(run.model, penalty_grad, lam).float() if penalty_grad is not None else None
+    balance = gradient_balance(run.model, opt, penalty_grad, lam).float() if penalty_grad is not None else None
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable(run.model), max_norm)
     if acc.num_processes > 1:
         ce_nats = acc.reduce(ce_nats, reduction="sum")
     zero = ce_nats * 0
     measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt if pbpt is not None else zero).float(),
-                            *(balance.to(zero.device) if balance is not None else (zero, zero))])
-    data_nats, gnorm, param_value, pull, grad_sq = measured.tolist()  # the step's single host sync
+                            *(balance.to(zero.device) if balance is not None else (zero, zero, zero))])
+    data_nats, gnorm, param_value, pull, grad_sq, scaled = measured.tolist()  # the step's single host sync
+    clip = min(1.0, max_norm / (gnorm + 1e-6))  # clip_grad_norm_'s factor: the penalty's share of the step shrinks with it
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         opt.step()
     opt.zero_grad(set_to_none=True)
     return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens,
-                      *((pull, grad_sq) if balance is not None else (None, None)))
+                      *((pull, grad_sq, lr * clip * scaled) if balance is not None else (None, None, None)))
 
 
 def write_outputs(run: Run, status: str, adapter: bool) -> None:

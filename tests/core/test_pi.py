@@ -285,3 +285,64 @@ def test_data_smoothing_needs_the_parts_and_keeps_the_smoothed_data_bpt_in_its_s
 def test_tracking_alpha_outside_its_range_is_refused(alpha):
     with pytest.raises(ValueError, match="tracking_alpha must be in"):
         PIConfig(law="balance", tracking_alpha=alpha)
+
+
+def test_growth_estimate_recovers_the_lambda_at_which_the_penalty_stops_growing():
+    # whatever lambda the law applies (here it follows a varying balance), lambda_growth is the lambda that would
+    # hold ParamBPT still, once it has one step's growth to read; AdamW's momentum average of lambda is accounted for
+    c = balance_law(lambda_init=1.0, lead_steps=0.0, momentum=0.9)
+    param_bpt, avg, lam_true, sensitivity = 1.0, 0.0, 0.3, 2.0
+    growth = []
+    for i in range(1, 30):
+        applied = c.lam
+        c.update(0.1, balance=(0.2 + 0.1 * math.sin(i), 1.0, sensitivity), parts=(9.0, param_bpt))
+        growth.append(c.lambda_growth)
+        avg = 0.9 * avg + 0.1 * applied
+        param_bpt += sensitivity * (lam_true - avg / (1 - 0.9**i)) / math.log(2.0)
+    assert growth[0] is None  # one ParamBPT is no growth yet
+    assert growth[1:] == pytest.approx([lam_true] * 28, rel=1e-9)
+
+
+def test_growth_feedforward_sets_lambda_at_the_growth_estimate():
+    c = balance_law(lambda_init=1.0, lead_steps=0.0, momentum=0.9, feedforward="growth")
+    param_bpt, avg, lams = 1.0, 0.0, []
+    for i in range(1, 10):
+        applied = c.lam
+        lams.append(c.update(0.1, balance=(0.2, 1.0, 2.0), parts=(9.0, param_bpt)))
+        avg = 0.9 * avg + 0.1 * applied
+        param_bpt += 2.0 * (0.3 - avg / (1 - 0.9**i)) / math.log(2.0)
+    assert lams[0] == pytest.approx(1.0)  # no growth measured yet: lambda_init, not the balance (0.2)
+    assert lams[1:] == pytest.approx([0.3] * 8, rel=1e-9)  # S on target: e = 0, lambda = lambda_growth
+
+
+@pytest.mark.parametrize("bad", [{"feedforward": "gradient"}, {"momentum": 1.0}, {"momentum": -0.1}])
+def test_growth_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="feedforward must be|momentum must be"):
+        PIConfig(law="balance", **bad)
+
+
+
+def test_growth_estimate_leaves_out_lambdas_that_multiplied_a_zero_penalty_gradient():
+    # step 1 has no learned change (||g_p||^2 = 0): lambda_init, 1000x too high here, put nothing into AdamW's momentum
+    c = balance_law(lambda_init=300.0, lead_steps=0.0, momentum=0.9)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    second = c.lam  # S = 0: lambda_init * exp(-kp * 3), trained with step 2, the first with a penalty gradient
+    assert second < 300.0 / 100
+    c.update(0.05, balance=(0.2, 1.0, 2.0), parts=(9.0, 1.0))
+    c.update(0.05, balance=(0.2, 1.0, 2.0), parts=(9.0, 1.0))  # ParamBPT did not move under step 2's lambda
+    assert c.lambda_growth == pytest.approx(second, rel=1e-12)
+
+
+def test_growth_estimate_holds_s_while_data_bpt_falls():
+    # memorising a small data set lowers DataBPT every step; S holds only if ParamBPT falls in proportion, so the
+    # lambda that holds S is above the one that would merely stop ParamBPT growing
+    c = PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3,
+                              ema_alpha=1.0, lead_steps=0.0, momentum=0.0))
+    data, param, lam_true, sensitivity = 9.0, 1.0, 0.3, 2.0
+    for _ in range(6):
+        applied = c.lam
+        c.update(param / (data + param), balance=(0.2, 1.0, sensitivity), parts=(data, param))
+        next_data = 0.97 * data
+        param = param * next_data / data + sensitivity * (lam_true - applied) / math.log(2.0)
+        data = next_data
+    assert c.lambda_growth == pytest.approx(lam_true, rel=1e-9)

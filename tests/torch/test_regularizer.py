@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from scu.core.bits import LN2, param_bpt
-from scu.torch.loop import accumulate_gradients, gradient_balance, setup
+from scu.torch.loop import accumulate_gradients, gradient_balance, setup, trainable
 from scu.torch.regularizer import LoraPenalty
 
 SIGMA, N = 0.01, 10_000
@@ -120,12 +120,22 @@ def test_gradient_balance_separates_the_data_gradient_from_the_penalty(make_cfg,
     run.state.cursor = 0
     run.optimizer.zero_grad(set_to_none=True)
     *_, penalty_grad = accumulate_gradients(run, 3.0)
-    pull, grad_sq = gradient_balance(run.model, penalty_grad, 3.0).tolist()
+    pull, grad_sq, scaled = gradient_balance(run.model, run.optimizer, penalty_grad, 3.0).tolist()
+    assert scaled == 0.0  # no AdamW state before the first step
     expected_pull = -sum((data[k].double() * penalty[k].double()).sum().item() for k in data)
     expected_sq = sum(penalty[k].double().pow(2).sum().item() for k in data)
     assert expected_sq > 0 and expected_pull != 0
     assert grad_sq == pytest.approx(expected_sq, rel=1e-4)
     assert pull == pytest.approx(expected_pull, rel=1e-3)
+    # after a step, <g_p, D g_p> with D = 1 / (sqrt(v_hat) + eps) from AdamW's own state
+    run.optimizer.step()
+    state = [run.optimizer.state[p] for p in trainable(run.model)]
+    _, _, scaled = gradient_balance(run.model, run.optimizer, penalty_grad, 3.0).tolist()
+    beta2, eps = run.optimizer.param_groups[0]["betas"][1], run.optimizer.param_groups[0]["eps"]
+    expected_scaled = sum((g.double() ** 2 / ((st["exp_avg_sq"].double() / (1 - beta2)).sqrt() + eps)).sum().item()
+                          for g, st in zip(penalty_grad, state) if g is not None)
+    assert expected_scaled > 0
+    assert scaled == pytest.approx(expected_scaled, rel=1e-4)
     # other laws pay nothing for it
     plain = setup(make_cfg(), tmp_path / "plain")
     assert accumulate_gradients(plain, 3.0)[3] is None
