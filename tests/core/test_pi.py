@@ -311,7 +311,7 @@ def test_growth_feedforward_sets_lambda_at_the_growth_estimate():
         lams.append(c.update(0.1, balance=(0.2, 1.0, 2.0), parts=(9.0, param_bpt)))
         avg = 0.9 * avg + 0.1 * applied
         param_bpt += 2.0 * (0.3 - avg / (1 - 0.9**i)) / math.log(2.0)
-    assert lams[0] == pytest.approx(1.0)  # no growth measured yet: lambda_init, not the balance (0.2)
+    assert lams[0] == pytest.approx(0.2)  # no growth measured yet: the balance stands in, not lambda_init
     assert lams[1:] == pytest.approx([0.3] * 8, rel=1e-9)  # S on target: e = 0, lambda = lambda_growth
 
 
