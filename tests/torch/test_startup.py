@@ -22,7 +22,7 @@ def run(base, data, out, lambda_init: float) -> list[dict]:
     cfg = build_config({
         "model": {"base_model": str(base)},
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-        "scu": {"target_s": TARGET, "law": "balance", "feedforward": "growth", "growth_alpha": 0.5,
+        "scu": {"target_s": TARGET, "law": "balance", "feedforward": "growth", "growth_alpha": 0.5, "ki": 0.0,
                 "lambda_init": lambda_init, "lambda_min": 1e-7, "lambda_max": 1e4},
         "training": {"learning_rate": 5e-3, "batch_size": 16, "block_size": 128, "steps": STEPS, "warmup_steps": 0,
                      "lr_schedule": "constant", "checkpoint_every": 10**9},
