@@ -274,7 +274,7 @@ class PIController:
         self._measure_growth(sensitivity, param_bpt, c.growth_alpha or a, math.isfinite(grad_sq) and grad_sq > 0.0)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         # growth needs two measured steps; until then the gradient balance (measured from the second step) stands
-        # in, not lambda_init, which with a start 1000x too high held S back (SmolLM2 18k: settled 45 against 17)
+        # in, not lambda_init, which from a start 1000x too high held S back (SmolLM2 18k: settled at 45; now 34)
         growth = self.lambda_growth if c.feedforward == "growth" else None
         balance = self.lambda_balance if growth is None else growth
         if balance is not None and balance > 0.0:
