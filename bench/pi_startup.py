@@ -167,7 +167,8 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
         "job": job.__dict__, "controller": controller(job), "target_s": target, "steps": len(rows), **judge(rows, target),
         "reference": judge(reference, target),  # judged on reference_s_hat, whatever the controller smoothed
         "lambda_2nd_half_median": statistics.median(half),
-        "trace": {k: [r.get(k) for r in rows] for k in ("s", "s_hat", "lambda", "lambda_balance", "lambda_growth")},
+        "trace": {k: [r.get(k) for r in rows] for k in ("s", "s_hat", "lambda", "lambda_balance", "lambda_growth",
+                                                           "data_bpt", "param_bpt")},
     }
     atomic_write_json(out / f"{job.name}.json", result)
     return result

@@ -95,7 +95,8 @@ def pi_config(cfg: Config) -> PIConfig:
         target_s=s.target_s, kp=s.kp, ki=s.ki, deadband=s.deadband, lambda_init=s.lambda_init,
         lambda_min=s.lambda_min, lambda_max=s.lambda_max, ema_alpha=s.ema_alpha, smoothing=s.smoothing,
         lead_steps=s.lead_steps, tracking_alpha=s.tracking_alpha, balance_margin=s.balance_margin,
-        feedforward=s.feedforward, growth_alpha=s.growth_alpha, law=s.law,
+        feedforward=s.feedforward, growth_alpha=s.growth_alpha, approach=s.approach, horizon_steps=s.horizon_steps,
+        law=s.law,
     )
 
 

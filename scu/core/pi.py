@@ -24,6 +24,11 @@ Four update laws share one state (lambda, integral, S_hat, step):
   lambda_avg the AdamW-momentum average of the lambdas that step answered and pace the smoothed DataBPT's ratio over
   the step, is the lambda at which S would have held still, whatever drove the growth (the data's pull, minibatch
   noise, Adam's scaling, weight decay).
+  ``approach: horizon`` (opt-in) replaces kp and the lead with that same growth model run forward: the lambda the
+  optimizer acts on is its momentum's average, so a brake keeps braking ~1/(1-b) steps after it is released (the
+  lead law's ring on SmolLM2). The next lambda is the one that, held for horizon_steps steps through the momentum,
+  brings ParamBPT to S*/(1-S*) * DataBPT_hat at the end of them (PIController._horizon_lambda): far below the target
+  it is lambda_min, and it rises to the centre as ParamBPT closes in, already counting the brake the momentum carries.
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -101,6 +106,10 @@ class PIConfig:
     feedforward: Literal["balance", "growth"] = "balance"
     momentum: float = 0.9  # AdamW's beta1: the growth measured in a step answers the momentum's average of lambda
     growth_alpha: float | None = None  # EMA rate of lambda_growth's two parts (None: the balance's rate)
+    # balance law: how lambda moves about its centre: "lead" (kp on the log-odds error of where S is heading) or
+    # "horizon" (the lambda that, held horizon_steps through AdamW's momentum, brings ParamBPT to its target; module docstring)
+    approach: Literal["lead", "horizon"] = "lead"
+    horizon_steps: float = 10.0
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -119,6 +128,12 @@ class PIConfig:
             raise ValueError(f"balance_margin must be > 0, got {self.balance_margin}")
         if self.feedforward not in ("balance", "growth"):
             raise ValueError(f"feedforward must be 'balance' or 'growth', got {self.feedforward!r}")
+        if self.approach not in ("lead", "horizon"):
+            raise ValueError(f"approach must be 'lead' or 'horizon', got {self.approach!r}")
+        if self.approach == "horizon" and self.smoothing != "data":
+            raise ValueError("approach 'horizon' aims at ParamBPT's target, S*/(1-S*) times the smoothed DataBPT: it needs smoothing 'data'")
+        if not self.horizon_steps >= 1.0:
+            raise ValueError(f"horizon_steps must be >= 1, got {self.horizon_steps}")
         if self.growth_alpha is not None and not 0.0 < self.growth_alpha <= 1.0:
             raise ValueError(f"growth_alpha must be in (0, 1] or None, got {self.growth_alpha}")
         if not 0.0 <= self.momentum < 1.0:
@@ -173,6 +188,12 @@ class PIController:
     def lambda_balance(self) -> float | None:
         """Balance law: the smoothed lambda at which the penalty's gradient cancels the data's (None: not measured)."""
         return self.pull / self.grad_sq if self.grad_sq > 0.0 else None
+
+    @property
+    def lambda_average(self) -> float:
+        """Balance law: the AdamW-momentum average of the lambdas applied so far (bias-corrected as Adam's is)."""
+        steps, b = self.lam_steps, self.config.momentum
+        return self.lam_momentum / (1.0 - b ** steps) if steps else self.lam
 
     @property
     def lambda_growth(self) -> float | None:
@@ -298,8 +319,32 @@ class PIController:
         log_lam = feedforward + c.kp * ahead + c.ki * candidate
         if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
             self.integral = candidate
-        log_lam = feedforward + c.kp * ahead + c.ki * self.integral
+        if c.approach == "horizon" and sensitivity is not None and param_bpt is not None:
+            held = self._horizon_lambda(target, math.exp(feedforward), param_bpt, sensitivity)
+            log_lam = (math.log(held) if held > 0.0 else log_min) + c.ki * self.integral
+        else:
+            log_lam = feedforward + c.kp * ahead + c.ki * self.integral
         self.lam = math.exp(min(max(log_lam, log_min), log_max))
+
+    def _horizon_lambda(self, target: float, centre: float, param_bpt: float, sensitivity: float) -> float:
+        """The lambda that, applied for the next H = horizon_steps steps, brings ParamBPT to its target
+        P* = S*/(1-S*) * DataBPT_hat at the end of them, on the growth model
+            P_{k+1} - P_k = sensitivity / ln2 * (centre - avg_k),   avg_k = b * avg_{k-1} + (1 - b) * lambda,
+        b AdamW's momentum: the lambda the optimizer acts on is its momentum's average, so a lambda held from now
+        reaches it only over ~1/(1-b) steps, and a brake applied earlier keeps braking. Summed over the horizon,
+            lambda = (H * centre - carried * avg_0 - ln2 * (P* - P) / sensitivity) / (H - carried),
+            carried = b * (1 - b^H) / (1 - b)
+        (with b = 0: lambda = centre - ln2 * (P* - P) / (H * sensitivity)). May be <= 0: lambda as low as it goes.
+        With no sensitivity yet (no learned change, so the penalty has no gradient) no lambda slows the growth:
+        lambda_min, whatever lambda_init was."""
+        c = self.config
+        b, h = c.momentum, c.horizon_steps
+        carried = b * (1.0 - b ** h) / (1.0 - b)
+        p_target = target / (1.0 - target) * self.data_hat
+        if sensitivity <= 0.0:
+            return 0.0 if param_bpt < p_target else centre
+        needed = math.log(2.0) * (p_target - param_bpt) / sensitivity
+        return (h * centre - carried * self.lambda_average - needed) / (h - carried)
 
     def _measure_growth(
         self, sensitivity: float | None, param_bpt: float | None, alpha: float | None, penalty_has_gradient: bool
@@ -313,7 +358,7 @@ class PIController:
         if penalty_has_gradient:  # before the change is non-zero, lambda multiplies a zero gradient: momentum holds none of it
             self.lam_steps += 1
             self.lam_momentum = c.momentum * self.lam_momentum + (1.0 - c.momentum) * self.lam  # this step's lambda
-        lam_avg = self.lam_momentum / (1.0 - c.momentum ** self.lam_steps) if self.lam_steps else self.lam
+        lam_avg = self.lambda_average
         if sensitivity is None or param_bpt is None or not (math.isfinite(sensitivity) and math.isfinite(param_bpt)):
             self.growth_point = None
             return

@@ -346,3 +346,48 @@ def test_growth_estimate_holds_s_while_data_bpt_falls():
         param = param * next_data / data + sensitivity * (lam_true - applied) / math.log(2.0)
         data = next_data
     assert c.lambda_growth == pytest.approx(lam_true, rel=1e-9)
+
+
+def horizon_law(**kw) -> PIController:
+    return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3,
+                                 ema_alpha=1.0, feedforward="growth", ki=0.0, approach="horizon", **kw))
+
+
+def test_horizon_lambda_without_momentum_closes_one_horizonth_of_the_gap_per_step():
+    c = horizon_law(momentum=0.0, horizon_steps=4.0)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    lam = c.update(0.1, balance=(0.5, 1.0, 2.0), parts=(9.0, 0.5))  # growth not measured yet: the balance, 0.5
+    # P* = 0.1 / 0.9 * 9 = 1; lambda = 0.5 - ln2 * (1 - 0.5) / (4 * 2)
+    assert lam == pytest.approx(0.5 - math.log(2.0) * 0.5 / 8.0, rel=1e-12)
+
+
+def test_horizon_approach_brings_s_to_its_target_through_adams_momentum_without_overshoot():
+    # the linear growth model the law assumes, with AdamW's momentum between lambda and the penalty it acts through:
+    # S rises from 0 to S* = 0.1 and stays (on this plant the lead law without its lead overshoots by 19%)
+    c = horizon_law(momentum=0.9, horizon_steps=10.0, growth_alpha=1.0)
+    data, param, avg, lam_true, sensitivity, s = 9.0, 0.0, 0.0, 0.3, 0.2, []
+    for _ in range(80):
+        applied, has_gradient = c.lam, param > 0.0
+        c.update(param / (data + param), parts=(data, param),
+                 balance=(lam_true, 1.0, sensitivity) if has_gradient else (0.0, 0.0, 0.0))
+        s.append(param / (data + param))
+        if has_gradient:
+            avg = 0.9 * avg + 0.1 * applied
+        param = param + sensitivity * (lam_true - avg / (1 - 0.9**c.lam_steps)) / math.log(2.0) if has_gradient else 0.01
+    assert max(s) <= 0.1 * 1.02
+    assert min(s[25:]) >= 0.1 * 0.95  # settled within a quarter of the steps
+    assert s[-1] == pytest.approx(0.1, rel=1e-3)
+
+
+def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_step():
+    with pytest.raises(ValueError, match="needs smoothing 'data'"):
+        PIConfig(law="balance", approach="horizon", smoothing="ratio")
+    with pytest.raises(ValueError, match="horizon_steps must be"):
+        PIConfig(law="balance", approach="horizon", horizon_steps=0.5)
+
+
+@pytest.mark.parametrize("lambda_init", [1e-3, 1.0, 1e3])
+def test_horizon_approach_starts_at_lambda_min_whatever_lambda_init(lambda_init):
+    # step 1 has no learned change, so its penalty has no gradient and its sensitivity is 0: no lambda slows S's rise
+    c = horizon_law(lambda_init=lambda_init)
+    assert c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0)) == pytest.approx(1e-6, rel=1e-12)
