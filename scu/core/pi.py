@@ -29,6 +29,7 @@ Four update laws share one state (lambda, integral, S_hat, step):
   lead law's ring on SmolLM2). The next lambda is the one that, held for horizon_steps steps through the momentum,
   brings ParamBPT to S*/(1-S*) * DataBPT_hat at the end of them (PIController._horizon_lambda): far below the target
   it is lambda_min, and it rises to the centre as ParamBPT closes in, already counting the brake the momentum carries.
+  Once S_hat has come near S*, the centre is multiplied by exp(kp * e) (kp 0: the growth model alone).
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -320,7 +321,10 @@ class PIController:
         if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
             self.integral = candidate
         if c.approach == "horizon" and sensitivity is not None and param_bpt is not None:
-            held = self._horizon_lambda(target, math.exp(feedforward), param_bpt, sensitivity)
+            # once tracking, kp moves the centre by the log-odds error: the growth model's own correction per bit
+            # of gap is as strong as its sensitivity is right, and early in a run AdamW's scale is not yet settled
+            centre = math.exp(feedforward + (c.kp * e if self.tracking else 0.0))
+            held = self._horizon_lambda(target, centre, param_bpt, sensitivity)
             log_lam = (math.log(held) if held > 0.0 else log_min) + c.ki * self.integral
         else:
             log_lam = feedforward + c.kp * ahead + c.ki * self.integral

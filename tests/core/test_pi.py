@@ -350,7 +350,7 @@ def test_growth_estimate_holds_s_while_data_bpt_falls():
 
 def horizon_law(**kw) -> PIController:
     return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3,
-                                 ema_alpha=1.0, feedforward="growth", ki=0.0, approach="horizon", **kw))
+                                 ema_alpha=1.0, feedforward="growth", ki=0.0, approach="horizon", **{"kp": 0.0, **kw}))
 
 
 def test_horizon_lambda_without_momentum_closes_one_horizonth_of_the_gap_per_step():
