@@ -77,7 +77,7 @@ class ScuSection(Section):
 
     enabled: bool = True
     target_s: float = PIConfig.target_s
-    kp: float = Field(PIConfig.kp, gt=0)
+    kp: float = Field(PIConfig.kp, ge=0)  # 0: no proportional part (law balance with approach horizon: the growth model alone)
     ki: float = Field(PIConfig.ki, ge=0)
     deadband: float = Field(PIConfig.deadband, ge=0)
     lambda_init: float = Field(PIConfig.lambda_init, ge=0)

@@ -106,7 +106,7 @@ class PIConfig:
     # ParamBPT would stop (module docstring); growth needs the step's penalty sensitivity (AdamW, scu train)
     feedforward: Literal["balance", "growth"] = "balance"
     momentum: float = 0.9  # AdamW's beta1: the growth measured in a step answers the momentum's average of lambda
-    growth_alpha: float | None = None  # EMA rate of lambda_growth's two parts (None: the balance's rate)
+    growth_alpha: float | None = None  # EMA rate of lambda_growth's two parts (None: the balance's; tracking_alpha once tracking)
     # balance law: how lambda moves about its centre: "lead" (kp on the log-odds error of where S is heading) or
     # "horizon" (the lambda that, held horizon_steps through AdamW's momentum, brings ParamBPT to its target; module docstring)
     approach: Literal["lead", "horizon"] = "lead"
@@ -293,7 +293,9 @@ class PIController:
             first = self.grad_sq == 0.0
             self.pull = self._ema(None if first else self.pull, pull, a)
             self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
-        self._measure_growth(sensitivity, param_bpt, c.growth_alpha or a, math.isfinite(grad_sq) and grad_sq > 0.0)
+        # growth_alpha sets the growth estimate's rate until tracking; a tracking_alpha, set, takes over from then on
+        growth_rate = a if self.tracking and c.tracking_alpha is not None else c.growth_alpha or a
+        self._measure_growth(sensitivity, param_bpt, growth_rate, math.isfinite(grad_sq) and grad_sq > 0.0)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         # growth needs two measured steps; until then the gradient balance (measured from the second step) stands
         # in, not lambda_init, which from a start 1000x too high held S back (SmolLM2 18k: settled at 45; now 34)

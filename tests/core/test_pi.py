@@ -391,3 +391,16 @@ def test_horizon_approach_starts_at_lambda_min_whatever_lambda_init(lambda_init)
     # step 1 has no learned change, so its penalty has no gradient and its sensitivity is 0: no lambda slows S's rise
     c = horizon_law(lambda_init=lambda_init)
     assert c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0)) == pytest.approx(1e-6, rel=1e-12)
+
+
+def test_tracking_alpha_takes_over_the_growth_estimates_rate_once_tracking():
+    # lambda held at the balance, 0.2 (no P, no I, no momentum): each step's reading is 0.2 + ln2 * growth, averaged
+    # at growth_alpha 0.5 until S_hat comes near S*, at tracking_alpha 0.1 from the next reading on
+    c = PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_init=0.2, lambda_min=1e-6,
+                              lambda_max=1e3, ema_alpha=1.0, kp=0.0, ki=0.0, lead_steps=0.0, momentum=0.0,
+                              feedforward="balance", growth_alpha=0.5, tracking_alpha=0.1))
+    for s, param in ((0.0, 0.0), (0.01, 0.1), (0.05, 0.5), (0.1, 1.0), (0.1, 1.0)):
+        c.update(s, balance=(0.2, 1.0, 1.0 if param else 0.0), parts=(9.0, param))
+    ln2 = math.log(2.0)
+    before_tracking = 0.5 * (0.2 + ln2 * 0.4) + 0.5 * (0.2 + ln2 * 0.5)
+    assert c.lambda_growth == pytest.approx(0.9 * before_tracking + 0.1 * 0.2, rel=1e-12)
