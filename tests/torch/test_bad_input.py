@@ -87,7 +87,7 @@ BAD_VALUES = {
     "lambda_init nan": (["--lambda-init", "nan"], {}, "scu.lambda_init: Input should be a finite number"),
     "lambda_max inf": (["--lambda-max", "inf"], {}, "scu.lambda_max: Input should be a finite number"),
     "ki negative": (["--ki", "-0.1"], {}, "scu.ki: Input should be greater than or equal to 0"),
-    "kp zero": (["--kp", "0"], {}, "scu.kp: Input should be greater than 0"),
+    "kp negative": (["--kp", "-1"], {}, "scu.kp: Input should be greater than or equal to 0"),
     "learning rate nan": ([], {"training": {"learning_rate": float("nan")}}, "training.learning_rate: Input should be a finite"),
     "learning rate zero": ([], {"training": {"learning_rate": 0}}, "training.learning_rate: must be in (0, 10]"),
     "negative warmup": ([], {"training": {"warmup_steps": -1}}, "training.warmup_steps: Input should be greater than or equal to 0"),
