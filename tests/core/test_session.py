@@ -38,3 +38,21 @@ def test_balance_law_is_refused_where_the_trainer_does_not_measure_the_balance()
     with pytest.raises(ScuError, match="use scu.law: pi"):
         ControlSession(cfg, 1000, None, RunFacts("scu train (mlx)", "mlx"))
     ControlSession(cfg, 1000, None, RunFacts("scu train", measures_balance=True))  # the PyTorch loop reports it
+
+
+def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller():
+    from dataclasses import fields
+
+    from scu.core.pi import PIConfig
+    from scu.session import pi_config
+
+    chosen = {"law": "balance", "target_s": 0.07, "kp": 0.0, "ki": 0.02, "deadband": 0.001, "lambda_init": 0.3,
+              "lambda_min": 1e-5, "lambda_max": 50.0, "ema_alpha": 0.2, "smoothing": "data", "lead_steps": 2.0,
+              "tracking_alpha": 0.05, "balance_margin": 1.1, "feedforward": "growth", "growth_alpha": 0.4,
+              "approach": "horizon", "horizon_steps": 6.0, "start_band": 0.2}
+    got = pi_config(build_config({"scu": chosen}))
+    assert {k: getattr(got, k) for k in chosen} == chosen
+    # what the scu section does not expose keeps PIConfig's default (laws kept for comparison, AdamW's beta1)
+    left = {f.name for f in fields(PIConfig)} - set(chosen)
+    assert left == {"integral_error_clip", "error_clip", "start_horizon", "start_gain", "schedule_gain", "momentum",
+                    "leak", "integral_limit"}
