@@ -318,19 +318,19 @@ class PIController:
         ahead = min(max(log_odds_error(heading, target), -c.error_clip), c.error_clip)
         # S rising from 0 is not an offset of the balance: the integral starts once S has first come near S*
         self.tracking = self.tracking or self.s_hat >= (1.0 - c.start_band) * target
-        candidate = self.integral + e if self.tracking else self.integral
-        log_lam = feedforward + c.kp * ahead + c.ki * candidate
-        if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
-            self.integral = candidate
         if c.approach == "horizon" and sensitivity is not None and param_bpt is not None:
             # once tracking, kp moves the centre by the log-odds error: the growth model's own correction per bit
             # of gap is as strong as its sensitivity is right, and early in a run AdamW's scale is not yet settled
             centre = math.exp(feedforward + (c.kp * e if self.tracking else 0.0))
             held = self._horizon_lambda(target, centre, param_bpt, sensitivity)
-            log_lam = (math.log(held) if held > 0.0 else log_min) + c.ki * self.integral
+            proportional = math.log(held) if held > 0.0 else log_min
         else:
-            log_lam = feedforward + c.kp * ahead + c.ki * self.integral
-        self.lam = math.exp(min(max(log_lam, log_min), log_max))
+            proportional = feedforward + c.kp * ahead
+        candidate = self.integral + e if self.tracking else self.integral
+        log_lam = proportional + c.ki * candidate
+        if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
+            self.integral = candidate
+        self.lam = math.exp(min(max(proportional + c.ki * self.integral, log_min), log_max))
 
     def _horizon_lambda(self, target: float, centre: float, param_bpt: float, sensitivity: float) -> float:
         """The lambda that, applied for the next H = horizon_steps steps, brings ParamBPT to its target

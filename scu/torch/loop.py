@@ -175,11 +175,11 @@ def gradient_balance(
     dot = sum(((total.double() * g).sum() for _, total, g in pairs if total is not None), sq * 0)
     group = optimizer.param_groups[0]
     beta2, eps = group["betas"][1], group["eps"]
-    states = [(optimizer.state[p]["exp_avg_sq"], g) for p, _, g in pairs if "exp_avg_sq" in optimizer.state.get(p, {})]
+    states = [(optimizer.state[p], g) for p, _, g in pairs if "exp_avg_sq" in optimizer.state.get(p, {})]
     scaled = sq * 0
     if states:  # every entry has taken the same number of steps: one bias correction, read once
-        correction = 1.0 - beta2 ** float(optimizer.state[pairs[0][0]]["step"])
-        scaled = sum((g * g / ((v.double() / correction).sqrt() + eps)).sum() for v, g in states)
+        correction = 1.0 - beta2 ** float(states[0][0]["step"])
+        scaled = sum((g * g / ((st["exp_avg_sq"].double() / correction).sqrt() + eps)).sum() for st, g in states)
     return torch.stack([lam * sq - dot, sq, scaled])
 
 

@@ -349,8 +349,9 @@ def test_growth_estimate_holds_s_while_data_bpt_falls():
 
 
 def horizon_law(**kw) -> PIController:
-    return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_min=1e-6, lambda_max=1e3,
-                                 ema_alpha=1.0, feedforward="growth", ki=0.0, approach="horizon", **{"kp": 0.0, **kw}))
+    settings = {"kp": 0.0, "ki": 0.0, "lambda_min": 1e-6, "lambda_max": 1e3, **kw}
+    return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, ema_alpha=1.0, feedforward="growth",
+                                 approach="horizon", **settings))
 
 
 def test_horizon_lambda_without_momentum_closes_one_horizonth_of_the_gap_per_step():
@@ -404,3 +405,12 @@ def test_tracking_alpha_takes_over_the_growth_estimates_rate_once_tracking():
     ln2 = math.log(2.0)
     before_tracking = 0.5 * (0.2 + ln2 * 0.4) + 0.5 * (0.2 + ln2 * 0.5)
     assert c.lambda_growth == pytest.approx(0.9 * before_tracking + 0.1 * 0.2, rel=1e-12)
+
+
+def test_horizon_approach_stops_integrating_while_its_own_lambda_is_pinned_at_a_bound():
+    # S twice S*: the plan asks for lambda 0.5 + ln2 * 1.25 / (10 * 0.1) = 1.37, above lambda_max 1, so the integral
+    # must hold still (the lead law's own formula, 0.5 * exp(ki * e) = 0.75, would sit inside the bounds)
+    c = horizon_law(momentum=0.0, ki=0.5, lambda_max=1.0)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    lam = c.update(0.2, balance=(0.5, 1.0, 0.1), parts=(9.0, 2.25))
+    assert c.tracking and lam == pytest.approx(1.0) and c.integral == 0.0
