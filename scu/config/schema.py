@@ -97,6 +97,7 @@ class ScuSection(Section):
     start_band: float = Field(PIConfig.start_band, gt=0, lt=1)  # bumpless, balance: tracking from S_hat >= (1 - start_band) * S*
     approach: Literal["lead", "horizon"] = PIConfig.approach  # balance law: how lambda moves about its centre
     horizon_steps: float = Field(PIConfig.horizon_steps, ge=1)  # approach horizon: steps over which ParamBPT reaches its target
+    horizon_memory: Literal["lambda", "deficit"] = PIConfig.horizon_memory  # approach horizon: what the momentum carries
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,9 @@ Four update laws share one state (lambda, integral, S_hat, step):
   brings ParamBPT to S*/(1-S*) * DataBPT_hat at the end of them (PIController._horizon_lambda): far below the target
   it is lambda_min, and it rises to the centre as ParamBPT closes in, already counting the brake the momentum carries.
   Once S_hat has come near S*, the centre is multiplied by exp(kp * e) (kp 0: the growth model alone).
+  horizon_memory "deficit" (opt-in) has the momentum carry, once tracking, each step's lambda against the centre of its
+  step, not the lambda alone, so the centre's step-to-step noise passes into lambda about once instead of
+  H / (H - carried) times.
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
@@ -111,6 +114,9 @@ class PIConfig:
     # "horizon" (the lambda that, held horizon_steps through AdamW's momentum, brings ParamBPT to its target; module docstring)
     approach: Literal["lead", "horizon"] = "lead"
     horizon_steps: float = 10.0
+    # approach horizon: what AdamW's momentum is taken to carry into the plan: the lambdas applied ("lambda"), or
+    # their deficit against the centre of their own step ("deficit"; module docstring)
+    horizon_memory: Literal["lambda", "deficit"] = "lambda"
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -133,6 +139,8 @@ class PIConfig:
             raise ValueError(f"approach must be 'lead' or 'horizon', got {self.approach!r}")
         if self.approach == "horizon" and self.smoothing != "data":
             raise ValueError("approach 'horizon' aims at ParamBPT's target, S*/(1-S*) times the smoothed DataBPT: it needs smoothing 'data'")
+        if self.horizon_memory not in ("lambda", "deficit"):
+            raise ValueError(f"horizon_memory must be 'lambda' or 'deficit', got {self.horizon_memory!r}")
         if not self.horizon_steps >= 1.0:
             raise ValueError(f"horizon_steps must be >= 1, got {self.horizon_steps}")
         if self.growth_alpha is not None and not 0.0 < self.growth_alpha <= 1.0:
@@ -166,6 +174,8 @@ class PIController:
         self.held_balance: float | None = None  # balance law: the last positive feedforward estimate
         self.lam_momentum = 0.0  # balance law: AdamW-momentum average of the lambdas applied (before bias correction)
         self.lam_steps = 0
+        self.centre: float | None = None  # approach horizon: the centre of the last plan, and its momentum average
+        self.centre_momentum = 0.0
         # last step's (ParamBPT, sensitivity, averaged lambda, smoothed DataBPT or 0)
         self.growth_point: tuple[float, float, float, float] | None = None
         self.growth_num = 0.0  # smoothed (averaged lambda * sensitivity + growth of the penalty); lambda_growth = num / den
@@ -195,6 +205,12 @@ class PIController:
         """Balance law: the AdamW-momentum average of the lambdas applied so far (bias-corrected as Adam's is)."""
         steps, b = self.lam_steps, self.config.momentum
         return self.lam_momentum / (1.0 - b ** steps) if steps else self.lam
+
+    @property
+    def centre_average(self) -> float:
+        """Approach horizon: the AdamW-momentum average of the centres the applied lambdas were planned around."""
+        steps, b = self.lam_steps, self.config.momentum
+        return self.centre_momentum / (1.0 - b ** steps) if steps else (self.centre or 0.0)
 
     @property
     def lambda_growth(self) -> float | None:
@@ -295,7 +311,8 @@ class PIController:
             self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
         # growth_alpha sets the growth estimate's rate until tracking; a tracking_alpha, set, takes over from then on
         growth_rate = a if self.tracking and c.tracking_alpha is not None else c.growth_alpha or a
-        self._measure_growth(sensitivity, param_bpt, growth_rate, math.isfinite(grad_sq) and grad_sq > 0.0)
+        counted = math.isfinite(grad_sq) and grad_sq > 0.0  # the step's lambda acted, so the momentum holds it
+        self._measure_growth(sensitivity, param_bpt, growth_rate, counted)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         # growth needs two measured steps; until then the gradient balance (measured from the second step) stands
         # in, not lambda_init, which from a start 1000x too high held S back (SmolLM2 18k: settled at 45; now 34)
@@ -322,6 +339,15 @@ class PIController:
             # once tracking, kp moves the centre by the log-odds error: the growth model's own correction per bit
             # of gap is as strong as its sensitivity is right, and early in a run AdamW's scale is not yet settled
             centre = math.exp(feedforward + (c.kp * e if self.tracking else 0.0))
+            if not self.tracking:
+                # until S_hat nears S* the momentum's centre is taken to be today's: the early growth estimates are
+                # not trusted (tiny harness: 2.4 falling to 0.002 during the approach; counted, the plan braked
+                # too hard and settled at 47-67 instead of 25-33), so both memories plan alike until tracking
+                self.centre_momentum = centre * (1.0 - c.momentum ** self.lam_steps)
+            elif counted:  # the lambda just applied was planned around the previous centre
+                in_effect = self.centre if self.centre is not None else centre
+                self.centre_momentum = c.momentum * self.centre_momentum + (1.0 - c.momentum) * in_effect
+            self.centre = centre
             held = self._horizon_lambda(target, centre, param_bpt, sensitivity)
             proportional = math.log(held) if held > 0.0 else log_min
         else:
@@ -341,6 +367,11 @@ class PIController:
             lambda = (H * centre - carried * avg_0 - ln2 * (P* - P) / sensitivity) / (H - carried),
             carried = b * (1 - b^H) / (1 - b)
         (with b = 0: lambda = centre - ln2 * (P* - P) / (H * sensitivity)). May be <= 0: lambda as low as it goes.
+        With horizon_memory "deficit" the growth is driven by the momentum's average of (centre_j - lambda_j), each
+        step's lambda against the centre of its own step (the data's pull passes through the same momentum):
+            lambda = centre - (carried * (avg_0 - centre_avg_0) + ln2 * (P* - P) / sensitivity) / (H - carried)
+        Both agree while the centre holds still. When it moves by noise, "lambda" carries the move H / (H - carried)
+        times over (2.4 at H 10) into lambda, "deficit" about once.
         With no sensitivity yet (no learned change, so the penalty has no gradient) no lambda slows the growth:
         lambda_min, whatever lambda_init was."""
         c = self.config
@@ -350,6 +381,8 @@ class PIController:
         if sensitivity <= 0.0:
             return 0.0 if param_bpt < p_target else centre
         needed = math.log(2.0) * (p_target - param_bpt) / sensitivity
+        if c.horizon_memory == "deficit":
+            return centre - (carried * (self.lambda_average - self.centre_average) + needed) / (h - carried)
         return (h * centre - carried * self.lambda_average - needed) / (h - carried)
 
     def _measure_growth(
@@ -403,7 +436,8 @@ class PIController:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
                 "step": self.step_count, "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance, "lam_momentum": self.lam_momentum,
-                "lam_steps": self.lam_steps, "growth_point": self.growth_point, "growth_num": self.growth_num,
+                "lam_steps": self.lam_steps, "centre": self.centre, "centre_momentum": self.centre_momentum,
+                "growth_point": self.growth_point, "growth_num": self.growth_num,
                 "growth_den": self.growth_den}
 
     def load_state_dict(self, state: dict) -> None:
@@ -420,6 +454,8 @@ class PIController:
         self.held_balance = state.get("held_balance")
         self.lam_momentum = float(state.get("lam_momentum", 0.0))
         self.lam_steps = int(state.get("lam_steps", 0))
+        self.centre = state.get("centre")
+        self.centre_momentum = float(state.get("centre_momentum", 0.0))
         point = state.get("growth_point")
         self.growth_point = None if point is None else tuple(float(v) for v in point)
         self.growth_num = float(state.get("growth_num", 0.0))

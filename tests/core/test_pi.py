@@ -349,9 +349,9 @@ def test_growth_estimate_holds_s_while_data_bpt_falls():
 
 
 def horizon_law(**kw) -> PIController:
-    settings = {"kp": 0.0, "ki": 0.0, "lambda_min": 1e-6, "lambda_max": 1e3, **kw}
-    return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, ema_alpha=1.0, feedforward="growth",
-                                 approach="horizon", **settings))
+    settings = {"kp": 0.0, "ki": 0.0, "lambda_min": 1e-6, "lambda_max": 1e3, "feedforward": "growth", **kw}
+    return PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, ema_alpha=1.0, approach="horizon",
+                                 **settings))
 
 
 def test_horizon_lambda_without_momentum_closes_one_horizonth_of_the_gap_per_step():
@@ -362,10 +362,11 @@ def test_horizon_lambda_without_momentum_closes_one_horizonth_of_the_gap_per_ste
     assert lam == pytest.approx(0.5 - math.log(2.0) * 0.5 / 8.0, rel=1e-12)
 
 
-def test_horizon_approach_brings_s_to_its_target_through_adams_momentum_without_overshoot():
+@pytest.mark.parametrize("memory", ["lambda", "deficit"])
+def test_horizon_approach_brings_s_to_its_target_through_adams_momentum_without_overshoot(memory):
     # the linear growth model the law assumes, with AdamW's momentum between lambda and the penalty it acts through:
     # S rises from 0 to S* = 0.1 and stays (on this plant the lead law without its lead overshoots by 19%)
-    c = horizon_law(momentum=0.9, horizon_steps=10.0, growth_alpha=1.0)
+    c = horizon_law(momentum=0.9, horizon_steps=10.0, growth_alpha=1.0, horizon_memory=memory)
     data, param, avg, lam_true, sensitivity, s = 9.0, 0.0, 0.0, 0.3, 0.2, []
     for _ in range(80):
         applied, has_gradient = c.lam, param > 0.0
@@ -380,11 +381,28 @@ def test_horizon_approach_brings_s_to_its_target_through_adams_momentum_without_
     assert s[-1] == pytest.approx(0.1, rel=1e-3)
 
 
+@pytest.mark.parametrize("memory, gain", [("lambda", None), ("deficit", 1.0)])
+def test_horizon_memory_sets_how_much_of_a_jump_in_the_centre_passes_into_lambda(memory, gain):
+    # ParamBPT held at its target (nothing to close), the centre (the gradient balance) at 0.5 until lambda has
+    # settled there, then one step at 0.6: the "lambda" memory plans the jump H / (H - carried) times over, as if the
+    # momentum had carried 0.5 where 0.6 was needed; the "deficit" memory passes it on once
+    c = horizon_law(momentum=0.9, horizon_steps=10.0, feedforward="balance", horizon_memory=memory)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    for _ in range(200):
+        c.update(0.1, balance=(0.5, 1.0, 0.2), parts=(9.0, 1.0))
+    assert c.lam == pytest.approx(0.5, rel=1e-6)
+    lam = c.update(0.1, balance=(0.6, 1.0, 0.2), parts=(9.0, 1.0))
+    carried = 0.9 * (1.0 - 0.9**10) / 0.1
+    assert (lam - 0.5) / 0.1 == pytest.approx(gain or 10.0 / (10.0 - carried), rel=1e-4)
+
+
 def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_step():
     with pytest.raises(ValueError, match="needs smoothing 'data'"):
         PIConfig(law="balance", approach="horizon", smoothing="ratio")
     with pytest.raises(ValueError, match="horizon_steps must be"):
         PIConfig(law="balance", approach="horizon", horizon_steps=0.5)
+    with pytest.raises(ValueError, match="horizon_memory must be"):
+        PIConfig(law="balance", approach="horizon", horizon_memory="centre")
 
 
 @pytest.mark.parametrize("lambda_init", [1e-3, 1.0, 1e3])
