@@ -98,6 +98,7 @@ class ScuSection(Section):
     approach: Literal["lead", "horizon"] = PIConfig.approach  # balance law: how lambda moves about its centre
     horizon_steps: float = Field(PIConfig.horizon_steps, ge=1)  # approach horizon: steps over which ParamBPT reaches its target
     horizon_memory: Literal["lambda", "deficit"] = PIConfig.horizon_memory  # approach horizon: what the momentum carries
+    horizon_kp_reads: Literal["error", "heading"] = PIConfig.horizon_kp_reads  # approach horizon: the error kp acts on
 
     @model_validator(mode="before")
     @classmethod

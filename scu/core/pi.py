@@ -29,7 +29,8 @@ Four update laws share one state (lambda, integral, S_hat, step):
   lead law's ring on SmolLM2). The next lambda is the one that, held for horizon_steps steps through the momentum,
   brings ParamBPT to S*/(1-S*) * DataBPT_hat at the end of them (PIController._horizon_lambda): far below the target
   it is lambda_min, and it rises to the centre as ParamBPT closes in, already counting the brake the momentum carries.
-  Once S_hat has come near S*, the centre is multiplied by exp(kp * e) (kp 0: the growth model alone).
+  Once S_hat has come near S*, the centre is multiplied by exp(kp * e) (kp 0: the growth model alone), or by
+  exp(kp * e_ahead) with horizon_kp_reads "heading" (opt-in).
   horizon_memory "deficit" (opt-in) has the momentum carry, once tracking, each step's lambda against the centre of its
   step, not the lambda alone, so the centre's step-to-step noise passes into lambda about once instead of
   H / (H - carried) times.
@@ -117,6 +118,9 @@ class PIConfig:
     # approach horizon: what AdamW's momentum is taken to carry into the plan: the lambdas applied ("lambda"), or
     # their deficit against the centre of their own step ("deficit"; module docstring)
     horizon_memory: Literal["lambda", "deficit"] = "lambda"
+    # approach horizon: the error kp reads once tracking: S_hat's ("error") or where a rising S_hat is heading
+    # lead_steps on ("heading"), so that S rising through the start of the band does not release the brake
+    horizon_kp_reads: Literal["error", "heading"] = "error"
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -141,6 +145,8 @@ class PIConfig:
             raise ValueError("approach 'horizon' aims at ParamBPT's target, S*/(1-S*) times the smoothed DataBPT: it needs smoothing 'data'")
         if self.horizon_memory not in ("lambda", "deficit"):
             raise ValueError(f"horizon_memory must be 'lambda' or 'deficit', got {self.horizon_memory!r}")
+        if self.horizon_kp_reads not in ("error", "heading"):
+            raise ValueError(f"horizon_kp_reads must be 'error' or 'heading', got {self.horizon_kp_reads!r}")
         if not self.horizon_steps >= 1.0:
             raise ValueError(f"horizon_steps must be >= 1, got {self.horizon_steps}")
         if self.growth_alpha is not None and not 0.0 < self.growth_alpha <= 1.0:
@@ -338,7 +344,8 @@ class PIController:
         if c.approach == "horizon" and sensitivity is not None and param_bpt is not None:
             # once tracking, kp moves the centre by the log-odds error: the growth model's own correction per bit
             # of gap is as strong as its sensitivity is right, and early in a run AdamW's scale is not yet settled
-            centre = math.exp(feedforward + (c.kp * e if self.tracking else 0.0))
+            read = ahead if c.horizon_kp_reads == "heading" else e
+            centre = math.exp(feedforward + (c.kp * read if self.tracking else 0.0))
             if not self.tracking:
                 # until S_hat nears S* the momentum's centre is taken to be today's: the early growth estimates are
                 # not trusted (tiny harness: 2.4 falling to 0.002 during the approach; counted, the plan braked

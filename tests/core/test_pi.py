@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from scu.core.pi import PIConfig, PIController
+from scu.core.pi import PIConfig, PIController, log_odds_error
 
 # Most tests feed S itself, which only `smoothing: ratio` reads; the tests of `smoothing: data` (the default) at the
 # end pass each step's (DataBPT, ParamBPT).
@@ -394,6 +394,20 @@ def test_horizon_memory_sets_how_much_of_a_jump_in_the_centre_passes_into_lambda
     lam = c.update(0.1, balance=(0.6, 1.0, 0.2), parts=(9.0, 1.0))
     carried = 0.9 * (1.0 - 0.9**10) / 0.1
     assert (lam - 0.5) / 0.1 == pytest.approx(gain or 10.0 / (10.0 - carried), rel=1e-4)
+
+
+@pytest.mark.parametrize("reads, factor", [("error", None), ("heading", 1.0)])
+def test_kp_reading_the_heading_does_not_release_the_brake_while_s_rises_into_the_band(reads, factor):
+    # S_hat 0.09 against S* 0.1, rising 0.005 a step: tracking has started (band 0.2); read on the error, kp lowers
+    # the centre (the gradient balance, 0.5) by exp(kp * e) < 1; read on the heading, 0.09 + 2 * 0.005 = S*, by none
+    c = horizon_law(momentum=0.0, feedforward="balance", kp=1.0, start_band=0.2, lead_steps=2.0,
+                    horizon_kp_reads=reads)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    c.update(0.085, balance=(0.5, 1.0, 0.0), parts=(9.1 * 0.915, 9.1 * 0.085))
+    c.update(0.09, balance=(0.5, 1.0, 0.0), parts=(9.1 * 0.91, 9.1 * 0.09))
+    assert c.tracking
+    e = log_odds_error(0.09, 0.1)
+    assert c.centre == pytest.approx(0.5 * (factor or math.exp(e)), rel=1e-6)
 
 
 def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_step():
