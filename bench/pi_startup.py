@@ -168,7 +168,7 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
         "reference": judge(reference, target),  # judged on reference_s_hat, whatever the controller smoothed
         "lambda_2nd_half_median": statistics.median(half),
         "trace": {k: [r.get(k) for r in rows] for k in ("s", "s_hat", "lambda", "lambda_balance", "lambda_growth",
-                                                           "data_bpt", "param_bpt")},
+                                                           "data_bpt", "param_bpt", "penalty_sensitivity")},
     }
     atomic_write_json(out / f"{job.name}.json", result)
     return result

@@ -236,6 +236,8 @@ class ControlSession:
         for key in ("lambda_balance", "lambda_growth"):
             if key in action.report:
                 row[key] = action.report[key]
+        if res.penalty_sensitivity is not None:  # what the growth model divides by: kept so its error can be checked
+            row["penalty_sensitivity"] = res.penalty_sensitivity
         if action.reasons:
             row["reasons"] = action.reasons
         if action.stop:

@@ -49,6 +49,7 @@ class MetricsRow(StepRow, total=False):
     stop: bool  # a controller stopped the run here
     lambda_balance: float  # law 'balance': the smoothed lambda at which the penalty's gradient cancels the data's
     lambda_growth: float  # law 'balance': the smoothed lambda at which the measured growth of ParamBPT would stop
+    penalty_sensitivity: float  # law 'balance': how far one unit of lambda, held, moves ParamBPT's penalty per step
 
 
 METRICS_KEYS = tuple(StepRow.__annotations__)

@@ -57,3 +57,15 @@ def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller()
     left = {f.name for f in fields(PIConfig)} - set(chosen)
     assert left == {"integral_error_clip", "error_clip", "start_horizon", "start_gain", "schedule_gain", "momentum",
                     "leak", "integral_limit"}
+
+
+def test_the_balance_law_records_the_steps_penalty_sensitivity_in_its_metrics_row():
+    from scu.session import RunFacts
+
+    cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"},
+                        "scu": {"law": "balance", "feedforward": "growth", "target_s": 0.1}})
+    session = ControlSession(cfg, 10_000, None, RunFacts("scu train", measures_balance=True))
+    row = session.step(StepResult(4000.0, 0.05, 1.0, 1000, 0.2, 1.0, 0.37), session.lam, 1e-3, 0.1)
+    assert row["penalty_sensitivity"] == 0.37
+    plain = ControlSession(build_config({"scu": {"target_s": 0.1}}), 10_000)
+    assert "penalty_sensitivity" not in plain.step(StepResult(4000.0, 0.05, 1.0, 1000), plain.lam, 1e-3, 0.1)
