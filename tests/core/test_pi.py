@@ -410,6 +410,21 @@ def test_kp_reading_the_heading_does_not_release_the_brake_while_s_rises_into_th
     assert c.centre == pytest.approx(0.5 * (factor or math.exp(e)), rel=1e-6)
 
 
+def test_horizon_deficit_memory_resumes_mid_tracking_exactly():
+    # a checkpoint written while tracking must carry the centres' momentum average, or the resumed plan differs
+    seq = [(9.0 + 0.3 * math.sin(i), 0.08 * i if i < 13 else 1.0 + 0.05 * math.cos(i), 0.2 + 0.01 * i)
+           for i in range(40)]
+    a = horizon_law(momentum=0.9, kp=1.0, horizon_memory="deficit")
+    for d, p, sens in seq[:20]:
+        a.update(p / (d + p), parts=(d, p), balance=(0.3, 1.0 if p else 0.0, sens if p else 0.0))
+    assert a.tracking and a.centre_average != a.centre
+    resumed = horizon_law(momentum=0.9, kp=1.0, horizon_memory="deficit")
+    resumed.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    rest = [(p / (d + p), (d, p), (0.3, 1.0, sens)) for d, p, sens in seq[20:]]
+    assert [a.update(s, parts=x, balance=b) for s, x, b in rest] == [resumed.update(s, parts=x, balance=b)
+                                                                      for s, x, b in rest]
+
+
 def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_step():
     with pytest.raises(ValueError, match="needs smoothing 'data'"):
         PIConfig(law="balance", approach="horizon", smoothing="ratio")
