@@ -1,0 +1,82 @@
+"""How the growth model's readings depend on the lambda they answered: a check of the measured sensitivity.
+
+Each step of a `law: balance` run with `feedforward: growth` gives a reading of the lambda at which ParamBPT would
+have held still, y_k = lam_avg_{k-1} + ln2 * (P_k - pace * P_{k-1}) / sensitivity_{k-1}, with lam_avg AdamW's
+momentum average of the lambdas applied (scu.core.pi.PIController._measure_growth). If the sensitivity were right,
+y would not depend on lam_avg. If it overstated lambda's effect k-fold, y = lam_avg + (lambda* - lam_avg) / k, so
+regressing y on lam_avg (with time, for lambda*'s drift) gives a slope of 1 - 1/k. The controller's own feedback also
+ties lam_avg to past readings, so a passive run can only bound this; it does not identify k.
+
+    PYTHONPATH=. python -m bench.growth_readings bench/results/pi_startup/real/<run>.json [...]
+
+Reads `bench.pi_startup` result files whose traces hold `penalty_sensitivity` (recorded since 2026-12-06).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scu.core.pi import PIConfig
+
+
+def readings(trace: dict[str, list], momentum: float = PIConfig.momentum, alpha: float = PIConfig.ema_alpha
+             ) -> tuple[list[int], list[float], list[float]]:
+    """(step, lam_avg the step answered, reading) for every step with a measured growth."""
+    lam, param, data, sens = trace["lambda"], trace["param_bpt"], trace["data_bpt"], trace["penalty_sensitivity"]
+    data_hat, avg, smoothed, mom, counted = [], [], None, 0.0, 0
+    for k in range(len(lam)):
+        smoothed = data[k] if smoothed is None else (1.0 - alpha) * smoothed + alpha * data[k]
+        data_hat.append(smoothed)
+        if k > 0 and param[k]:  # the penalty had a gradient: the lambda applied at this step (the row before's) acted
+            counted += 1
+            mom = momentum * mom + (1.0 - momentum) * lam[k - 1]
+        avg.append(mom / (1.0 - momentum ** counted) if counted else None)
+    out: tuple[list[int], list[float], list[float]] = ([], [], [])
+    for k in range(2, len(lam)):
+        if avg[k - 1] is None or not sens[k - 1]:
+            continue
+        growth = param[k] - data_hat[k] / data_hat[k - 1] * param[k - 1]
+        for column, value in zip(out, (k, avg[k - 1], avg[k - 1] + math.log(2.0) * growth / sens[k - 1])):
+            column.append(value)
+    return out
+
+
+def slope(steps: list[int], lam_avg: list[float], reading: list[float], first: int) -> dict[str, float]:
+    """Least squares of the reading on (1, step, lam_avg) from `first` on: lam_avg's coefficient and its std error."""
+    rows = [i for i, k in enumerate(steps) if k >= first]
+    x = np.array([[1.0, steps[i], lam_avg[i]] for i in rows])
+    y = np.array([reading[i] for i in rows])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    cov = np.linalg.inv(x.T @ x) * float(residual @ residual) / (len(y) - 3)
+    return {"slope": float(coef[2]), "std_error": math.sqrt(cov[2, 2]), "steps": len(y)}
+
+
+def analyse(path: Path) -> dict[str, Any]:
+    trace = json.loads(path.read_text())["trace"]
+    if "penalty_sensitivity" not in trace:
+        raise SystemExit(f"{path}: its trace has no penalty_sensitivity; rerun it with bench.pi_startup (2026-12-06 on)")
+    steps, lam_avg, reading = readings(trace)
+    n = len(trace["lambda"])
+    return {"file": path.name, "from_step_5": slope(steps, lam_avg, reading, 5),
+            "second_half": slope(steps, lam_avg, reading, n // 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", nargs="+", type=Path)
+    for path in ap.parse_args(argv).results:
+        r = analyse(path)
+        print(r["file"], *(f"{part}: slope {r[part]['slope']:+.2f} ± {r[part]['std_error']:.2f} ({r[part]['steps']} steps)"
+                           for part in ("from_step_5", "second_half")), sep="\n  ")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
