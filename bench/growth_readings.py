@@ -5,7 +5,7 @@ have held still, y_k = lam_avg_{k-1} + ln2 * (P_k - pace * P_{k-1}) / sensitivit
 momentum average of the lambdas applied (scu.core.pi.PIController._measure_growth). If the sensitivity were right,
 y would not depend on lam_avg. If it overstated lambda's effect k-fold, y = lam_avg + (lambda* - lam_avg) / k, so
 regressing y on lam_avg (with time, for lambda*'s drift) gives a slope of 1 - 1/k. The controller's own feedback also
-ties lam_avg to past readings, so a passive run can only bound this; it does not identify k.
+ties lam_avg to past readings, so a passive run cannot identify k.
 
     PYTHONPATH=. python -m bench.growth_readings bench/results/pi_startup/real/<run>.json [...]
 
@@ -22,28 +22,26 @@ from typing import Any
 
 import numpy as np
 
-from scu.core.pi import PIConfig
+from scu.core.pi import PIConfig, PIController
 
 
-def readings(trace: dict[str, list], momentum: float = PIConfig.momentum, alpha: float = PIConfig.ema_alpha
-             ) -> tuple[list[int], list[float], list[float]]:
-    """(step, lam_avg the step answered, reading) for every step with a measured growth."""
+def readings(trace: dict[str, list]) -> tuple[list[int], list[float], list[float]]:
+    """(step, lam_avg the step answered, reading) for every step with a measured growth.
+
+    The run is replayed through the controller's own growth estimate (growth_alpha 1: each reading unaveraged), with
+    the lambda the run applied set before each step, so the reading is the one the run's controller made."""
     lam, param, data, sens = trace["lambda"], trace["param_bpt"], trace["data_bpt"], trace["penalty_sensitivity"]
-    data_hat, avg, smoothed, mom, counted = [], [], None, 0.0, 0
-    for k in range(len(lam)):
-        smoothed = data[k] if smoothed is None else (1.0 - alpha) * smoothed + alpha * data[k]
-        data_hat.append(smoothed)
-        if k > 0 and param[k]:  # the penalty had a gradient: the lambda applied at this step (the row before's) acted
-            counted += 1
-            mom = momentum * mom + (1.0 - momentum) * lam[k - 1]
-        avg.append(mom / (1.0 - momentum ** counted) if counted else None)
+    c = PIController(PIConfig(law="balance", feedforward="growth", growth_alpha=1.0, smoothing="data"))
     out: tuple[list[int], list[float], list[float]] = ([], [], [])
-    for k in range(2, len(lam)):
-        if avg[k - 1] is None or not sens[k - 1]:
-            continue
-        growth = param[k] - data_hat[k] / data_hat[k - 1] * param[k - 1]
-        for column, value in zip(out, (k, avg[k - 1], avg[k - 1] + math.log(2.0) * growth / sens[k - 1])):
-            column.append(value)
+    for k in range(len(lam)):
+        if k > 0:
+            c.lam = lam[k - 1]  # the lambda the run applied at this step (each row records the next one)
+        answered = c.growth_point
+        c.update(param[k] / (data[k] + param[k]), parts=(data[k], param[k]),
+                 balance=(0.0, 1.0 if param[k] else 0.0, sens[k] or 0.0))
+        if answered is not None and answered[1] > 0.0:  # the step before had a sensitivity: this step gave a reading
+            for column, value in zip(out, (k, answered[2], c.lambda_growth)):
+                column.append(value)
     return out
 
 
