@@ -41,6 +41,7 @@ from bench.scu_vs_baselines import (
     scaled_target,
     size_label,
 )
+from scu.config.schema import Config, build_config
 from scu.core.pi import PIConfig
 from scu.core.tracking import tracking_from_rows
 from scu.report.records import MetricsLog, atomic_write_json
@@ -139,16 +140,11 @@ def controller(job: Job) -> dict[str, Any]:
     return {k: v for k, v in asdict(PIConfig(**settings)).items() if k != "target_s"}
 
 
-def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, out: Path) -> dict[str, Any]:
-    import torch
-
-    from scu.config.schema import build_config
-    from scu.torch.loop import train
-
-    torch.set_num_threads(1)
+def job_config(job: Job, scale: Scale | RealScale, train_path: str, target: float) -> Config:
+    """The `scu train` config of a job: the harness's LoRA, data and budget, the job's controller and target."""
     s = scale.run
     scu = {"target_s": target, **scu_settings(job)}
-    cfg = build_config({
+    return build_config({
         "model": {"base_model": s.base_model},
         "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
         "scu": scu,
@@ -157,6 +153,15 @@ def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, 
                      "checkpoint_every": 10**9},
         "data": {"train_data": train_path, "val_fraction": 0.0},
     })
+
+
+def run_job(job: Job, scale: Scale | RealScale, train_path: str, target: float, out: Path) -> dict[str, Any]:
+    import torch
+
+    from scu.torch.loop import train
+
+    torch.set_num_threads(1)
+    cfg = job_config(job, scale, train_path, target)
     with tempfile.TemporaryDirectory() as tmp:
         refuse_truncated(train(cfg, Path(tmp) / "run", progress=False)["status"], job.name)
         rows = MetricsLog(Path(tmp) / "run" / "metrics.jsonl").read()
@@ -211,6 +216,19 @@ def summary(r: dict[str, Any]) -> str:
     return f"{part(r)}, λ½ {r['lambda_2nd_half_median']:.3g}{ref}"
 
 
+def prepare(name: str) -> tuple[Scale | RealScale, dict, list[str], tuple[float, ...], float]:
+    """The scale with its base model in place: (scale, data manifest, size labels, S* multipliers, middle S*)."""
+    if name in REAL_SCALES:  # SmolLM2-135M: the slice that overfits and the data-rich one, S* 1x only
+        real = REAL_SCALES[name]
+        gguf, manifest, _ = prepare_real(real, DEFAULT_DATA)
+        sizes = [size_label(real.main_tokens), size_label(real.rich_tokens)]
+        return replace(real, run=replace(real.run, base_model=gguf)), manifest, sizes, (1.0,), PIConfig.target_s
+    scale = QUICK if name == "quick" else SCALES[name]
+    base, manifest, _ = prepare_scale(scale, DEFAULT_DATA)
+    sizes = [size_label(t) for t in (scale.main_tokens, *scale.transfer_tokens)]
+    return replace(scale, run=replace(scale.run, base_model=str(base))), manifest, sizes, scale.multipliers, 0.875
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", choices=["quick", *sorted(SCALES), *sorted(REAL_SCALES)], default="cpu")
@@ -229,16 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="default bench/results/pi_startup/SCALE")
     args = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if args.scale in REAL_SCALES:  # SmolLM2-135M: the slice that overfits and the data-rich one, S* 1x only
-        real = REAL_SCALES[args.scale]
-        gguf, manifest, _ = prepare_real(real, DEFAULT_DATA)
-        scale = replace(real, run=replace(real.run, base_model=gguf))
-        sizes, scale_multipliers, middle = [size_label(real.main_tokens), size_label(real.rich_tokens)], (1.0,), PIConfig.target_s
-    else:
-        scale = QUICK if args.scale == "quick" else SCALES[args.scale]
-        base, manifest, _ = prepare_scale(scale, DEFAULT_DATA)
-        sizes = [size_label(t) for t in (scale.main_tokens, *scale.transfer_tokens)]
-        scale, scale_multipliers, middle = replace(scale, run=replace(scale.run, base_model=str(base))), scale.multipliers, 0.875
+    scale, manifest, sizes, scale_multipliers, middle = prepare(args.scale)
     out = Path(args.out or f"bench/results/pi_startup/{scale.name}")
     out.mkdir(parents=True, exist_ok=True)
     middle = middle if args.target is None else args.target

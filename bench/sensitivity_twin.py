@@ -1,0 +1,154 @@
+"""Does one unit of λ slow the penalty's growth as much as the controller's growth model says? Twin runs.
+
+    python -m bench.sensitivity_twin [--scale cpu|real] [--size 18000] [--seed 0] [--forks 8 15 30 60]
+
+The growth model behind `feedforward: growth` and `approach: horizon` (scu/core/pi.py) says each step changes
+ParamBPT by sensitivity / ln2 * (centre - avg), avg the AdamW-momentum average of the λs applied. A passive run cannot
+test the sensitivity: the controller ties λ to past readings (bench.growth_readings). Here a controlled run is forked
+at a few steps: from the same weights, optimizer state and data order, K steps are run holding λ at the controller's
+λ times 1/r, 1 and r, and the run then goes on from the fork as if nothing happened. The twins see the same
+batches, so the data's pull is the same in each and the difference of their ParamBPT is λ's doing alone. The model
+predicts that difference as -sum_j sensitivity_j * (avg_j^b - avg_j^a) / ln2, avg's difference after j held steps
+being dλ * (1 - b^j) / (1 - b^(t+j)) (Adam's bias-corrected momentum, t its steps at the fork). The ratio
+measured / predicted, after each of the K steps, is 1 where the sensitivity is right; below 1, it overstates λ's
+effect by 1/ratio.
+
+Each run's result is one JSON file under --out (a finished run is not run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.pi_startup import Job, job_config, prepare
+from bench.scu_vs_baselines import scaled_target
+from scu.driver import Callback
+from scu.report.records import atomic_write_json
+
+# set C of docs/method.md (issue 18, item 1): the opt-in horizon approach with the deficit memory
+SET_C = ["feedforward=growth", "growth_alpha=0.5", "approach=horizon", "horizon_memory=deficit", "kp=1", "ki=0",
+         "start_band=0.2"]
+LN2 = math.log(2.0)
+
+
+def momentum_gap(held: int, adam_steps: int, b: float) -> float:
+    """How much Adam's bias-corrected momentum of λ moves after `held` steps of λ raised by 1, from `adam_steps`."""
+    return (1.0 - b ** held) / (1.0 - b ** (adam_steps + held))
+
+
+class Twins(Callback):
+    """At each fork step: K steps at each λ of the arms from one snapshot, then the snapshot restored."""
+
+    def __init__(self, forks: list[int], horizon: int, ratio: float) -> None:
+        self.forks, self.horizon, self.ratio = set(forks), horizon, ratio
+        self.results: list[dict[str, Any]] = []
+
+    def on_step_end(self, run: Any, row: dict[str, Any]) -> None:
+        if row["step"] in self.forks:
+            self.results.append(self.fork(run, row["step"]))
+
+    def fork(self, run: Any, step: int) -> dict[str, Any]:
+        import torch
+
+        from scu.torch.loop import train_step, trainable
+
+        params = trainable(run.model)
+        weights = [p.detach().clone() for p in params]
+        optimizer = copy.deepcopy(run.optimizer.state_dict())
+        cursor, rng = run.state.cursor, torch.get_rng_state()
+        adam_steps = int(next(iter(run.optimizer.state.values()))["step"])
+        lam = run.session.lam
+        lr = run.lr_at(run.state.step + 1) * run.state.lr_factor
+        arms = {}
+        for name, value in (("low", lam / self.ratio), ("mid", lam), ("high", lam * self.ratio)):
+            with torch.no_grad():
+                for p, w in zip(params, weights):
+                    p.copy_(w)
+            run.optimizer.load_state_dict(copy.deepcopy(optimizer))
+            run.state.cursor = cursor
+            torch.set_rng_state(rng)
+            param_bpt, sensitivity, grad_norm = [], [], []
+            for _ in range(self.horizon):
+                res = train_step(run, value, lr)
+                param_bpt.append(res.param_bpt)
+                sensitivity.append(res.penalty_sensitivity)
+                grad_norm.append(res.grad_norm)
+            with torch.no_grad():
+                param_bpt.append(float(run.penalty()))
+            arms[name] = {"lambda": value, "param_bpt": param_bpt, "sensitivity": sensitivity, "grad_norm": grad_norm}
+        with torch.no_grad():  # the run goes on from the fork as if it had not happened
+            for p, w in zip(params, weights):
+                p.copy_(w)
+        run.optimizer.load_state_dict(optimizer)
+        run.state.cursor = cursor
+        torch.set_rng_state(rng)
+        b = run.optimizer.param_groups[0]["betas"][0]
+        return {"step": step, "lambda": lam, "adam_steps": adam_steps, "arms": arms,
+                "ratios": {pair: response(arms[lo], arms[hi], adam_steps, b)
+                           for pair, (lo, hi) in {"low-mid": ("low", "mid"), "mid-high": ("mid", "high")}.items()}}
+
+
+def response(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, b: float) -> dict[str, list[float]]:
+    """After each held step j: ParamBPT's measured difference between the twins, the model's, and their ratio."""
+    d_lam = b_arm["lambda"] - a["lambda"]
+    measured, predicted, total = [], [], 0.0
+    for j in range(1, len(a["sensitivity"]) + 1):
+        sensitivity = 0.5 * (a["sensitivity"][j - 1] + b_arm["sensitivity"][j - 1])
+        total -= sensitivity * d_lam * momentum_gap(j, adam_steps, b) / LN2
+        measured.append(b_arm["param_bpt"][j] - a["param_bpt"][j])
+        predicted.append(total)
+    return {"measured": measured, "predicted": predicted,
+            "ratio": [m / p if p else float("nan") for m, p in zip(measured, predicted)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="cpu", help="cpu (the tiny harness) or real (SmolLM2-135M)")
+    ap.add_argument("--size", help="training-set size label (default: the scale's main size)")
+    ap.add_argument("--multiplier", type=float, default=1.0, help="S* multiplier (tiny scale)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--forks", type=int, nargs="+", default=[8, 15, 30, 60])
+    ap.add_argument("--horizon", type=int, default=10, help="steps each twin holds its λ")
+    ap.add_argument("--ratio", type=float, default=1.5, help="the arms hold λ/r, λ and λ·r")
+    ap.add_argument("--set", nargs="*", default=SET_C, metavar="KEY=VALUE", help="the controlled run's scu settings")
+    ap.add_argument("--out", default="bench/results/sensitivity_twin")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+
+    from scu.torch.loop import train
+
+    torch.set_num_threads(1)
+    scale, manifest, sizes, _, middle = prepare(args.scale)
+    size = args.size or sizes[0]
+    target = scaled_target(middle, args.multiplier)
+    job = Job("balance", size, args.multiplier, "default", args.seed, 1.0, "data", ",".join(args.set))
+    path = Path(args.out) / scale.name / f"{job.name}_forks={'-'.join(map(str, args.forks))}_K={args.horizon}_r={args.ratio}.json"
+    if path.exists():
+        print(f"{path} exists: delete it to run again")
+        return 0
+    twins = Twins(args.forks, args.horizon, args.ratio)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(job_config(job, scale, manifest["train"][size]["path"], target), Path(tmp) / "run", progress=False,
+              callbacks=[twins])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"job": job.__dict__, "target_s": target, "horizon": args.horizon, "ratio": args.ratio,
+                             "forks": twins.results})
+    for f in twins.results:
+        parts = ", ".join(f"{pair}: after 1 step {r['ratio'][0]:.2f}, after {args.horizon} {r['ratio'][-1]:.2f}"
+                          for pair, r in f["ratios"].items())
+        print(f"step {f['step']} (λ {f['lambda']:.3g}): measured / predicted {parts}")
+    every = [r["ratio"][-1] for f in twins.results for r in f["ratios"].values()]
+    print(f"median ratio after {args.horizon} steps: {statistics.median(every):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
