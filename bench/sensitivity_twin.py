@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import statistics
@@ -108,8 +109,22 @@ def response(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, b: float
             "ratio": [m / p if p else float("nan") for m, p in zip(measured, predicted)]}
 
 
+def markdown(paths: list[Path]) -> str:
+    """One row per fork of each result file: the ratio after 1, 5 and the last held step, for both pairs of arms."""
+    lines = ["| run | step | λ | ParamBPT | low–mid: 1 / 5 / K steps | mid–high: 1 / 5 / K steps |", "|---|---|---|---|---|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        job = r["job"]
+        for f in r["forks"]:
+            cells = [" / ".join(f"{x[i]:.2f}" for i in (0, 4, -1)) for x in (f["ratios"][p]["ratio"] for p in ("low-mid", "mid-high"))]
+            lines.append(f"| {job['size']} S* {job['multiplier']:g}× seed {job['seed']} | {f['step']} | {f['lambda']:.3g} | "
+                         f"{f['arms']['mid']['param_bpt'][0]:.3g} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", nargs="+", type=Path, metavar="RESULT", help="print the markdown table of these results and exit")
     ap.add_argument("--scale", default="cpu", help="cpu (the tiny harness) or real (SmolLM2-135M)")
     ap.add_argument("--size", help="training-set size label (default: the scale's main size)")
     ap.add_argument("--multiplier", type=float, default=1.0, help="S* multiplier (tiny scale)")
@@ -120,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=SET_C, metavar="KEY=VALUE", help="the controlled run's scu settings")
     ap.add_argument("--out", default="bench/results/sensitivity_twin")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown(args.table))
+        return 0
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
 
