@@ -90,23 +90,51 @@ class Twins(Callback):
         run.optimizer.load_state_dict(optimizer)
         run.state.cursor = cursor
         torch.set_rng_state(rng)
-        b = run.optimizer.param_groups[0]["betas"][0]
-        return {"step": step, "lambda": lam, "adam_steps": adam_steps, "arms": arms,
-                "ratios": {pair: response(arms[lo], arms[hi], adam_steps, b)
+        betas = run.optimizer.param_groups[0]["betas"]
+        kappa = signal_share(run, params)
+        return {"step": step, "lambda": lam, "adam_steps": adam_steps, "signal_share": kappa, "arms": arms,
+                "ratios": {pair: response(arms[lo], arms[hi], adam_steps, betas, kappa)
                            for pair, (lo, hi) in {"low-mid": ("low", "mid"), "mid-high": ("mid", "high")}.items()}}
 
 
-def response(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, b: float) -> dict[str, list[float]]:
-    """After each held step j: ParamBPT's measured difference between the twins, the model's, and their ratio."""
+def signal_share(run: Any, params: list) -> float:
+    """kappa = <g_p, D rho g_p> / <g_p, D g_p>, rho = m_hat^2 / v_hat per entry: the share of the sensitivity in
+    entries whose gradient is mostly its mean. There Adam's second moment follows lambda too, and a lambda held j
+    steps takes back kappa * w_v(j) of its effect, w_v(j) the weight of those j steps in v_hat."""
+    import torch
+
+    group = run.optimizer.param_groups[0]
+    (b1, b2), eps = group["betas"], group["eps"]
+    grads = torch.autograd.grad(run.penalty() * LN2, params, allow_unused=True)
+    scaled = signal = 0.0
+    for p, g in zip(params, grads):
+        state = run.optimizer.state.get(p, {})
+        if g is None or "exp_avg_sq" not in state:
+            continue
+        t = float(state["step"])
+        m, v = state["exp_avg"].double() / (1.0 - b1 ** t), state["exp_avg_sq"].double() / (1.0 - b2 ** t)
+        weight = g.double() ** 2 / (v.sqrt() + eps)
+        scaled += float(weight.sum())
+        signal += float((weight * (m * m / v.clamp_min(1e-30)).clamp(max=1.0)).sum())
+    return signal / scaled if scaled else 0.0
+
+
+def response(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, betas: tuple[float, float],
+             kappa: float = 0.0) -> dict[str, list[float]]:
+    """After each held step j: ParamBPT's measured difference between the twins, the growth model's, their ratio,
+    and the ratio the model would give if Adam's second moment followed lambda in kappa of the sensitivity."""
     d_lam = b_arm["lambda"] - a["lambda"]
-    measured, predicted, total = [], [], 0.0
+    measured, predicted, adapted, total, total_adapted = [], [], [], 0.0, 0.0
     for j in range(1, len(a["sensitivity"]) + 1):
         sensitivity = 0.5 * (a["sensitivity"][j - 1] + b_arm["sensitivity"][j - 1])
-        total -= sensitivity * d_lam * momentum_gap(j, adam_steps, b) / LN2
+        gap = momentum_gap(j, adam_steps, betas[0])
+        total -= sensitivity * d_lam * gap / LN2
+        total_adapted -= sensitivity * d_lam * (gap - kappa * momentum_gap(j, adam_steps, betas[1])) / LN2
         measured.append(b_arm["param_bpt"][j] - a["param_bpt"][j])
         predicted.append(total)
+        adapted.append(total_adapted / total if total else float("nan"))
     return {"measured": measured, "predicted": predicted,
-            "ratio": [m / p if p else float("nan") for m, p in zip(measured, predicted)]}
+            "ratio": [m / p if p else float("nan") for m, p in zip(measured, predicted)], "ratio_if_v_follows": adapted}
 
 
 def markdown(paths: list[Path]) -> str:

@@ -97,7 +97,7 @@ def pi_config(cfg: Config) -> PIConfig:
         lead_steps=s.lead_steps, tracking_alpha=s.tracking_alpha, balance_margin=s.balance_margin,
         feedforward=s.feedforward, growth_alpha=s.growth_alpha, approach=s.approach, horizon_steps=s.horizon_steps,
         horizon_memory=s.horizon_memory, horizon_kp_reads=s.horizon_kp_reads, start_band=s.start_band,
-        law=s.law,
+        horizon_plant=s.horizon_plant, restoring_exponent=s.restoring_exponent, law=s.law,
     )
 
 

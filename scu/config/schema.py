@@ -99,6 +99,8 @@ class ScuSection(Section):
     horizon_steps: float = Field(PIConfig.horizon_steps, ge=1)  # approach horizon: steps over which ParamBPT reaches its target
     horizon_memory: Literal["lambda", "deficit"] = PIConfig.horizon_memory  # approach horizon: what the momentum carries
     horizon_kp_reads: Literal["error", "heading"] = PIConfig.horizon_kp_reads  # approach horizon: the error kp acts on
+    horizon_plant: Literal["integrator", "restoring"] = PIConfig.horizon_plant  # approach horizon: does P relax by itself
+    restoring_exponent: float = Field(PIConfig.restoring_exponent, gt=0)  # horizon_plant restoring: its rate's scale
 
     @model_validator(mode="before")
     @classmethod

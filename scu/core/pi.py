@@ -121,6 +121,12 @@ class PIConfig:
     # approach horizon: the error kp reads once tracking: S_hat's ("error") or where a rising S_hat is heading
     # lead_steps on ("heading"), so that S rising through the start of the band does not release the brake
     horizon_kp_reads: Literal["error", "heading"] = "error"
+    # approach horizon, once tracking: ParamBPT integrates the growth model ("integrator"), or also relaxes to its own
+    # equilibrium at a = restoring_exponent * lambda * sensitivity / (ln2 * ParamBPT) per step ("restoring"): the
+    # penalty's pull grows with the change it pulls on (measured by bench.sensitivity_twin: exponent 0.9-1.3 on the
+    # tiny harness, 0.4-0.8 on SmolLM2)
+    horizon_plant: Literal["integrator", "restoring"] = "integrator"
+    restoring_exponent: float = 1.0
     leak: float = 0.995  # guide law only
     integral_limit: float = 0.2  # guide law only
 
@@ -147,6 +153,10 @@ class PIConfig:
             raise ValueError(f"horizon_memory must be 'lambda' or 'deficit', got {self.horizon_memory!r}")
         if self.horizon_kp_reads not in ("error", "heading"):
             raise ValueError(f"horizon_kp_reads must be 'error' or 'heading', got {self.horizon_kp_reads!r}")
+        if self.horizon_plant not in ("integrator", "restoring"):
+            raise ValueError(f"horizon_plant must be 'integrator' or 'restoring', got {self.horizon_plant!r}")
+        if not self.restoring_exponent > 0.0:
+            raise ValueError(f"restoring_exponent must be > 0, got {self.restoring_exponent}")
         if not self.horizon_steps >= 1.0:
             raise ValueError(f"horizon_steps must be >= 1, got {self.horizon_steps}")
         if self.growth_alpha is not None and not 0.0 < self.growth_alpha <= 1.0:
@@ -387,10 +397,36 @@ class PIController:
         p_target = target / (1.0 - target) * self.data_hat
         if sensitivity <= 0.0:
             return 0.0 if param_bpt < p_target else centre
+        if c.horizon_plant == "restoring" and self.tracking and param_bpt > 0.0:
+            return self._restoring_lambda(p_target, centre, param_bpt, sensitivity)
         needed = math.log(2.0) * (p_target - param_bpt) / sensitivity
         if c.horizon_memory == "deficit":
             return centre - (carried * (self.lambda_average - self.centre_average) + needed) / (h - carried)
         return (h * centre - carried * self.lambda_average - needed) / (h - carried)
+
+    def _restoring_lambda(self, p_target: float, centre: float, param_bpt: float, sensitivity: float) -> float:
+        """The horizon plan on a plant that relaxes to its own equilibrium: over steps k = 1..H, with lambda held at x,
+            P_k = P_{k-1} + sensitivity / ln2 * (C_k - avg_k) - a * (P_{k-1} - P_0),   a = gamma * centre * sensitivity / (ln2 * P_0)
+        avg_k the momentum average of lambda (from lambda_average, moving to x) and C_k the centre (today's, or with
+        the deficit memory the centres' momentum average moving to today's). The penalty's pull on P scales with the
+        change it pulls on, so a P above its equilibrium falls back by itself (bench.sensitivity_twin: on SmolLM2 at
+        a = 0.15-0.6 a step, which the integrator plan counts as a lasting deficit). P_H is affine in x: two runs of
+        the recursion give the x with P_H = P*. a is capped at 1 (P settles within the step)."""
+        c = self.config
+        b, steps = c.momentum, int(round(c.horizon_steps))
+        gain = sensitivity / math.log(2.0)
+        restoring = min(1.0, c.restoring_exponent * centre * gain / param_bpt)
+
+        def end(x: float) -> float:
+            avg, held = self.lambda_average, self.centre_average if c.horizon_memory == "deficit" else centre
+            p = param_bpt
+            for _ in range(steps):
+                avg, held = b * avg + (1.0 - b) * x, b * held + (1.0 - b) * centre
+                p += gain * (held - avg) - restoring * (p - param_bpt)
+            return p
+
+        at_zero = end(0.0)
+        return (p_target - at_zero) / (end(1.0) - at_zero)
 
     def _measure_growth(
         self, sensitivity: float | None, param_bpt: float | None, alpha: float | None, penalty_has_gradient: bool

@@ -53,10 +53,10 @@ def linear_arm(lam: float, centre: float, sensitivity: float, steps: int, adam_s
 
 def test_the_ratio_is_one_on_the_growth_model_and_reads_a_halved_effect():
     a, b = (linear_arm(lam, 0.7, 3.0, 10, 20, 0.9) for lam in (0.5, 0.8))
-    exact = response(a, b, adam_steps=20, b=0.9)
+    exact = response(a, b, adam_steps=20, betas=(0.9, 0.999))
     assert all(abs(r - 1.0) < 1e-9 for r in exact["ratio"])
     weak = {**b, "param_bpt": [p + 0.5 * (q - p) for p, q in zip(a["param_bpt"], b["param_bpt"])]}
-    assert all(abs(r - 0.5) < 1e-9 for r in response(a, weak, adam_steps=20, b=0.9)["ratio"])
+    assert all(abs(r - 0.5) < 1e-9 for r in response(a, weak, adam_steps=20, betas=(0.9, 0.999))["ratio"])
 
 
 def test_the_momentum_gap_rises_to_one():

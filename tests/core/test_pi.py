@@ -425,6 +425,38 @@ def test_horizon_deficit_memory_resumes_mid_tracking_exactly():
                                                                       for s, x, b in rest]
 
 
+def tracking_sequence(c: PIController, steps: int = 20) -> list[float]:
+    """Lambda over a run whose ParamBPT rises to S*'s level (tracking from step 13) and then wanders about it."""
+    out = []
+    for i in range(steps):
+        d, p, sens = 9.0 + 0.3 * math.sin(i), 0.08 * i if i < 13 else 1.0 + 0.05 * math.cos(i), 0.2 + 0.01 * i
+        out.append(c.update(p / (d + p), parts=(d, p), balance=(0.3, 1.0 if p else 0.0, sens if p else 0.0)))
+    return out
+
+
+@pytest.mark.parametrize("memory", ["lambda", "deficit"])
+def test_restoring_plant_with_a_vanishing_rate_plans_as_the_integrator(memory):
+    integrator = tracking_sequence(horizon_law(momentum=0.9, horizon_memory=memory))
+    restoring = tracking_sequence(horizon_law(momentum=0.9, horizon_memory=memory, horizon_plant="restoring",
+                                              restoring_exponent=1e-12))
+    assert restoring == pytest.approx(integrator, rel=1e-6)
+
+
+def test_restoring_plan_without_momentum_counts_what_relaxes_back():
+    # momentum 0: held at x, P_k - P_0 = d * (1 - (1 - a)^k) / a with d = g * (centre - x), g = sensitivity / ln2, so
+    # P_H = P* needs x = centre - a * (P* - P_0) / (g * (1 - (1 - a)^H)), a = gamma * centre * g / P_0
+    c = horizon_law(momentum=0.0, horizon_steps=4.0, feedforward="balance", horizon_plant="restoring",
+                    restoring_exponent=0.5, start_band=0.5)
+    c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
+    lam = c.update(0.8 / 9.8, balance=(0.5, 1.0, 0.2), parts=(9.0, 0.8))  # P* = 1, P_0 = 0.8, centre 0.5
+    g = 0.2 / math.log(2.0)
+    a = 0.5 * 0.5 * g / 0.8
+    assert c.tracking
+    assert lam == pytest.approx(0.5 - a * (1.0 - 0.8) / (g * (1.0 - (1.0 - a) ** 4)), rel=1e-12)
+    integrator = 0.5 - (1.0 - 0.8) / (g * 4.0)
+    assert lam < integrator  # part of what lambda adds relaxes back: the plan must go further
+
+
 def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_step():
     with pytest.raises(ValueError, match="needs smoothing 'data'"):
         PIConfig(law="balance", approach="horizon", smoothing="ratio")
@@ -432,6 +464,10 @@ def test_horizon_approach_needs_data_smoothing_and_a_horizon_of_at_least_one_ste
         PIConfig(law="balance", approach="horizon", horizon_steps=0.5)
     with pytest.raises(ValueError, match="horizon_memory must be"):
         PIConfig(law="balance", approach="horizon", horizon_memory="centre")
+    with pytest.raises(ValueError, match="horizon_plant must be"):
+        PIConfig(law="balance", approach="horizon", horizon_plant="lag")
+    with pytest.raises(ValueError, match="restoring_exponent must be"):
+        PIConfig(law="balance", approach="horizon", restoring_exponent=0.0)
 
 
 @pytest.mark.parametrize("lambda_init", [1e-3, 1.0, 1e3])
