@@ -137,16 +137,35 @@ def response(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, betas: t
             "ratio": [m / p if p else float("nan") for m, p in zip(measured, predicted)], "ratio_if_v_follows": adapted}
 
 
+def restoring_rate(a: dict[str, Any], b_arm: dict[str, Any], adam_steps: int, b: float) -> float:
+    """The a that best fits d(P_b - P_a)_j = -sensitivity_j * d(avg)_j / ln2 - a * (P_b - P_a)_{j-1} over the held
+    steps (least squares): how fast a difference of ParamBPT between the twins decays by itself."""
+    d_lam = b_arm["lambda"] - a["lambda"]
+    gap = [b_arm["param_bpt"][j] - a["param_bpt"][j] for j in range(len(a["param_bpt"]))]
+    xy = xx = 0.0
+    for j in range(len(a["sensitivity"])):
+        sensitivity = 0.5 * (a["sensitivity"][j] + b_arm["sensitivity"][j])
+        unexplained = gap[j + 1] - gap[j] + sensitivity * d_lam * momentum_gap(j + 1, adam_steps, b) / LN2
+        xy, xx = xy - gap[j] * unexplained, xx + gap[j] ** 2
+    return xy / xx if xx else float("nan")
+
+
 def markdown(paths: list[Path]) -> str:
-    """One row per fork of each result file: the ratio after 1, 5 and the last held step, for both pairs of arms."""
-    lines = ["| run | step | λ | ParamBPT | low–mid: 1 / 5 / K steps | mid–high: 1 / 5 / K steps |", "|---|---|---|---|---|---|"]
+    """One row per fork of each result file: the ratio after 1, 5 and the last held step, for both pairs of arms, and
+    the fitted restoring rate a with its exponent gamma = a / (lambda * sensitivity / (ln2 * ParamBPT))."""
+    lines = ["| run | step | λ | ParamBPT | low–mid: 1 / 5 / K steps | mid–high: 1 / 5 / K steps | a per step (γ) |",
+             "|---|---|---|---|---|---|---|"]
     for path in paths:
         r = json.loads(path.read_text())
         job = r["job"]
         for f in r["forks"]:
             cells = [" / ".join(f"{x[i]:.2f}" for i in (0, 4, -1)) for x in (f["ratios"][p]["ratio"] for p in ("low-mid", "mid-high"))]
+            arms, mid = f["arms"], f["arms"]["mid"]
+            scale = f["lambda"] * mid["sensitivity"][0] / (LN2 * mid["param_bpt"][0])
+            rates = [restoring_rate(arms[lo], arms[hi], f["adam_steps"], 0.9) for lo, hi in (("low", "mid"), ("mid", "high"))]
+            fitted = ", ".join(f"{x:.3f} ({x / scale:.2f})" for x in rates)
             lines.append(f"| {job['size']} S* {job['multiplier']:g}× seed {job['seed']} | {f['step']} | {f['lambda']:.3g} | "
-                         f"{f['arms']['mid']['param_bpt'][0]:.3g} | {cells[0]} | {cells[1]} |")
+                         f"{mid['param_bpt'][0]:.3g} | {cells[0]} | {cells[1]} | {fitted} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 import json
 import math
 
-from bench.sensitivity_twin import SET_C, Twins, momentum_gap, response
+from bench.sensitivity_twin import SET_C, Twins, momentum_gap, response, restoring_rate
 from bench.harness.settings import key_values
 from scu.config.schema import build_config
 from scu.torch.loop import train
@@ -63,3 +63,15 @@ def test_the_momentum_gap_rises_to_one():
     assert momentum_gap(1, 0, 0.9) == 1.0  # Adam's first step: the bias correction makes the average the value itself
     assert abs(momentum_gap(1, 100, 0.9) - 0.1) < 1e-4
     assert abs(momentum_gap(200, 100, 0.9) - 1.0) < 1e-8
+
+
+def test_the_restoring_rate_is_recovered_from_twins_whose_difference_decays_by_itself():
+    # the twins' ParamBPT difference built from the growth model plus a decay of 0.3 of itself each step
+    a = linear_arm(0.5, 0.7, 3.0, 10, 20, 0.9)
+    b = {**a, "lambda": 0.6, "param_bpt": [a["param_bpt"][0]]}
+    for j in range(10):
+        gap = b["param_bpt"][j] - a["param_bpt"][j]
+        pushed = -3.0 * 0.1 * momentum_gap(j + 1, 20, 0.9) / math.log(2.0)
+        b["param_bpt"].append(a["param_bpt"][j + 1] + gap + pushed - 0.3 * gap)
+    assert abs(restoring_rate(a, b, 20, 0.9) - 0.3) < 1e-9
+    assert response(a, b, 20, (0.9, 0.999))["ratio"][-1] < 0.8  # what decays back is missing from the held effect
