@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             "reachable_meet_all_but_20pct_detrended": sum(
                 meets_against_rise(r, r["limit_cycle"]["cycle_detrended"]) for r in ok),
         }
-    atomic_write_json(out / f"summary_{'-'.join(args.laws)}{run_label(args.smoothing, args.set)}.json", {
+    sized = f"_N={'-'.join(args.sizes)}" if args.sizes else ""  # a run of some sizes must not overwrite another's summary
+    atomic_write_json(out / f"summary_{'-'.join(args.laws)}{run_label(args.smoothing, args.set)}{sized}.json", {
         "scale": scale.name, "steps": scale.run.steps, "targets": {fmt(m): t for m, t in targets.items()},
         "lambda_star": {f"N={s}, S={fmt(m)}x": v for (s, m), v in lam_star.items()},
         "reach": {f"N={s}, S={fmt(m)}x": v for (s, m), v in reach.items()}, "laws": table,
