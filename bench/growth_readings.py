@@ -66,10 +66,34 @@ def analyse(path: Path) -> dict[str, Any]:
             "second_half": slope(steps, lam_avg, reading, n // 2)}
 
 
+def drift(growth: list[float | None], window: int = 10, lag: float = 9.0, skip: int = 20) -> dict[str, float]:
+    """What a drift term would add to log(lambda): lag steps of the growth estimate's log-slope, fitted over the last
+    `window` readings, from step `skip` + `window` on (median, 10th and 90th percentiles, standard deviation)."""
+    values = []
+    for end in range(skip + window, len(growth) + 1):
+        part = growth[end - window : end]
+        if all(x is not None and x > 0.0 for x in part):
+            values.append(lag * float(np.polyfit(np.arange(window), np.log(part), 1)[0]))
+    if not values:
+        raise SystemExit("no run of positive growth estimates long enough for a slope")
+    v = np.array(values)
+    return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
+            "std": float(v.std()), "steps": len(values)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", type=Path)
-    for path in ap.parse_args(argv).results:
+    ap.add_argument("--drift", action="store_true", help="instead: what a drift term (9 steps of the growth estimate's "
+                    "10-step log-slope) would add to log(lambda), from step 30 on")
+    args = ap.parse_args(argv)
+    if args.drift:
+        for path in args.results:
+            d = drift(json.loads(path.read_text())["trace"]["lambda_growth"])
+            print(f"{path.name}: median {d['median']:+.3f}, 10-90% {d['p10']:+.3f} to {d['p90']:+.3f}, "
+                  f"standard deviation {d['std']:.3f} ({d['steps']} steps)")
+        return 0
+    for path in args.results:
         r = analyse(path)
         print(r["file"], *(f"{part}: slope {r[part]['slope']:+.2f} ± {r[part]['std_error']:.2f} ({r[part]['steps']} steps)"
                            for part in ("from_step_5", "second_half")), sep="\n  ")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.growth_readings import readings, slope
+from bench.growth_readings import drift, readings, slope
 from scu.core.pi import PIConfig, PIController
 
 
@@ -32,3 +32,9 @@ def test_slope_recovers_how_readings_lean_towards_the_lambda_applied():
     lam_avg = [0.5 + 0.1 * math.sin(1.3 * k) for k in steps]
     reading = [a + (0.6 + 0.001 * k - a) / 2.0 for k, a in zip(steps, lam_avg)]
     assert slope(steps, lam_avg, reading, 0)["slope"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_drift_reads_lag_steps_of_a_steady_log_slope():
+    growth = [None] * 5 + [0.5 * math.exp(0.01 * k) for k in range(60)]  # no estimate for the first steps
+    d = drift(growth, window=10, lag=9.0, skip=5)
+    assert d["median"] == pytest.approx(0.09, rel=1e-6) and d["std"] == pytest.approx(0.0, abs=1e-9)
