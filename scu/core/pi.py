@@ -34,6 +34,9 @@ Four update laws share one state (lambda, integral, S_hat, step):
   horizon_memory "deficit" (opt-in) has the momentum carry, once tracking, each step's lambda against the centre of its
   step, not the lambda alone, so the centre's step-to-step noise passes into lambda about once instead of
   H / (H - carried) times.
+  horizon_plant "restoring" (opt-in) adds, once tracking, ParamBPT's relaxation to its own equilibrium to the plan's
+  growth model (PIController._restoring_lambda): the penalty's pull grows with the change it pulls on, which the twin
+  runs of bench.sensitivity_twin measured (docs/method.md).
 
 * ``bumpless`` (opt-in, measured in docs/method.md): a velocity-form PI on log(lambda) on the log-odds
   of S, e = ln(odds(S_hat) / odds(S*)), odds(S) = S / (1 - S) = ParamBPT / DataBPT, c = clip(e, +-error_clip):
