@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.pi_startup import Job, job_config, prepare
+from bench.pi_startup import Job, job_config, prepare, scu_settings
 from bench.scu_vs_baselines import scaled_target
 from scu.driver import Callback
 from scu.report.records import atomic_write_json
@@ -155,6 +155,7 @@ def markdown(paths: list[Path]) -> str:
     the fitted restoring rate a with its exponent gamma = a / (lambda * sensitivity / (ln2 * ParamBPT))."""
     lines = ["| run | step | λ | ParamBPT | low–mid: 1 / 5 / K steps | mid–high: 1 / 5 / K steps | a per step (γ) |",
              "|---|---|---|---|---|---|---|"]
+    brakes, fitted_rates = [], []
     for path in paths:
         r = json.loads(path.read_text())
         job = r["job"]
@@ -164,8 +165,19 @@ def markdown(paths: list[Path]) -> str:
             scale = f["lambda"] * mid["sensitivity"][0] / (LN2 * mid["param_bpt"][0])
             rates = [restoring_rate(arms[lo], arms[hi], f["adam_steps"], 0.9) for lo, hi in (("low", "mid"), ("mid", "high"))]
             fitted = ", ".join(f"{x:.3f} ({x / scale:.2f})" for x in rates)
+            if f["lambda"] > scu_settings(Job(**job))["lambda_min"]:  # a fork at lambda_min measures float noise
+                brakes += [scale, scale]
+                fitted_rates += rates
             lines.append(f"| {job['size']} S* {job['multiplier']:g}× seed {job['seed']} | {f['step']} | {f['lambda']:.3g} | "
                          f"{mid['param_bpt'][0]:.3g} | {cells[0]} | {cells[1]} | {fitted} |")
+    if len(brakes) > 2:  # a = a0 + g * brake rate, least squares over every fork above lambda_min
+        import numpy as np
+
+        x = np.vstack([np.ones(len(brakes)), brakes]).T
+        coef = np.linalg.lstsq(x, np.array(fitted_rates), rcond=None)[0]
+        worst = float(np.abs(np.array(fitted_rates) - x @ coef).max())
+        lines.append(f"\nOver these forks (λ above λ_min): a = {coef[0]:.3f} + {coef[1]:.3f} × λ·sensitivity/(ln 2·P), "
+                     f"largest residual {worst:.3f} a step.")
     return "\n".join(lines)
 
 
