@@ -127,7 +127,7 @@ class PIConfig:
     # approach horizon, once tracking: ParamBPT integrates the growth model ("integrator"), or also relaxes to its own
     # equilibrium at a = restoring_exponent * lambda * sensitivity / (ln2 * ParamBPT) per step ("restoring"): the
     # penalty's pull grows with the change it pulls on (measured by bench.sensitivity_twin: exponent 0.86-1.34 on the
-    # tiny harness, 0.44-0.76 on SmolLM2); the plan runs round(horizon_steps) steps
+    # tiny harness at 16k, 0.44-0.80 on SmolLM2); the plan runs round(horizon_steps) steps
     horizon_plant: Literal["integrator", "restoring"] = "integrator"
     restoring_exponent: float = 1.0
     leak: float = 0.995  # guide law only
