@@ -413,7 +413,7 @@ class PIController:
         avg_k the momentum average of lambda (from lambda_average, moving to x) and C_k the centre (today's, or with
         the deficit memory the centres' momentum average moving to today's). The penalty's pull on P scales with the
         change it pulls on, so a P above its equilibrium falls back by itself (bench.sensitivity_twin: on SmolLM2 at
-        a = 0.15-0.6 a step, which the integrator plan counts as a lasting deficit). P_H is affine in x: two runs of
+        a = 0.15-0.63 a step, which the integrator plan counts as a lasting deficit). P_H is affine in x: two runs of
         the recursion give the x with P_H = P*. a is capped at 1 (P settles within the step)."""
         c = self.config
         b, steps = c.momentum, int(round(c.horizon_steps))
