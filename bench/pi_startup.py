@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambda-star", type=float, help="place the starts around this λ* in every cell (default: measured)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="other scu settings of every controlled run, e.g. lead_steps=0 (part of each run's name)")
+    ap.add_argument("--default-starts-only", action="store_true",
+                    help="skip the starts 1000x either side of λ* (a law that ignores λ_init repeats its default start)")
     ap.add_argument("--out", default=None, help="default bench/results/pi_startup/SCALE")
     args = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides)
             for law in args.laws for size, m in cells if reach[(size, m)]["reachable"]
             for start in ("high", "low") for seed in seeds]
-    second = run_all(jobs, scale, manifest, targets, out, args.jobs)
+    second = [] if args.default_starts_only else run_all(jobs, scale, manifest, targets, out, args.jobs)
     results = first + second
     for r in results:  # the criterion where the target is reachable, with settling judged against λ = 0's rise
         cell = reach[(r["job"]["size"], r["job"]["multiplier"])]
@@ -302,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             "reachable_meet_all_but_20pct_detrended": sum(
                 meets_against_rise(r, r["limit_cycle"]["cycle_detrended"]) for r in ok),
         }
-    sized = f"_N={'-'.join(args.sizes)}" if args.sizes else ""  # a run of some sizes must not overwrite another's summary
+    # a run of some sizes, or of the default starts only, must not overwrite a fuller run's summary
+    sized = (f"_N={'-'.join(args.sizes)}" if args.sizes else "") + ("_default_starts" if args.default_starts_only else "")
     atomic_write_json(out / f"summary_{'-'.join(args.laws)}{run_label(args.smoothing, args.set)}{sized}.json", {
         "scale": scale.name, "steps": scale.run.steps, "targets": {fmt(m): t for m, t in targets.items()},
         "lambda_star": {f"N={s}, S={fmt(m)}x": v for (s, m), v in lam_star.items()},
