@@ -91,6 +91,8 @@ class Twins(Callback):
         run.state.cursor = cursor
         torch.set_rng_state(rng)
         betas = run.optimizer.param_groups[0]["betas"]
+        if run.cfg.scu.penalty_step == "decoupled":  # lambda reaches the weights without AdamW's momentum
+            betas = (0.0, betas[1])
         kappa = signal_share(run, params)
         return {"step": step, "lambda": lam, "adam_steps": adam_steps, "signal_share": kappa, "arms": arms,
                 "ratios": {pair: response(arms[lo], arms[hi], adam_steps, betas, kappa)

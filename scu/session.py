@@ -98,6 +98,8 @@ def pi_config(cfg: Config) -> PIConfig:
         feedforward=s.feedforward, growth_alpha=s.growth_alpha, approach=s.approach, horizon_steps=s.horizon_steps,
         horizon_memory=s.horizon_memory, horizon_kp_reads=s.horizon_kp_reads, start_band=s.start_band,
         horizon_plant=s.horizon_plant, restoring_exponent=s.restoring_exponent, law=s.law,
+        # a decoupled penalty step acts in full in its own step: no momentum between lambda and the weights
+        momentum=0.0 if s.penalty_step == "decoupled" else PIConfig.momentum,
     )
 
 
@@ -136,6 +138,9 @@ class ControlSession:
         if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
             raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` with the PyTorch "
                            f"backend measures; {facts.trainer} cannot: use scu.law: pi (the default)")
+        if cfg.scu.enabled and cfg.scu.penalty_step == "decoupled" and not facts.measures_balance:
+            raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train` with the PyTorch backend only; "
+                           f"{facts.trainer} cannot: use scu.penalty_step: loss (the default)")
         self.cfg, self.tokens_per_epoch, self.facts, self.is_main, self.sleep = cfg, tokens_per_epoch, facts, is_main, sleep
         self.out = None if out is None else Path(out)
         self.controllers = build_controllers(cfg, tokens_per_epoch) if controllers is None else controllers

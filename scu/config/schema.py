@@ -87,6 +87,9 @@ class ScuSection(Section):
     prior_sigma: float | Literal["auto", "fit"] = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
     law: Literal["pi", "bumpless", "balance", "guide"] = PIConfig.law
+    # how the penalty reaches the weights: through the loss, hence AdamW's momentum ("loss"), or as its own step after
+    # the optimizer's, scaled by AdamW's per-entry step size without its momentum ("decoupled", scu train only)
+    penalty_step: Literal["loss", "decoupled"] = "loss"
     ema_alpha: float = PIConfig.ema_alpha
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks

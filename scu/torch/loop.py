@@ -133,7 +133,8 @@ def accumulate_gradients(
     no cache), and only loss targets count (with chat data, the assistant's tokens; docs/data.md).
 
     Returns the summed CE (nats, this rank), ParamBPT (detached), the step's loss targets over all ranks, and, for
-    `law: balance`, the penalty's own gradient at lambda 1 (nats), taken before it is mixed into the data's.
+    `law: balance` or `penalty_step: decoupled`, the penalty's own gradient at lambda 1 (nats), taken before it is
+    mixed into the data's (decoupled: it is not mixed in at all).
     """
     model, acc, st, t = run.model, run.accelerator, run.state, run.cfg.training
     world, rank, bs = acc.num_processes, acc.process_index, t.batch_size
@@ -151,10 +152,12 @@ def accumulate_gradients(
             loss = ce_sum * world / max(step_tokens, 1)  # DDP averages gradients over ranks; * world undoes it
             if run.penalty is not None and micro == 0:
                 pbpt = run.penalty()
-                if run.cfg.scu.law == "balance":
-                    penalty_grad = list(torch.autograd.grad(pbpt * LN2, trainable(model), retain_graph=True,
+                decoupled = run.cfg.scu.penalty_step == "decoupled"
+                if run.cfg.scu.law == "balance" or decoupled:
+                    penalty_grad = list(torch.autograd.grad(pbpt * LN2, trainable(model), retain_graph=not decoupled,
                                                             allow_unused=True))
-                loss = loss + lam * LN2 * pbpt
+                if not decoupled:  # decoupled: the penalty moves the weights after the optimizer step (train_step)
+                    loss = loss + lam * LN2 * pbpt
             acc.backward(loss)
         ce_nats += ce_sum.detach()
     return ce_nats, None if pbpt is None else pbpt.detach(), step_tokens, penalty_grad
@@ -173,14 +176,36 @@ def gradient_balance(
     pairs = [(p, p.grad, g.double()) for p, g in zip(trainable(model), penalty_grad) if g is not None]
     sq = sum((g * g).sum() for _, _, g in pairs)
     dot = sum(((total.double() * g).sum() for _, total, g in pairs if total is not None), sq * 0)
+    scales = adam_step_scales(optimizer, [p for p, _, _ in pairs])
+    scaled = sum(((g * g * d).sum() for (_, _, g), d in zip(pairs, scales) if d is not None), sq * 0)
+    return torch.stack([lam * sq - dot, sq, scaled])
+
+
+def adam_step_scales(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    """D = 1 / (sqrt(v_hat) + eps) per parameter, from the steps taken so far (None before its first step)."""
     group = optimizer.param_groups[0]
     beta2, eps = group["betas"][1], group["eps"]
-    states = [(optimizer.state[p], g) for p, _, g in pairs if "exp_avg_sq" in optimizer.state.get(p, {})]
-    scaled = sq * 0
-    if states:  # every entry has taken the same number of steps: one bias correction, read once
-        correction = 1.0 - beta2 ** float(states[0][0]["step"])
-        scaled = sum((g * g / ((st["exp_avg_sq"].double() / correction).sqrt() + eps)).sum() for st, g in states)
-    return torch.stack([lam * sq - dot, sq, scaled])
+    out: list[torch.Tensor | None] = []
+    for p in params:
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:
+            out.append(None)
+            continue
+        correction = 1.0 - beta2 ** float(state["step"])
+        out.append(1.0 / ((state["exp_avg_sq"].double() / correction).sqrt() + eps))
+    return out
+
+
+@torch.no_grad()
+def decoupled_penalty_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], scales: list,
+    lam: float, lr: float,
+) -> None:
+    """`penalty_step: decoupled`: theta -= lr * lam * D * g_p, with D AdamW's step scale from before this step (the one
+    the sensitivity reads) and no momentum, so a new lambda acts in full in its own step (docs/method.md)."""
+    for p, g, d in zip(trainable(model), penalty_grad, scales):
+        if g is not None and d is not None:
+            p.add_((g.double() * d).to(p.dtype), alpha=-lr * lam)
 
 
 def train_step(run: Run, lam: float, lr: float) -> StepResult:
@@ -190,7 +215,11 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
         group["lr"] = lr
         group["weight_decay"] = run.cfg.training.weight_decay * st.reg_factor  # S-SCU without a lambda penalty
     ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
-    balance = gradient_balance(run.model, opt, penalty_grad, lam).float() if penalty_grad is not None else None
+    decoupled = run.cfg.scu.penalty_step == "decoupled" and penalty_grad is not None
+    scales = adam_step_scales(opt, trainable(run.model)) if decoupled else None  # before the step moves v
+    # decoupled: the total gradient holds no lam * g_p, so the balance is read as at lambda 0
+    balance = (gradient_balance(run.model, opt, penalty_grad, 0.0 if decoupled else lam).float()
+               if penalty_grad is not None else None)
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable(run.model), max_norm)
     if acc.num_processes > 1:
@@ -199,9 +228,12 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     measured = torch.stack([ce_nats.float(), grad_norm.float(), (pbpt if pbpt is not None else zero).float(),
                             *(balance.to(zero.device) if balance is not None else (zero, zero, zero))])
     data_nats, gnorm, param_value, pull, grad_sq, scaled = measured.tolist()  # the step's single host sync
-    clip = min(1.0, max_norm / (gnorm + 1e-6))  # clip_grad_norm_'s factor: the penalty's share of the step shrinks with it
+    # clip_grad_norm_'s factor: the penalty's share of the step shrinks with it (decoupled: the penalty is not clipped)
+    clip = 1.0 if decoupled else min(1.0, max_norm / (gnorm + 1e-6))
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         opt.step()
+        if decoupled:
+            decoupled_penalty_step(run.model, opt, penalty_grad, scales, lam, lr)
     opt.zero_grad(set_to_none=True)
     return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens,
                       *((pull, grad_sq, lr * clip * scaled) if balance is not None else (None, None, None)))

@@ -159,3 +159,48 @@ def test_auto_sigma_is_the_rms_of_the_adapted_base_weights_and_scales_the_gradie
         grads.append(B.grad.clone())
     assert torch.allclose(grads[0], grads[1] * (SIGMA / rms) ** 2, rtol=1e-5, atol=0)
     assert grads[1].abs().max() > 0
+
+
+def _two_steps(make_cfg, out, penalty_step: str, lam: float) -> dict[str, torch.Tensor]:
+    """The trainable weights after a step at lambda 0 and a second at `lam`, from one seed and one data order."""
+    from scu.torch.loop import train_step
+
+    run = setup(make_cfg(scu__penalty_step=penalty_step), out)
+    with torch.no_grad():
+        for p in run.penalty.pairs:
+            p.B.normal_(std=0.02, generator=torch.Generator().manual_seed(5))  # a change the penalty pulls on
+    train_step(run, 0.0, 1e-3)
+    scales = None
+    if penalty_step == "decoupled":  # what the second step's penalty must be scaled by: AdamW's D before that step
+        from scu.torch.loop import adam_step_scales
+
+        pbpt = run.penalty()
+        grads = torch.autograd.grad(pbpt * LN2, trainable(run.model), allow_unused=True)
+        scales = [(g, d) for g, d in zip(grads, adam_step_scales(run.optimizer, trainable(run.model)))]
+    train_step(run, lam, 1e-3)
+    weights = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+    return weights, scales
+
+
+def test_a_decoupled_penalty_step_moves_each_weight_by_lr_lambda_d_times_its_gradient(make_cfg, tmp_path):
+    """penalty_step: decoupled leaves AdamW's step to the data alone (the same as lambda 0), then moves every weight
+    by exactly -lr * lambda * D * g_p, D AdamW's per-entry step scale before the step: no momentum between them."""
+    plain, _ = _two_steps(make_cfg, tmp_path / "plain", "loss", 0.0)
+    decoupled, scales = _two_steps(make_cfg, tmp_path / "decoupled", "decoupled", 2.0)
+    moved = 0
+    for (name, w), (g, d) in zip(decoupled.items(), scales):
+        expected = plain[name].double() - (1e-3 * 2.0 * g.double() * d if g is not None and d is not None else 0.0)
+        torch.testing.assert_close(w.double(), expected, rtol=1e-5, atol=1e-8)  # float32 weights
+        moved += int((expected - plain[name].double()).abs().max().item() > 1e-5)  # far above the tolerance
+    assert moved >= 4
+    coupled, _ = _two_steps(make_cfg, tmp_path / "coupled", "loss", 2.0)  # through the loss the penalty moves less at once
+    assert any((coupled[n] - plain[n]).abs().max() < (decoupled[n] - plain[n]).abs().max() for n in plain)
+
+
+def test_decoupled_penalty_step_is_refused_where_it_is_not_applied():
+    from scu.config.schema import build_config
+    from scu import ScuError
+    from scu.session import ControlSession
+
+    with pytest.raises(ScuError, match="penalty_step: decoupled is applied by `scu train`"):
+        ControlSession(build_config({"scu": {"penalty_step": "decoupled"}}), 1000)
