@@ -203,7 +203,7 @@ def decoupled_penalty_step(
     """`penalty_step: decoupled`: theta -= lr * lam * g_p / sqrt(v_hat + (lam * g_p)^2), v_hat AdamW's second moment of
     the data's gradient from before this step, and no momentum, so a new lambda acts in full in its own step. Where
     the penalty's gradient dominates an entry, its step is bounded by lr, as AdamW's own is (with lam * g_p / sqrt(v_hat)
-    alone, SmolLM2 diverged at step 5: entries the data hardly moves have a tiny v_hat).
+    alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat).
 
     Returns sum g_p^2 * v_hat / (v_hat + (lam g_p)^2)^(3/2): times lr, how much one more unit of lambda lowers the
     penalty this step (the sensitivity the growth model reads)."""
