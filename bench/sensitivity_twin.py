@@ -105,16 +105,16 @@ def signal_share(run: Any, params: list) -> float:
     steps takes back kappa * w_v(j) of its effect, w_v(j) the weight of those j steps in v_hat."""
     import torch
 
+    from scu.torch.loop import adam_second_moments
+
     group = run.optimizer.param_groups[0]
-    (b1, b2), eps = group["betas"], group["eps"]
+    b1, eps = group["betas"][0], group["eps"]
     grads = torch.autograd.grad(run.penalty() * LN2, params, allow_unused=True)
     scaled = signal = 0.0
-    for p, g in zip(params, grads):
-        state = run.optimizer.state.get(p, {})
-        if g is None or "exp_avg_sq" not in state:
+    for p, g, v in zip(params, grads, adam_second_moments(run.optimizer, params)):
+        if g is None or v is None:
             continue
-        t = float(state["step"])
-        m, v = state["exp_avg"].double() / (1.0 - b1 ** t), state["exp_avg_sq"].double() / (1.0 - b2 ** t)
+        m = run.optimizer.state[p]["exp_avg"].double() / (1.0 - b1 ** float(run.optimizer.state[p]["step"]))
         weight = g.double() ** 2 / (v.sqrt() + eps)
         scaled += float(weight.sum())
         signal += float((weight * (m * m / v.clamp_min(1e-30)).clamp(max=1.0)).sum())

@@ -168,58 +168,54 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def gradient_balance(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], lam: float
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], lam: float,
+    decoupled: bool = False, moments: list[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """[-<g_d, g_p>, ||g_p||^2, <g_p, D g_p>] from the step's total gradient g_d + lam * g_p (all ranks) and the
-    penalty's own g_p. D = 1 / (sqrt(v_hat) + eps) is AdamW's per-entry step scale from the steps before this one
-    (0 before the first): lr * <g_p, D g_p> is how far one unit of lambda, held, moves the penalty per step."""
-    pairs = [(p, p.grad, g.double()) for p, g in zip(trainable(model), penalty_grad) if g is not None]
-    sq = sum((g * g).sum() for _, _, g in pairs)
-    dot = sum(((total.double() * g).sum() for _, total, g in pairs if total is not None), sq * 0)
-    scales = adam_step_scales(optimizer, [p for p, _, _ in pairs])
-    scaled = sum(((g * g * d).sum() for (_, _, g), d in zip(pairs, scales) if d is not None), sq * 0)
-    return torch.stack([lam * sq - dot, sq, scaled])
+    """[-<g_d, g_p>, ||g_p||^2, sensitivity / lr] from the step's total gradient and the penalty's own g_p (all ranks).
+
+    The total gradient is g_d + lam * g_p, or g_d alone with `decoupled`. The sensitivity is how far one unit of
+    lambda, held, moves the penalty per step, with v_hat AdamW's second moments from the steps before this one (none
+    before the first: 0): through the loss it is lr * <g_p, D g_p>, D = 1 / (sqrt(v_hat) + eps); with the decoupled
+    step (decoupled_penalty_step) it is that step's derivative, lr * sum g_p^2 v_hat / (v_hat + (lam g_p)^2)^(3/2)."""
+    params = trainable(model)
+    moments = adam_second_moments(optimizer, params) if moments is None else moments
+    eps = optimizer.param_groups[0]["eps"]
+    triples = [(p.grad, g.double(), v) for p, g, v in zip(params, penalty_grad, moments) if g is not None]
+    sq = sum((g * g).sum() for _, g, _ in triples)
+    dot = sum(((total.double() * g).sum() for total, g, _ in triples if total is not None), sq * 0)
+    if decoupled:
+        scaled = sum(((g * g * v / ((v + (lam * g) ** 2).pow(1.5) + eps ** 3)).sum()
+                      for _, g, v in triples if v is not None), sq * 0)
+    else:
+        scaled = sum(((g * g / (v.sqrt() + eps)).sum() for _, g, v in triples if v is not None), sq * 0)
+    return torch.stack([(0.0 if decoupled else lam) * sq - dot, sq, scaled])
 
 
-def adam_step_scales(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
-    """D = 1 / (sqrt(v_hat) + eps) per parameter, from the steps taken so far (None before its first step)."""
-    group = optimizer.param_groups[0]
-    beta2, eps = group["betas"][1], group["eps"]
+def adam_second_moments(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    """AdamW's bias-corrected v_hat per parameter (float64), from the steps taken so far (None before its first)."""
+    beta2 = optimizer.param_groups[0]["betas"][1]
     out: list[torch.Tensor | None] = []
     for p in params:
         state = optimizer.state.get(p, {})
-        if "exp_avg_sq" not in state:
-            out.append(None)
-            continue
-        correction = 1.0 - beta2 ** float(state["step"])
-        out.append(1.0 / ((state["exp_avg_sq"].double() / correction).sqrt() + eps))
+        out.append(state["exp_avg_sq"].double() / (1.0 - beta2 ** float(state["step"])) if "exp_avg_sq" in state else None)
     return out
 
 
 @torch.no_grad()
 def decoupled_penalty_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], lam: float, lr: float,
-) -> float:
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None],
+    moments: list[torch.Tensor | None], lam: float, lr: float,
+) -> None:
     """`penalty_step: decoupled`: theta -= lr * lam * g_p / sqrt(v_hat + (lam * g_p)^2), v_hat AdamW's second moment of
     the data's gradient from before this step, and no momentum, so a new lambda acts in full in its own step. Where
     the penalty's gradient dominates an entry, its step is bounded by lr, as AdamW's own is (with lam * g_p / sqrt(v_hat)
-    alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat).
-
-    Returns sum g_p^2 * v_hat / (v_hat + (lam g_p)^2)^(3/2): times lr, how much one more unit of lambda lowers the
-    penalty this step (the sensitivity the growth model reads)."""
-    group = optimizer.param_groups[0]
-    beta2, eps = group["betas"][1], group["eps"]
-    scaled = torch.zeros((), dtype=torch.float64)
-    for p, g in zip(trainable(model), penalty_grad):
-        state = optimizer.state.get(p, {})
-        if g is None or "exp_avg_sq" not in state:
-            continue
-        v = state["exp_avg_sq"].double() / (1.0 - beta2 ** float(state["step"]))
-        g = g.double()
-        total = v + (lam * g) ** 2
-        p.add_((lam * g / (total.sqrt() + eps)).to(p.dtype), alpha=-lr)
-        scaled = scaled + (g * g * v / (total.pow(1.5) + eps ** 3)).sum().cpu()
-    return float(scaled)  # one host sync for the whole model
+    alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat). Its sensitivity is read by
+    gradient_balance(decoupled=True), with the same moments."""
+    eps = optimizer.param_groups[0]["eps"]
+    for p, g, v in zip(trainable(model), penalty_grad, moments):
+        if g is not None and v is not None:
+            g = g.double()
+            p.add_((lam * g / ((v + (lam * g) ** 2).sqrt() + eps)).to(p.dtype), alpha=-lr)
 
 
 def train_step(run: Run, lam: float, lr: float) -> StepResult:
@@ -230,8 +226,8 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
         group["weight_decay"] = run.cfg.training.weight_decay * st.reg_factor  # S-SCU without a lambda penalty
     ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
     decoupled = run.cfg.scu.penalty_step == "decoupled" and penalty_grad is not None
-    # decoupled: the total gradient holds no lam * g_p, so the balance is read as at lambda 0
-    balance = (gradient_balance(run.model, opt, penalty_grad, 0.0 if decoupled else lam).float()
+    moments = adam_second_moments(opt, trainable(run.model)) if penalty_grad is not None else None  # before the step
+    balance = (gradient_balance(run.model, opt, penalty_grad, lam, decoupled, moments).float()
                if penalty_grad is not None else None)
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable(run.model), max_norm)
@@ -244,8 +240,8 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     # clip_grad_norm_'s factor: the penalty's share of the step shrinks with it (decoupled: the penalty is not clipped)
     clip = 1.0 if decoupled else min(1.0, max_norm / (gnorm + 1e-6))
     if math.isfinite(data_nats) and math.isfinite(gnorm):
-        if decoupled:  # with v_hat from before the optimizer's step, as the coupled sensitivity reads it
-            scaled = decoupled_penalty_step(run.model, opt, penalty_grad, lam, lr)
+        if decoupled:  # with v_hat from before the optimizer's step, as its sensitivity was read
+            decoupled_penalty_step(run.model, opt, penalty_grad, moments, lam, lr)
         opt.step()
     opt.zero_grad(set_to_none=True)
     return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens,
