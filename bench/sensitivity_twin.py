@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.pi_startup import Job, job_config, prepare, scu_settings
 from bench.scu_vs_baselines import scaled_target
 from scu.driver import Callback
@@ -173,8 +175,6 @@ def markdown(paths: list[Path]) -> str:
             lines.append(f"| {job['size']} S* {job['multiplier']:g}× seed {job['seed']} | {f['step']} | {f['lambda']:.3g} | "
                          f"{mid['param_bpt'][0]:.3g} | {cells[0]} | {cells[1]} | {fitted} |")
     if len(brakes) > 2:  # a = a0 + g * brake rate, least squares over every fork above lambda_min
-        import numpy as np
-
         x = np.vstack([np.ones(len(brakes)), brakes]).T
         coef = np.linalg.lstsq(x, np.array(fitted_rates), rcond=None)[0]
         worst = float(np.abs(np.array(fitted_rates) - x @ coef).max())
