@@ -115,10 +115,11 @@ def arm_rows(results: dict[str, dict[str, Any]], base_wiki: float) -> dict[str, 
             for arm, rs in sorted(runs.items())}
 
 
-def verdict(arms: dict[str, dict[str, Any]], size: str, main: str) -> dict[str, Any] | None:
+def verdict(arms: dict[str, dict[str, Any]], size: str, main: str, candidate: str = FIT) -> dict[str, Any] | None:
+    """Issue 18 item 2's test of the arm `candidate` at one size, against the best tuned arm and plain LoRA."""
     prefix = "" if size == main else f"N={size}/"
     mine = {k[len(prefix):]: v for k, v in arms.items() if v["size"] == size}
-    fit, plain = mine.get(FIT), mine.get(PLAIN)
+    fit, plain = mine.get(candidate), mine.get(PLAIN)
     if fit is None or plain is None:
         return None
     tuned = {}
@@ -147,9 +148,10 @@ def fmt(s: dict[str, float] | None, digits: int = 3) -> str:
     return f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["n"] > 1 else "")
 
 
-def markdown(summary: dict[str, Any]) -> str:
-    lines = [f"# prior_fit --scale {summary['scale']}", "", summary["note"], "",
-             f"LoRA entries p = {summary['dof']:,}; base WikiText BPT {summary['base_wiki']:.4f}.", ""]
+def markdown(summary: dict[str, Any], title: str = "", candidate: str = FIT) -> str:
+    lines = [title or f"# prior_fit --scale {summary['scale']}", "", summary["note"], "",
+             ("" if summary["dof"] is None else f"LoRA entries p = {summary['dof']:,}; ")
+             + f"base WikiText BPT {summary['base_wiki']:.4f}.", ""]
     for size, entry in summary["sizes"].items():
         lines += [f"## {size} training tokens", "", "| arm | seeds | held-out BPT | validation BPT | forgetting | σ (λ 1 equivalent) |",
                   "|---|---|---|---|---|---|"]
@@ -159,7 +161,7 @@ def markdown(summary: dict[str, Any]) -> str:
         v = entry["verdict"]
         if v:
             ratio = "—" if v["forgetting_ratio"] is None else f"{v['forgetting_ratio']:.0%}"
-            lines += ["", f"prior_fit against the best tuned arm ({v['best_tuned']}): {v['rel_diff']:+.2%} "
+            lines += ["", f"{candidate} against the best tuned arm ({v['best_tuned']}): {v['rel_diff']:+.2%} "
                       f"(tolerance {v['tolerance']:.3f} bits): {'met' if v['held_out_met'] else 'not met'}; forgetting "
                       f"{v['forgetting_fit']:+.3f} against plain LoRA's {v['forgetting_plain']:+.3f} ({ratio}): "
                       f"{'met' if v['forgetting_met'] else 'not met'}."]
