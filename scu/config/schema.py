@@ -94,6 +94,7 @@ class ScuSection(Section):
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
     tracking_alpha: float | None = Field(PIConfig.tracking_alpha, gt=0, le=1)  # balance law: its EMA rate once tracking
+    settle_steps: int | None = Field(PIConfig.settle_steps, ge=1)  # balance law: tracking_alpha only after this many steps in band
     balance_margin: float = Field(PIConfig.balance_margin, gt=0)  # balance law: lambda around this multiple of lambda_bal
     feedforward: Literal["balance", "growth"] = PIConfig.feedforward  # balance law: what sets lambda's centre
     growth_alpha: float | None = Field(PIConfig.growth_alpha, gt=0, le=1)  # feedforward growth: its EMA rate

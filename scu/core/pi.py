@@ -13,7 +13,8 @@ Four update laws share one state (lambda, integral, S_hat, step):
   at lambda_init: it stands in for lambda_bal only until the change is non-zero (after the first step, where the
   penalty has no gradient whatever lambda is). Once tracking, the balance can be averaged at a slower tracking_alpha
   (opt-in: lambda* then drifts slowly, and on the tiny harness the fast average's noise was most of lambda's motion;
-  elsewhere it settled later); where the measured pull turns inward (lambda_bal <= 0) the last positive lambda_bal
+  elsewhere it settled later), or with settle_steps only once S_hat has held the band that many steps in a row (on
+  SmolLM2 lambda* still climbs fast while S first closes in); where the measured pull turns inward (lambda_bal <= 0) the last positive lambda_bal
   stands in. balance_margin (opt-in) multiplies lambda_bal: the minibatch noise grows the change at any lambda,
   a second-order growth the first-order balance leaves out, so lambda* lies above lambda_bal (measured 1.1-1.5x)
   and without a margin the integral alone must supply that factor, which at ki 0.04 takes tens of steps.
@@ -79,6 +80,7 @@ from scu.core.bits import info_ratio
 from scu.core.telemetry import Action, StepTelemetry
 
 MAX_LOG_ERROR = 10.0  # |log(S_hat/S*)| cap, so S = 0 at step 0 cannot produce -inf
+SETTLE_BAND = 0.1  # settle_steps: the band S_hat must hold, the start-up criterion's (issue 18)
 ODDS_FLOOR = 1e-9  # S is kept in [1e-9, 1 - 1e-9] for its log-odds (S = 0 exactly at step 0)
 
 
@@ -108,6 +110,10 @@ class PIConfig:
     schedule_gain: float = 0.05  # bumpless law: integral rate added per unit of |e| once tracking
     lead_steps: float = 3.0  # balance law: the proportional part acts on where a rising S_hat is heading this many steps on
     tracking_alpha: float | None = None  # balance law: EMA rate of the balance once tracking (None: ema_alpha)
+    # balance law: tracking_alpha takes over only once S_hat has held within SETTLE_BAND of S* this many steps in a row
+    # (None: from the start of tracking). While S first closes in, lambda* can move fast (SmolLM2 18k: ~1% a step as
+    # the slice is memorised), and a slow centre lags it; once settled, the slow rate keeps the estimate's noise out.
+    settle_steps: int | None = None
     balance_margin: float = 1.0  # balance law: lambda is set around this multiple of lambda_bal (module docstring)
     # balance law: what sets lambda's centre, the gradient balance or the lambda at which the measured growth of
     # ParamBPT would stop (module docstring); growth needs the step's penalty sensitivity (AdamW, scu train)
@@ -144,6 +150,8 @@ class PIConfig:
             raise ValueError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
         if self.tracking_alpha is not None and not 0.0 < self.tracking_alpha <= 1.0:
             raise ValueError(f"tracking_alpha must be in (0, 1] or None, got {self.tracking_alpha}")
+        if self.settle_steps is not None and self.settle_steps < 1:
+            raise ValueError(f"settle_steps must be >= 1 or None, got {self.settle_steps}")
         if not self.balance_margin > 0.0:
             raise ValueError(f"balance_margin must be > 0, got {self.balance_margin}")
         if self.feedforward not in ("balance", "growth"):
@@ -186,6 +194,8 @@ class PIController:
         self.data_hat: float | None = None  # smoothing "data": the smoothed DataBPT
         self.step_count = 0
         self.tracking = False  # bumpless law: S has reached S* at least once
+        self.in_band_run = 0  # balance law: steps in a row S_hat has held within SETTLE_BAND of S*
+        self.settled = False  # balance law: that run has reached settle_steps (tracking_alpha applies from then on)
         self.prev_error: float | None = None  # bumpless law: last step's log-odds error
         self.prev_s_hat: float | None = None  # balance law: last step's S_hat
         self.pull = 0.0  # balance law: smoothed -<g_d, g_p> and ||g_p||^2 (scu.core.telemetry.StepTelemetry)
@@ -323,13 +333,15 @@ class PIController:
     ) -> None:
         c = self.config
         # once S holds S*, lambda* moves slowly and the estimates' step-to-step noise is what remains
-        a = c.tracking_alpha if self.tracking else None
+        self.in_band_run = self.in_band_run + 1 if abs(self.s_hat - target) <= SETTLE_BAND * target else 0
+        self.settled = self.settled or (self.tracking and self.in_band_run >= (c.settle_steps or 0))
+        a = c.tracking_alpha if self.settled else None
         if math.isfinite(pull) and math.isfinite(grad_sq) and grad_sq > 0.0:  # 0 while there is no learned change
             first = self.grad_sq == 0.0
             self.pull = self._ema(None if first else self.pull, pull, a)
             self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
-        # growth_alpha sets the growth estimate's rate until tracking; a tracking_alpha, set, takes over from then on
-        growth_rate = a if self.tracking and c.tracking_alpha is not None else c.growth_alpha or a
+        # growth_alpha sets the growth estimate's rate until tracking (or settled); a tracking_alpha, set, takes over then
+        growth_rate = a if self.settled and c.tracking_alpha is not None else c.growth_alpha or a
         counted = math.isfinite(grad_sq) and grad_sq > 0.0  # the step's lambda acted, so the momentum holds it
         self._measure_growth(sensitivity, param_bpt, growth_rate, counted)
         log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
@@ -480,7 +492,7 @@ class PIController:
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
-                "step": self.step_count, "tracking": self.tracking, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
+                "step": self.step_count, "tracking": self.tracking, "in_band_run": self.in_band_run, "settled": self.settled, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance, "lam_momentum": self.lam_momentum,
                 "lam_steps": self.lam_steps, "centre": self.centre, "centre_momentum": self.centre_momentum,
                 "growth_point": self.growth_point, "growth_num": self.growth_num,
@@ -493,6 +505,8 @@ class PIController:
         self.data_hat = state.get("data_hat")
         self.step_count = int(state["step"])
         self.tracking = bool(state.get("tracking", False))
+        self.in_band_run = int(state.get("in_band_run", 0))
+        self.settled = bool(state.get("settled", self.tracking))  # checkpoints from before settle_steps: as they ran
         self.prev_error = state.get("prev_error")
         self.prev_s_hat = state.get("prev_s_hat")
         self.pull = float(state.get("pull", 0.0))

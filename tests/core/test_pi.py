@@ -490,6 +490,30 @@ def test_tracking_alpha_takes_over_the_growth_estimates_rate_once_tracking():
     assert c.lambda_growth == pytest.approx(0.9 * before_tracking + 0.1 * 0.2, rel=1e-12)
 
 
+@pytest.mark.parametrize("break_at", [None, 6])
+def test_settle_steps_hold_the_fast_rate_until_s_hat_has_held_the_band_that_long(break_at):
+    # as above, with settle_steps 3: S_hat enters the band (0.1 +- 10%) at step 4, so readings keep growth_alpha 0.5
+    # through step 5 and tracking_alpha 0.1 applies from step 6; a step out of the band (S_hat 0.05 at step 6) restarts
+    # the count, so the fast rate then lasts to step 8
+    c = PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_init=0.2, lambda_min=1e-6,
+                              lambda_max=1e3, ema_alpha=1.0, kp=0.0, ki=0.0, lead_steps=0.0, momentum=0.0,
+                              feedforward="balance", growth_alpha=0.5, tracking_alpha=0.1, settle_steps=3))
+    params = [0.0, 0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    if break_at:
+        params[break_at - 1] = 0.5
+    ln2, expected, settled_at = math.log(2.0), None, []
+    for step, param in enumerate(params, start=1):
+        c.update(param / (9.0 + param), balance=(0.2, 1.0, 1.0 if param else 0.0), parts=(9.0, param))
+        if step >= 3:  # each step from the third reads 0.2 + ln2 * (this step's ParamBPT - the last one's)
+            reading = 0.2 + ln2 * (param - params[step - 2])
+            rate = 0.1 if c.settled else 0.5  # the step that completes the run already reads at the slow rate
+            expected = reading if expected is None else (1 - rate) * expected + rate * reading
+            assert c.lambda_growth == pytest.approx(expected, rel=1e-12), step
+        if c.settled and not settled_at:
+            settled_at.append(step)
+    assert settled_at == [9 if break_at else 6]
+
+
 def test_horizon_approach_stops_integrating_while_its_own_lambda_is_pinned_at_a_bound():
     # S twice S*: the plan asks for lambda 0.5 + ln2 * 1.25 / (10 * 0.1) = 1.37, above lambda_max 1, so the integral
     # must hold still (the lead law's own formula, 0.5 * exp(ki * e) = 0.75, would sit inside the bounds)

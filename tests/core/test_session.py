@@ -50,7 +50,8 @@ def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller()
               "lambda_min": 1e-5, "lambda_max": 50.0, "ema_alpha": 0.2, "smoothing": "data", "lead_steps": 2.0,
               "tracking_alpha": 0.05, "balance_margin": 1.1, "feedforward": "growth", "growth_alpha": 0.4,
               "approach": "horizon", "horizon_steps": 6.0, "horizon_memory": "deficit",
-              "horizon_kp_reads": "heading", "start_band": 0.2, "horizon_plant": "restoring", "restoring_exponent": 0.7}
+              "horizon_kp_reads": "heading", "start_band": 0.2, "horizon_plant": "restoring", "restoring_exponent": 0.7,
+              "settle_steps": 4}
     got = pi_config(build_config({"scu": chosen}))
     assert {k: getattr(got, k) for k in chosen} == chosen
     # what the scu section does not expose keeps PIConfig's default (laws kept for comparison, AdamW's beta1)
