@@ -14,10 +14,10 @@ Four update laws share one state (lambda, integral, S_hat, step):
   penalty has no gradient whatever lambda is). Once tracking, the balance can be averaged at a slower tracking_alpha
   (opt-in: lambda* then drifts slowly, and on the tiny harness the fast average's noise was most of lambda's motion;
   elsewhere it settled later), or with settle_steps only once S_hat has held the band that many steps in a row (on
-  SmolLM2 lambda* still climbs fast while S first closes in); where the measured pull turns inward (lambda_bal <= 0) the last positive lambda_bal
-  stands in. balance_margin (opt-in) multiplies lambda_bal: the minibatch noise grows the change at any lambda,
-  a second-order growth the first-order balance leaves out, so lambda* lies above lambda_bal (measured 1.1-1.5x)
-  and without a margin the integral alone must supply that factor, which at ki 0.04 takes tens of steps.
+  SmolLM2 lambda* still climbs fast while S first closes in); where the measured pull turns inward (lambda_bal <= 0)
+  the last positive lambda_bal stands in. balance_margin (opt-in) multiplies lambda_bal: the minibatch noise grows
+  the change at any lambda, a second-order growth the first-order balance leaves out, so lambda* lies above
+  lambda_bal (measured 1.1-1.5x) and without a margin the integral alone must supply that factor, which at ki 0.04 takes tens of steps.
   ``feedforward: growth`` (opt-in) measures that lambda instead of modelling it: ParamBPT is exact each step, so its
   growth over a step is known, and the loop also reports the step's penalty sensitivity (lr * clip * <g_p, D g_p>,
   D AdamW's per-entry step scale: how much one unit of lambda, held, lowers the penalty per step). Then
@@ -340,7 +340,7 @@ class PIController:
             first = self.grad_sq == 0.0
             self.pull = self._ema(None if first else self.pull, pull, a)
             self.grad_sq = self._ema(None if first else self.grad_sq, grad_sq, a)
-        # growth_alpha sets the growth estimate's rate until tracking (or settled); a tracking_alpha, set, takes over then
+        # growth_alpha sets the growth estimate's rate until settled; a tracking_alpha, set, takes over from then on
         growth_rate = a if self.settled and c.tracking_alpha is not None else c.growth_alpha or a
         counted = math.isfinite(grad_sq) and grad_sq > 0.0  # the step's lambda acted, so the momentum holds it
         self._measure_growth(sensitivity, param_bpt, growth_rate, counted)
@@ -492,7 +492,8 @@ class PIController:
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
-                "step": self.step_count, "tracking": self.tracking, "in_band_run": self.in_band_run, "settled": self.settled, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
+                "step": self.step_count, "tracking": self.tracking, "in_band_run": self.in_band_run, "settled": self.settled,
+                "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance, "lam_momentum": self.lam_momentum,
                 "lam_steps": self.lam_steps, "centre": self.centre, "centre_momentum": self.centre_momentum,
                 "growth_point": self.growth_point, "growth_num": self.growth_num,

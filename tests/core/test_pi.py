@@ -490,6 +490,11 @@ def test_tracking_alpha_takes_over_the_growth_estimates_rate_once_tracking():
     assert c.lambda_growth == pytest.approx(0.9 * before_tracking + 0.1 * 0.2, rel=1e-12)
 
 
+def test_settle_steps_below_one_is_refused():
+    with pytest.raises(ValueError, match="settle_steps"):
+        PIConfig(law="balance", settle_steps=0)
+
+
 @pytest.mark.parametrize("break_at", [None, 6])
 def test_settle_steps_hold_the_fast_rate_until_s_hat_has_held_the_band_that_long(break_at):
     # as above, with settle_steps 3: S_hat enters the band (0.1 +- 10%) at step 4, so readings keep growth_alpha 0.5
