@@ -17,7 +17,8 @@ Four update laws share one state (lambda, integral, S_hat, step):
   SmolLM2 lambda* still climbs fast while S first closes in); where the measured pull turns inward (lambda_bal <= 0)
   the last positive lambda_bal stands in. balance_margin (opt-in) multiplies lambda_bal: the minibatch noise grows
   the change at any lambda, a second-order growth the first-order balance leaves out, so lambda* lies above
-  lambda_bal (measured 1.1-1.5x) and without a margin the integral alone must supply that factor, which at ki 0.04 takes tens of steps.
+  lambda_bal (measured 1.1-1.5x) and without a margin the integral alone must supply that factor, which at ki 0.04
+  takes tens of steps.
   ``feedforward: growth`` (opt-in) measures that lambda instead of modelling it: ParamBPT is exact each step, so its
   growth over a step is known, and the loop also reports the step's penalty sensitivity (lr * clip * <g_p, D g_p>,
   D AdamW's per-entry step scale: how much one unit of lambda, held, lowers the penalty per step). Then
