@@ -25,13 +25,13 @@ import numpy as np
 from scu.core.pi import PIConfig, PIController
 
 
-def readings(trace: dict[str, list]) -> tuple[list[int], list[float], list[float]]:
+def readings(trace: dict[str, list], momentum: float = PIConfig.momentum) -> tuple[list[int], list[float], list[float]]:
     """(step, lam_avg the step answered, reading) for every step with a measured growth.
 
     The run is replayed through the controller's own growth estimate (growth_alpha 1: each reading unaveraged), with
     the lambda the run applied set before each step, so the reading is the one the run's controller made."""
     lam, param, data, sens = trace["lambda"], trace["param_bpt"], trace["data_bpt"], trace["penalty_sensitivity"]
-    c = PIController(PIConfig(law="balance", feedforward="growth", growth_alpha=1.0, smoothing="data"))
+    c = PIController(PIConfig(law="balance", feedforward="growth", growth_alpha=1.0, smoothing="data", momentum=momentum))
     out: tuple[list[int], list[float], list[float]] = ([], [], [])
     for k in range(len(lam)):
         if k > 0:
@@ -81,12 +81,44 @@ def drift(growth: list[float | None], window: int = 10, lag: float = 9.0, skip: 
             "std": float(v.std()), "steps": len(values)}
 
 
+def noise_and_rate(steps: list[int], reading: list[float], first: int, window: int = 20) -> dict[str, float]:
+    """The readings' noise and drift in log, and the EMA rate that best trades lag against noise for them.
+
+    Over every `window`-step stretch from `first` on, a line is fitted to log(reading): the noise is the residuals'
+    standard deviation, the drift the median |slope|. An EMA at rate a lags a drift d by d(1 - a)/a and passes
+    noise^2 * a/(2 - a); their sum is least near a = (4 d^2 / noise^2)^(1/3)."""
+    pairs = [(k, math.log(y)) for k, y in zip(steps, reading) if k >= first and y is not None and y > 0.0]
+    ks, ys = np.array([k for k, _ in pairs], dtype=float), np.array([y for _, y in pairs])
+    residuals, slopes = [], []
+    for i in range(len(ks) - window):
+        a, b = np.polyfit(ks[i : i + window], ys[i : i + window], 1)
+        slopes.append(abs(a))
+        residuals.extend(ys[i : i + window] - (a * ks[i : i + window] + b))
+    if not slopes:
+        raise SystemExit(f"fewer than {window + 1} positive readings from step {first}")
+    noise = float(np.std(residuals) * math.sqrt(window / (window - 2)))
+    drift = float(np.median(slopes))
+    return {"noise": noise, "drift": drift, "rate": (4.0 * drift**2 / noise**2) ** (1.0 / 3.0), "readings": len(ks)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", type=Path)
     ap.add_argument("--drift", action="store_true", help="instead: what a drift term (9 steps of the growth estimate's "
                     "10-step log-slope) would add to log(lambda), from step 30 on")
+    ap.add_argument("--noise", action="store_true", help="instead: the readings' noise and drift in log from 20%% of the "
+                    "run on, and the EMA rate that trades lag against noise for them (readings replayed with --momentum)")
+    ap.add_argument("--momentum", type=float, default=PIConfig.momentum,
+                    help="the momentum the runs' growth model used (0 for penalty_step: decoupled)")
     args = ap.parse_args(argv)
+    if args.noise:
+        for path in args.results:
+            trace = json.loads(path.read_text())["trace"]
+            steps, _, reading = readings(trace, args.momentum)
+            r = noise_and_rate(steps, reading, int(0.2 * len(trace["lambda"])))
+            print(f"{path.name}: noise {r['noise']:.3f}, drift {r['drift']:.4f} a step, rate {r['rate']:.2f} "
+                  f"({r['readings']} readings)")
+        return 0
     if args.drift:
         for path in args.results:
             d = drift(json.loads(path.read_text())["trace"]["lambda_growth"])

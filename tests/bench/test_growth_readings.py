@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.growth_readings import drift, readings, slope
+from bench.growth_readings import drift, noise_and_rate, readings, slope
 from scu.core.pi import PIConfig, PIController
 
 
@@ -38,3 +38,13 @@ def test_drift_reads_lag_steps_of_a_steady_log_slope():
     growth = [None] * 5 + [0.5 * math.exp(0.01 * k) for k in range(60)]  # no estimate for the first steps
     d = drift(growth, window=10, lag=9.0, skip=5)
     assert d["median"] == pytest.approx(0.09, rel=1e-6) and d["std"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_noise_and_rate_reads_a_known_drift_and_noise():
+    # log(reading) = 0.01 * k +- 0.05, alternating: drift 0.01 a step, noise 0.05 about the line
+    steps = list(range(100))
+    reading = [math.exp(0.01 * k + (0.05 if k % 2 else -0.05)) for k in steps]
+    r = noise_and_rate(steps, reading, first=10)
+    assert r["drift"] == pytest.approx(0.01, rel=0.1) and r["noise"] == pytest.approx(0.05, rel=0.1)
+    assert r["rate"] == pytest.approx((4 * r["drift"] ** 2 / r["noise"] ** 2) ** (1 / 3), rel=1e-12)
+    assert r["readings"] == 90
