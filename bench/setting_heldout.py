@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         load_cached_comparators(runner, HARNESS)
-        run_or_load(runner, plain_jobs(sizes, sizes[0], range(2), True), "plain LoRA", True, on_result=report)
+        # the harness's own plain LoRA runs, every seed it made, read from its cache (report-only: nothing is run)
+        run_or_load(runner, plain_jobs(sizes, sizes[0], range(scale.seeds), True), "plain LoRA", True, on_result=report)
         run_or_load(runner, mine, args.name, args.report_only, on_result=report)
     finally:
         runner.close()

@@ -493,8 +493,8 @@ class PIController:
 
     def state_dict(self) -> dict:
         return {"lam": self.lam, "integral": self.integral, "s_hat": self.s_hat, "data_hat": self.data_hat,
-                "step": self.step_count, "tracking": self.tracking, "in_band_run": self.in_band_run, "settled": self.settled,
-                "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
+                "step": self.step_count, "tracking": self.tracking, "in_band_run": self.in_band_run,
+                "settled": self.settled, "prev_error": self.prev_error, "pull": self.pull, "grad_sq": self.grad_sq,
                 "prev_s_hat": self.prev_s_hat, "held_balance": self.held_balance, "lam_momentum": self.lam_momentum,
                 "lam_steps": self.lam_steps, "centre": self.centre, "centre_momentum": self.centre_momentum,
                 "growth_point": self.growth_point, "growth_num": self.growth_num,

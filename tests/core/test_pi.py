@@ -519,6 +519,26 @@ def test_settle_steps_hold_the_fast_rate_until_s_hat_has_held_the_band_that_long
     assert settled_at == [9 if break_at else 6]
 
 
+def test_a_checkpoint_taken_mid_count_resumes_the_settle_count():
+    config = PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_init=0.2, lambda_min=1e-6, lambda_max=1e3,
+                      ema_alpha=1.0, kp=0.0, ki=0.0, lead_steps=0.0, momentum=0.0, feedforward="balance",
+                      growth_alpha=0.5, tracking_alpha=0.1, settle_steps=3)
+    params = [0.0, 0.1, 0.5, 1.0, 1.0, 1.05, 0.95, 1.0, 1.05, 1.0]  # from step 4 on, S_hat within 0.1 +- 10%
+    a = PIController(config)
+
+    def step(c: PIController, param: float) -> tuple[float, float | None, bool]:
+        lam = c.update(param / (9.0 + param), balance=(0.2, 1.0, 1.0 if param else 0.0), parts=(9.0, param))
+        return lam, c.lambda_growth, c.settled
+
+    for param in params[:5]:  # S_hat in the band at steps 4 and 5: two of the three steps counted
+        step(a, param)
+    assert a.in_band_run == 2 and not a.settled
+    b = PIController(config)
+    b.load_state_dict(a.state_dict())
+    resumed = [step(b, x) for x in params[5:]]
+    assert [step(a, x) for x in params[5:]] == resumed and resumed[0][2]  # the count went on: settled at step 6
+
+
 def test_horizon_approach_stops_integrating_while_its_own_lambda_is_pinned_at_a_bound():
     # S twice S*: the plan asks for lambda 0.5 + ln2 * 1.25 / (10 * 0.1) = 1.37, above lambda_max 1, so the integral
     # must hold still (the lead law's own formula, 0.5 * exp(ki * e) = 0.75, would sit inside the bounds)
