@@ -1,6 +1,7 @@
 """Does λ-equilibrium auto-stop fire, and what does stopping there cost? Side by side with validation early stopping.
 
-    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--first-seed 0] [--budget 3] [--target S | --auto] [--equilibrium KEY=VALUE ...] [--jobs 2]
+    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--first-seed 0] [--budget 3] [--target S | --auto]
+        [--set KEY=VALUE ... --name NAME] [--equilibrium KEY=VALUE ...] [--jobs 2]
 
 The harness's base, data and protocol (bench/scu_vs_baselines.py, same scale), with the step budget multiplied
 by `--budget`, so that a run has time to reach its regularized optimum. Arms: the scale's headline SCU arm at
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.runner import Job, Settings
-from bench.harness.settings import key_values
+from bench.harness.settings import key_values, scu_settings
 from bench.scu_vs_baselines import (
     DEFAULT_DATA,
     QUICK,
@@ -45,12 +46,18 @@ EVALS = {"quick": 8, "cpu": 24, "real": 12}  # held-out (and validation) evaluat
 SAVE_GOAL, COST_GOAL, RICH_SLOPE = 0.30, 0.01, 0.005
 
 
-def plan(scale_name: str, main: str, rich: str, seeds: range, target: float | None) -> list[Job]:
-    """The headline SCU arm (or S* = `target`) at the main size for every seed, and at the data-rich size for seed 0."""
+def plan(scale_name: str, main: str, rich: str, seeds: range, target: float | None,
+         setting: tuple[str, dict[str, Any]] | None = None) -> list[Job]:
+    """The headline SCU arm (or S* = `target`) at the main size for every seed, and at the data-rich size for seed 0.
+
+    `setting` (name, scu settings): the arm trains with those settings on top and is named after them."""
     scu: dict[str, Any] = {"enabled": True}
     if target is not None or scale_name in HEADLINE_TARGET:
         scu["target_s"] = target or HEADLINE_TARGET[scale_name]
     arm = "scu_headline" if target is None else f"scu_target={target:g}"
+    if setting is not None:
+        arm = f"{arm}_{setting[0]}"
+        scu.update(setting[1])
     jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in seeds]
     return jobs + [Job(f"N={rich}/{arm}", 0, rich, {"scu": scu}, early_stop=True)]
 
@@ -178,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--auto", action="store_true",
                     help="the arm is `target_s: auto` as `scu train` runs it: a plain fit of the same budget first, then "
                     "lambda 1 under its prior scale (bench.prior_fit)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="scu settings of the arm on top of its S*, e.g. penalty_step=decoupled (needs --name)")
+    ap.add_argument("--name", help="the --set arm's name: its runs and results go under it")
     ap.add_argument("--no-rich", action="store_true", help="skip the data-rich run")
     ap.add_argument("--equilibrium", nargs="*", default=[], metavar="KEY=VALUE",
                     help="detector settings other than the product's defaults, e.g. window=50 lambda_tolerance=0.1")
@@ -186,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
     ap.add_argument("--out", help="default bench/results/autostop/SCALE")
     args = ap.parse_args(argv)
+    if bool(args.set) != bool(args.name) or (args.name and not args.name.replace("_", "").isalnum()):
+        raise SystemExit("--set and --name go together, and --name is letters, digits and _ (it names a folder)")
+    if args.set and args.auto:
+        raise SystemExit("--auto fixes lambda from a plain fit; drop --set, or drop --auto to run the settings")
+    setting = (args.name, scu_settings(args.set)) if args.set else None
     os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.perf_counter()
     data_dir = Path(args.data_dir).resolve()
@@ -199,13 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         main_label, rich_label = size_label(scale.main_tokens), size_label(scale.transfer_tokens[-1])
     steps = round(scale.run.steps * args.budget)
     s: Settings = replace(scale.run, base_model=str(base), steps=steps, val_evals=EVALS[args.scale], test_evals=EVALS[args.scale])
-    jobs = plan(args.scale, main_label, rich_label, range(args.first_seed, args.first_seed + args.seeds), args.target)
+    jobs = plan(args.scale, main_label, rich_label, range(args.first_seed, args.first_seed + args.seeds), args.target,
+                setting)
     if args.no_rich:
         jobs = [j for j in jobs if j.size == main_label]
     detector = key_values(args.equilibrium)
     if detector:
         jobs = [replace(j, config={**j.config, "equilibrium": detector}) for j in jobs]
-    suffix = "_auto" if args.auto else "" if args.target is None else f"_target={args.target:g}"
+    suffix = ("_auto" if args.auto else "" if args.target is None else f"_target={args.target:g}") + (
+        f"_{args.name}" if args.name else "")
     out = Path(args.out or f"bench/results/autostop/{args.scale}{suffix}")
     runner = Runner(out, s, manifest, work, args.jobs, args.threads)
     if args.auto:
@@ -224,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_slope_per_100"] or 0) >= -RICH_SLOPE
                                              for r in rich_rows) if rich_rows else None,
         }
-        summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector, "settings": s.__dict__,
+        summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector, "scu": setting and setting[1], "settings": s.__dict__,
                    "runs": rows, "goals": goals,
                    "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
                    "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}

@@ -20,15 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from bench.harness import data as hdata
 from bench.harness import real
 from bench.harness.runner import Job
-from bench.harness.settings import key_values
+from bench.harness.settings import scu_settings
 from bench.prior_fit import arm_rows, load_cached_comparators, markdown, plain_jobs, verdict
 from bench.scu_vs_baselines import DEFAULT_DATA, REAL_SCALES, Runner, prepare_real, run_or_load, size_label
-from scu.config.schema import ScuSection
 from scu.report.records import atomic_write_json, atomic_write_text
 
 HARNESS = Path("bench/results/scu_vs_baselines_real")
@@ -52,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if "/" in args.name or args.name.startswith(("fixed_lambda=", "lora_dropout=", "scu_", "unregularized")):
         raise SystemExit(f"--name {args.name!r} would mix with the harness's own arms; pick a plain new name")
-    scu = key_values(args.set)
-    try:  # a bad setting fails here, not in the first worker
-        ScuSection.model_validate({"enabled": True, **scu})
-    except ValidationError as err:
-        raise SystemExit(f"--set: {err.errors()[0]['loc'][0]}: {err.errors()[0]['msg']}") from None
+    scu = scu_settings(args.set)  # a bad setting fails here, not in the first worker
     os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.perf_counter()
     scale = REAL_SCALES["real"]

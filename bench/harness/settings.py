@@ -29,3 +29,18 @@ def key_values(items: list[str]) -> dict[str, Any]:
 def settings_label(items: list[str]) -> str:
     """The settings as a file-name suffix: "_window=50_lambda_tolerance=0.2" ("" for none)."""
     return "".join(f"_{item}" for item in items if item)
+
+
+def scu_settings(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE ... as scu settings, checked against the schema before any work starts (a bad one names itself)."""
+    from pydantic import ValidationError
+
+    from scu.config.schema import ScuSection
+
+    scu = key_values(items)
+    try:
+        ScuSection.model_validate({"enabled": True, **scu})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SystemExit(f"--set: {'.'.join(map(str, first['loc'])) or 'scu'}: {first['msg']}") from None
+    return scu

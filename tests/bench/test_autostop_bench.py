@@ -80,3 +80,22 @@ def test_auto_arm_takes_its_sigma_from_the_plain_fit_of_the_same_seed_and_size(t
         assert fit["config"]["scu"]["lambda_min"] == fit["config"]["scu"]["lambda_max"] == 1.0
         assert fit["prior_sigma"] == pytest.approx(plain["final"]["dw_norm"] / math.sqrt(dof), rel=1e-5)
         assert plain["prior_sigma"] is None  # SCU off in the plain fit
+
+
+def test_a_named_setting_trains_on_top_of_the_target_and_names_the_arm():
+    jobs = plan("cpu", "16000", "100000", range(1), None, ("dec", {"penalty_step": "decoupled", "kp": 1}))
+    assert [j.arm for j in jobs] == ["scu_headline_dec", "N=100000/scu_headline_dec"]
+    assert all(j.config["scu"] == {"enabled": True, "target_s": 0.875, "penalty_step": "decoupled", "kp": 1} for j in jobs)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--set", "kp=1"], "--set and --name go together"),
+    (["--name", "dec"], "--set and --name go together"),
+    (["--name", "a/b", "--set", "kp=1"], "names a folder"),
+    (["--name", "dec", "--set", "kp=1", "--auto"], "drop --set"),
+    (["--name", "dec", "--set", "penalty_step=bogus"], "penalty_step"),
+])
+def test_bad_settings_stop_before_any_work(argv, says, tmp_path):
+    with pytest.raises(SystemExit, match=says):
+        main(["--scale", "quick", "--out", str(tmp_path), *argv])
+    assert not any(tmp_path.iterdir())
