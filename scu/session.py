@@ -136,6 +136,7 @@ class ControlSession:
         meter: EnergyMeter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(facts.measures_balance)})  # law: auto, for this trainer
         if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
             raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` with the PyTorch "
                            f"backend measures; {facts.trainer} cannot: use scu.law: pi (the default)")

@@ -39,6 +39,17 @@ ALIASES = {
 }
 
 
+# `scu.law: auto`: the law measured best where the trainer can run it. `scu train` (PyTorch) measures the gradient
+# balance and applies a decoupled penalty step, so it gets the balance law with these settings, the only set that met
+# the start-up criterion in every SmolLM2 run (docs/method.md, "The decoupled step with a 5-step horizon"); the other
+# trainers get the position-form PI with the schema's defaults. The run's config.yaml and metadata hold the law it ran.
+AUTO_BALANCE: dict[str, Any] = {
+    "law": "balance", "penalty_step": "decoupled", "smoothing": "data", "feedforward": "growth", "growth_alpha": 0.5,
+    "approach": "horizon", "kp": 1.0, "ki": 0.0, "start_band": 0.2, "horizon_steps": 5.0, "tracking_alpha": 0.1,
+    "settle_steps": 10,
+}
+
+
 class Section(BaseModel):
     # nan and inf are refused in every float: `--kp nan` must not "complete" on an untrained adapter
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -86,7 +97,7 @@ class ScuSection(Section):
     # auto: the RMS of the adapted base weights; fit: from a plain fit that `scu train` runs first (scu.core.bits)
     prior_sigma: float | Literal["auto", "fit"] = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
-    law: Literal["pi", "bumpless", "balance", "guide"] = PIConfig.law
+    law: Literal["auto", "pi", "bumpless", "balance", "guide"] = PIConfig.law  # auto: AUTO_BALANCE or pi, by trainer
     # how the penalty reaches the weights: through the loss, hence AdamW's momentum ("loss"), or as its own step after
     # the optimizer's, scaled by AdamW's per-entry step size without its momentum ("decoupled", scu train only)
     penalty_step: Literal["loss", "decoupled"] = "loss"
@@ -135,6 +146,24 @@ class ScuSection(Section):
         if not 0.0 < v < 1.0:
             raise ValueError(f"scu.target_s must be in (0, 1), e.g. 0.05 for 5% (got {v})")
         return v
+
+    @model_validator(mode="after")
+    def _auto_law_sets_its_own(self) -> "ScuSection":
+        """Under `law: auto` the law's own settings are chosen for it: a value set by hand would be silently replaced."""
+        if self.law == "auto":
+            fields = type(self).model_fields
+            clash = [k for k in AUTO_BALANCE if k != "law" and getattr(self, k) != fields[k].default]
+            if clash:
+                raise ValueError(f"scu.law: auto sets scu.{clash[0]} itself; drop it, or name a law (pi, balance, ...) "
+                                 "to set it by hand")
+        return self
+
+    def resolved(self, measures_balance: bool) -> "ScuSection":
+        """`law: auto` made concrete for a trainer that does (`scu train`, PyTorch) or does not measure the gradient
+        balance; any other law as it is."""
+        if self.law != "auto":
+            return self
+        return self.model_copy(update=AUTO_BALANCE if measures_balance else {"law": "pi"})
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> "ScuSection":

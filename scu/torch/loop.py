@@ -77,6 +77,7 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     from accelerate.utils import set_seed
 
     out = Path(out)
+    cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(measures_balance=True)})  # law: auto, as this loop runs it
     trackers = {"log_with": cfg.training.report_to, "project_dir": out} if cfg.training.report_to else {}
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **trackers)
     if accelerator.is_main_process:  # the process that will claim and write it; others would race its claim

@@ -9,6 +9,7 @@ import json
 import statistics
 
 import pytest
+import yaml
 
 from bench.harness.summary import limit_cycle
 from scu.config.schema import build_config
@@ -19,9 +20,8 @@ TARGET, STEPS = 0.05, 300
 
 
 GROWTH = {"law": "balance", "feedforward": "growth", "growth_alpha": 0.5, "ki": 0.0}
-# the set that meets the criterion in all four SmolLM2 runs (docs/method.md, "The decoupled step with a 5-step horizon")
-DECOUPLED_HORIZON = {**GROWTH, "approach": "horizon", "start_band": 0.2, "penalty_step": "decoupled", "kp": 1.0,
-                     "horizon_steps": 5}
+# `scu train`'s law auto: the decoupled set that meets the criterion in all four SmolLM2 runs (scu.config.schema.AUTO_BALANCE)
+AUTO = {"law": "auto"}
 
 
 def run(base, data, out, lambda_init: float, settings: dict) -> list[dict]:
@@ -39,13 +39,14 @@ def run(base, data, out, lambda_init: float, settings: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [GROWTH, DECOUPLED_HORIZON], ids=["growth", "decoupled_horizon"])
+@pytest.mark.parametrize("settings", [GROWTH, AUTO], ids=["growth", "auto"])
 def test_s_settles_from_a_thousand_times_either_side_of_lambda_star(tiny_base, tmp_path, settings):
     from scu.data.builtin import pydoc_topics
 
     data = tmp_path / "pydoc.txt"
     data.write_text("\n\n".join(pydoc_topics()[:100]))
     rows = run(tiny_base, data, tmp_path / "default", 1.0, settings)
+    assert yaml.safe_load((tmp_path / "default" / "config.yaml").read_text())["scu"]["law"] == "balance"  # as it ran
     lam_star = statistics.median(r["lambda"] for r in rows[len(rows) // 2 :])
     for start in (lam_star * 1000, lam_star / 1000):
         rows = run(tiny_base, data, tmp_path / f"start_{start:.3g}", start, settings)
