@@ -164,7 +164,7 @@ def load_weights(run: MlxRun, average: dict[str, mx.array]) -> None:
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
-    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
+    atomic_write_text(run.out / "config.yaml", dump_config(run.session.cfg))  # the law that ran (`law: auto` resolved)
     run.session.write_records(status)
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)

@@ -33,6 +33,17 @@ def test_closed_loop_settles_at_a_reachable_target(mlx_cfg, tmp_path):
     assert meta["lambda_saturation"]["at_max"] == 0 and meta["final_lambda"] != pytest.approx(0.3, rel=0.05)
 
 
+def test_law_auto_runs_as_pi_here_and_the_run_records_say_so(mlx_cfg, tmp_path):
+    """MLX does not measure the gradient balance: `law: auto` resolves to the position-form PI, and the written
+    config.yaml and metadata.json name the law that ran, not `auto`."""
+    import yaml
+
+    meta = loop.train(mlx_cfg(scu__law="auto", training__steps=5), tmp_path / "run", progress=False)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["scu"]["law"] == "pi"
+    assert json.loads((tmp_path / "run" / "metadata.json").read_text())["law"] == "pi"
+    assert meta["status"] == "completed"
+
+
 def test_fixed_lambda_shrinks_the_learned_change(mlx_cfg, tmp_path):
     free = loop.train(mlx_cfg(scu__lambda_min=1e-4, scu__lambda_max=1e-4), tmp_path / "free", progress=False)
     held = loop.train(mlx_cfg(scu__lambda_min=20.0, scu__lambda_max=20.0), tmp_path / "held", progress=False)
