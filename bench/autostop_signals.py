@@ -27,9 +27,12 @@ def replay_run(run: dict, window: int, **tolerances: float) -> dict:
     """The detector over one cached run: where it fired (if anywhere), its last measurement, and the held-out BPT
     of the first evaluation at or after the firing step against the run's best (`heldout_cost_next_eval`)."""
     target = run["config"]["scu"].get("target_s") if run["config"]["scu"].get("lambda_min") != run["config"]["scu"].get("lambda_max") else None
-    rows = [r | {"lambda_used": r.get("lambda_used", r.get("lambda")), "target_s": r.get("target_s", target)} for r in run["rows"]]
+    t = run["config"]["training"]
+    per_step = t["batch_size"] * t["block_size"] * t.get("gradient_accumulation", 1)  # the harness's rows keep no count
+    rows = [r | {"lambda_used": r.get("lambda_used", r.get("lambda")), "target_s": r.get("target_s", target),
+                 "tokens": r.get("tokens", per_step)} for r in run["rows"]]
     config = EquilibriumConfig(window=window, **tolerances)
-    detector = EquilibriumDetector(config)
+    detector = EquilibriumDetector(config, run.get("tokens_per_epoch"))  # min_epochs as the run would have read it
     for telemetry in telemetry_from_rows(rows):
         detector.step(telemetry)
     s = detector.signals

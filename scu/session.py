@@ -112,7 +112,7 @@ def build_controllers(cfg: Config, tokens_per_epoch: int | None = None) -> dict[
     if cfg.sscu.enabled:
         controllers["sscu"] = SimplifiedController(cfg.sscu, cfg.training.gradient_accumulation)
     if cfg.scu.enabled and cfg.scu.lambda_max > 0:  # a controlled λ, or a fixed one whose S settles (target_s: auto)
-        controllers["equilibrium"] = EquilibriumDetector(cfg.equilibrium)
+        controllers["equilibrium"] = EquilibriumDetector(cfg.equilibrium, tokens_per_epoch)
     if cfg.tscu.enabled:
         try:
             controllers["thermal"] = ThermalController(cfg.tscu, tokens_per_epoch, cfg.training.gradient_accumulation)

@@ -48,7 +48,7 @@ def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_da
 def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    always = ["window=20", "lambda_tolerance=1e9", "s_tolerance=1e9", "loss_tolerance=1e9"]  # fires once its window is full
+    always = ["window=20", "lambda_tolerance=1e9", "s_tolerance=1e9", "loss_tolerance=1e9", "min_epochs=0"]  # fires once its window is full
     assert main(["--scale", "quick", "--seeds", "1", "--jobs", "1", "--budget", "4", "--out", str(tmp_path),
                  "--equilibrium", *always]) == 0
     summary = json.loads((tmp_path / "results.json").read_text())

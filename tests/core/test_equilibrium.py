@@ -1,5 +1,5 @@
-"""The equilibrium detector: all three conditions are needed, each one alone blocks it, it fires once,
-its threshold on λ is relative, and a restored state continues exactly."""
+"""The equilibrium detector: all three conditions are needed, each one alone blocks it, it waits out the first
+epoch, it fires once, its threshold on λ is relative, and a restored state continues exactly."""
 
 import json
 
@@ -124,6 +124,34 @@ def test_state_dict_continues_exactly():
     assert vars(second.signals) == vars(whole.signals)
 
 
+@pytest.mark.parametrize("min_epochs, fires_at", [(1.0, 2 * W + 10), (0.5, W + 5), (0.0, W)])
+def test_it_waits_until_min_epochs_of_tokens_have_been_trained_on(min_epochs, fires_at):
+    """Every window from W on holds; an epoch of (2W + 10) x 256 tokens ends at step 2W + 10, the first it may fire."""
+    det = EquilibriumDetector(EquilibriumConfig(min_epochs=min_epochs), tokens_per_epoch=(2 * W + 10) * 256)
+    feed(det, *stream(4 * W))
+    assert det.equilibrium_step == fires_at
+    unknown = EquilibriumDetector(EquilibriumConfig())  # the epoch's size not known: the condition is off
+    feed(unknown, *stream(4 * W))
+    assert unknown.equilibrium_step == W
+
+
+def test_the_token_count_survives_a_checkpoint_and_an_older_one_counts_as_past_the_epoch():
+    per_epoch = (2 * W + 10) * 256
+    first = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    lams, s, loss = stream(4 * W)
+    feed(first, lams[:W], s[:W], loss[:W])
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    resumed.load_state_dict(state)
+    feed(resumed, lams[W:], s[W:], loss[W:], start=W + 1)
+    assert resumed.equilibrium_step == 2 * W + 10
+    del state["tokens_seen"]  # written before min_epochs existed
+    old = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    old.load_state_dict(state)
+    feed(old, lams[W:], s[W:], loss[W:], start=W + 1)
+    assert old.equilibrium_step == W + 1
+
+
 def test_replay_of_metrics_rows_matches_the_live_detector():
     lams, s, loss = stream(3 * W, seed=6)
     live = EquilibriumDetector(EquilibriumConfig())
@@ -135,7 +163,8 @@ def test_replay_of_metrics_rows_matches_the_live_detector():
     assert replay(rows).equilibrium_step == live.equilibrium_step
 
 
-@pytest.mark.parametrize("bad", [{"window": 19}, {"lambda_tolerance": 0.0}, {"s_tolerance": -1.0}, {"loss_tolerance": 0.0}])
+@pytest.mark.parametrize("bad", [{"window": 19}, {"lambda_tolerance": 0.0}, {"s_tolerance": -1.0}, {"loss_tolerance": 0.0},
+                                 {"min_epochs": -1.0}, {"min_epochs": float("inf")}])
 def test_config_refuses_a_short_window_and_non_positive_tolerances(bad):
     with pytest.raises(ValueError):
         EquilibriumConfig(**bad)

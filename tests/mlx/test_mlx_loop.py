@@ -144,7 +144,8 @@ def test_auto_stop_saves_the_weights_averaged_over_the_window(mlx_cfg, tmp_path)
 
     cfg = mlx_cfg(training__steps=40)
     # tolerances that always hold: the detector fires once its 20-step window is full
-    cfg.equilibrium = EquilibriumConfig(auto_stop=True, window=20, lambda_tolerance=1e9, s_tolerance=1e9, loss_tolerance=1e9)
+    cfg.equilibrium = EquilibriumConfig(auto_stop=True, window=20, lambda_tolerance=1e9, s_tolerance=1e9, loss_tolerance=1e9,
+                                         min_epochs=0)
     rec = Recorder()
     meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
     assert meta["status"] == "stopped at equilibrium" and meta["steps"] == 20 == len(rec.states)

@@ -71,9 +71,12 @@ def test_over_budget_fine_tune_stops_at_equilibrium_near_the_best_checkpoint(mak
     assert base_bpt - adapter_bpt >= 0.5 * (base_bpt - best)  # most of what the full run gained, in < half the steps
 
 
-def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path):
+@pytest.mark.parametrize("law", ["pi", "auto"])
+def test_data_rich_fine_tune_does_not_stop_early(make_cfg, tmp_path, law):
+    """Under one epoch every batch is new data; `law: auto`'s smooth λ fired here at step 248 before min_epochs."""
     steps = 300  # half as much again as where the over-budget run stops (about 200); under one epoch here
-    cfg = make_cfg(data__train_data=corpus(tmp_path, 79), training__steps=steps, training__eval_every=100, scu__deadband=0.0)
+    cfg = make_cfg(data__train_data=corpus(tmp_path, 79), training__steps=steps, training__eval_every=100, scu__deadband=0.0,
+                   scu__law=law)
     cfg.equilibrium = EquilibriumConfig(auto_stop=True)
     meta = loop.train(cfg, tmp_path / "rich", progress=False)
     assert meta["status"] == "completed" and meta["steps"] == steps
@@ -103,7 +106,7 @@ class WeightRecorder(Callback):
 def fires_at(window: int, average: bool) -> EquilibriumConfig:
     """A detector whose tolerances always hold: it fires once its window is full, at step `window`."""
     return EquilibriumConfig(auto_stop=True, average=average, window=window, lambda_tolerance=1e9, s_tolerance=1e9,
-                             loss_tolerance=1e9)
+                             loss_tolerance=1e9, min_epochs=0)
 
 
 @pytest.mark.parametrize("average", [True, False])

@@ -103,7 +103,8 @@ def test_trainer_and_scu_train_leave_one_record_that_every_tool_accepts(tiny_bas
 
 
 def test_auto_stop_ends_a_trainer_run(tiny_base, tmp_path):
-    loose = {"auto_stop": True, "window": 20, "lambda_tolerance": 10.0, "s_tolerance": 10.0, "loss_tolerance": 10.0}
+    loose = {"auto_stop": True, "window": 20, "lambda_tolerance": 10.0, "s_tolerance": 10.0, "loss_tolerance": 10.0,
+             "min_epochs": 0}
     t = trainer(tiny_base, tmp_path / "run", steps=60, equilibrium=loose)
     t.train()
     t.save_model()

@@ -174,7 +174,8 @@ def test_auto_stop_leaves_the_weights_averaged_over_the_window_in_the_model(tmp_
             self.states.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
 
     rec = WeightsAtStepEnd()
-    always = {"auto_stop": True, "window": 20, "lambda_tolerance": 1e9, "s_tolerance": 1e9, "loss_tolerance": 1e9}
+    always = {"auto_stop": True, "window": 20, "lambda_tolerance": 1e9, "s_tolerance": 1e9, "loss_tolerance": 1e9,
+              "min_epochs": 0}
     trainer = SCUTrainer(model=tiny_peft(), train_dataset=token_dataset(), callbacks=[rec], scu={"target_s": 0.1},
                          equilibrium=always, args=trainer_args(tmp_path, max_steps=40, learning_rate=3e-3))
     trainer.train()
