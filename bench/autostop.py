@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_slope_per_100"] or 0) >= -RICH_SLOPE
                                              for r in rich_rows) if rich_rows else None,
         }
-        summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector, "scu": setting and setting[1], "settings": s.__dict__,
-                   "runs": rows, "goals": goals,
+        summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector,
+                   "scu": setting[1] if setting else None, "settings": s.__dict__, "runs": rows, "goals": goals,
                    "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
                    "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}
         atomic_write_json(out / "results.json", summary)

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
+from scu.config.schema import ScuSection
 
 
 def parse_value(text: str) -> Any:
@@ -33,10 +36,6 @@ def settings_label(items: list[str]) -> str:
 
 def scu_settings(items: list[str]) -> dict[str, Any]:
     """--set KEY=VALUE ... as scu settings, checked against the schema before any work starts (a bad one names itself)."""
-    from pydantic import ValidationError
-
-    from scu.config.schema import ScuSection
-
     scu = key_values(items)
     try:
         ScuSection.model_validate({"enabled": True, **scu})

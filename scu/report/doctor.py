@@ -184,7 +184,7 @@ def diagnose(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finding]:
             ))
     eq = meta.get("equilibrium_step")
     if eq is None and lo < hi:
-        eq = replay(rows, EquilibriumConfig(**cfg.get("equilibrium", {}))).equilibrium_step
+        eq = replay(rows, EquilibriumConfig(**cfg.get("equilibrium", {})), meta.get("tokens_per_epoch")).equilibrium_step
     findings.append(loss_rises_after_equilibrium(rows, eq))
     return [f for f in findings if f is not None]
 
