@@ -82,7 +82,7 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     optimizer = optim.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay, bias_correction=True)
     facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule)
     session = ControlSession(cfg, tokens_per_epoch, out, facts)
-    run = MlxRun(cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, session,
+    run = MlxRun(session.cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, session,
                  BlockOrder(len(data.train), t.seed), lr_schedule(t), adapter_config)
     run.state.fingerprints = run_fingerprints(cfg, data)
     run.lock = claim(out, CHECKPOINT, resume, overwrite)
@@ -164,7 +164,7 @@ def load_weights(run: MlxRun, average: dict[str, mx.array]) -> None:
 def write_outputs(run: MlxRun, status: str, adapter: bool) -> None:
     if adapter:
         save_adapter(run.model, run.adapter_config, run.out)
-    atomic_write_text(run.out / "config.yaml", dump_config(run.session.cfg))  # the law that ran (`law: auto` resolved)
+    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
     run.session.write_records(status)
     if adapter:
         write_model_card(run.out)  # README.md from the files just written (docs/evaluation.md)

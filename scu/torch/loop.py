@@ -77,7 +77,6 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     from accelerate.utils import set_seed
 
     out = Path(out)
-    cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(measures_balance=True)})  # law: auto, as this loop runs it
     trackers = {"log_with": cfg.training.report_to, "project_dir": out} if cfg.training.report_to else {}
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), **trackers)
     if accelerator.is_main_process:  # the process that will claim and write it; others would race its claim
@@ -99,7 +98,8 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     facts = RunFacts("scu train", "torch", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule,
                      world_size=accelerator.num_processes, measures_balance=True)
     session = ControlSession(cfg, tokens_per_epoch, out, facts, is_main=accelerator.is_main_process)
-    run = Run(cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator, session,
+    # the session's config: `law: auto` resolved as this loop runs it (the step reads the law and the penalty step)
+    run = Run(session.cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, accelerator, session,
               BlockOrder(len(data.train), cfg.training.seed), lr_schedule(cfg.training))
     run.state.fingerprints = run_fingerprints(cfg, data)
     if accelerator.is_main_process:
@@ -280,7 +280,7 @@ def train(
         lambda r, average: load_average(r.accelerator.unwrap_model(r.model), average),
         is_main=run.accelerator.is_main_process,
     )
-    trackers = [ReportTo(run.accelerator, cfg, run.state.tokens_seen)] if cfg.training.report_to else []
+    trackers = [ReportTo(run.accelerator, run.cfg, run.state.tokens_seen)] if cfg.training.report_to else []
     try:
         return run.session.metadata(drive(run, backend, progress, [*callbacks, *trackers]))
     finally:
