@@ -102,6 +102,9 @@ class ScuSection(Section):
     # how the penalty reaches the weights: through the loss, hence AdamW's momentum ("loss"), or as its own step after
     # the optimizer's, scaled by AdamW's per-entry step size without its momentum ("decoupled", scu train only)
     penalty_step: Literal["loss", "decoupled"] = "loss"
+    # decoupled: the most one entry's penalty step may move it, in units of lr. AdamW's data step is at most about lr,
+    # so at 1 the penalty can at best cancel a data step that keeps pushing; above 1 a large lambda still shrinks it
+    penalty_step_bound: float = Field(1.0, ge=1)
     ema_alpha: float = PIConfig.ema_alpha
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
@@ -157,6 +160,14 @@ class ScuSection(Section):
             if clash:
                 raise ValueError(f"scu.law: auto sets scu.{clash[0]} itself; drop it, or name a law (pi, balance, ...) "
                                  "to set it by hand")
+        return self
+
+    @model_validator(mode="after")
+    def _bound_needs_decoupled(self) -> "ScuSection":
+        """The bound acts on the decoupled step only: set with the penalty in the loss, it would do nothing."""
+        if self.penalty_step_bound != 1.0 and self.penalty_step == "loss" and self.law != "auto":
+            raise ValueError("scu.penalty_step_bound bounds the decoupled penalty step only; add scu.penalty_step: "
+                             "decoupled, or drop it")
         return self
 
     def resolved(self, measures_balance: bool) -> "ScuSection":

@@ -170,14 +170,14 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def gradient_balance(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None], lam: float,
-    decoupled: bool = False, moments: list[torch.Tensor | None] | None = None,
+    decoupled: bool = False, moments: list[torch.Tensor | None] | None = None, bound: float = 1.0,
 ) -> torch.Tensor:
     """[-<g_d, g_p>, ||g_p||^2, sensitivity / lr] from the step's total gradient and the penalty's own g_p (all ranks).
 
     The total gradient is g_d + lam * g_p, or g_d alone with `decoupled`. The sensitivity is how far one unit of
     lambda, held, moves the penalty per step, with v_hat AdamW's second moments from the steps before this one (none
     before the first: 0): through the loss it is lr * <g_p, D g_p>, D = 1 / (sqrt(v_hat) + eps); with the decoupled
-    step (decoupled_penalty_step) it is that step's derivative, lr * sum g_p^2 v_hat / (v_hat + (lam g_p)^2)^(3/2)."""
+    step (decoupled_penalty_step, `bound` c) it is that step's derivative, lr * sum g_p^2 v_hat / (v_hat + (lam g_p / c)^2)^(3/2)."""
     params = trainable(model)
     moments = adam_second_moments(optimizer, params) if moments is None else moments
     eps = optimizer.param_groups[0]["eps"]
@@ -185,7 +185,7 @@ def gradient_balance(
     sq = sum((g * g).sum() for _, g, _ in triples)
     dot = sum(((total.double() * g).sum() for total, g, _ in triples if total is not None), sq * 0)
     if decoupled:
-        scaled = sum(((g * g * v / ((v + (lam * g) ** 2).pow(1.5) + eps ** 3)).sum()
+        scaled = sum(((g * g * v / ((v + (lam * g / bound) ** 2).pow(1.5) + eps ** 3)).sum()
                       for _, g, v in triples if v is not None), sq * 0)
     else:
         scaled = sum(((g * g / (v.sqrt() + eps)).sum() for _, g, v in triples if v is not None), sq * 0)
@@ -205,18 +205,19 @@ def adam_second_moments(optimizer: torch.optim.Optimizer, params: list[torch.nn.
 @torch.no_grad()
 def decoupled_penalty_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, penalty_grad: list[torch.Tensor | None],
-    moments: list[torch.Tensor | None], lam: float, lr: float,
+    moments: list[torch.Tensor | None], lam: float, lr: float, bound: float = 1.0,
 ) -> None:
-    """`penalty_step: decoupled`: theta -= lr * lam * g_p / sqrt(v_hat + (lam * g_p)^2), v_hat AdamW's second moment of
-    the data's gradient from before this step, and no momentum, so a new lambda acts in full in its own step. Where
-    the penalty's gradient dominates an entry, its step is bounded by lr, as AdamW's own is (with lam * g_p / sqrt(v_hat)
-    alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat). Its sensitivity is read by
-    gradient_balance(decoupled=True), with the same moments."""
+    """`penalty_step: decoupled`: theta -= lr * lam * g_p / sqrt(v_hat + (lam * g_p / c)^2), v_hat AdamW's second moment
+    of the data's gradient from before this step, c = `penalty_step_bound`, and no momentum, so a new lambda acts in
+    full in its own step. Where the penalty's gradient dominates an entry, its step is bounded by c * lr (with
+    lam * g_p / sqrt(v_hat) alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat). AdamW's
+    own step is at most about lr, so with c 1 the penalty can at best cancel a data step that keeps pushing one way.
+    Its sensitivity is read by gradient_balance(decoupled=True), with the same moments and bound."""
     eps = optimizer.param_groups[0]["eps"]
     for p, g, v in zip(trainable(model), penalty_grad, moments):
         if g is not None and v is not None:
             g = g.double()
-            p.add_((lam * g / ((v + (lam * g) ** 2).sqrt() + eps)).to(p.dtype), alpha=-lr)
+            p.add_((lam * g / ((v + (lam * g / bound) ** 2).sqrt() + eps)).to(p.dtype), alpha=-lr)
 
 
 def train_step(run: Run, lam: float, lr: float) -> StepResult:
@@ -228,7 +229,8 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
     decoupled = run.cfg.scu.penalty_step == "decoupled" and penalty_grad is not None
     moments = adam_second_moments(opt, trainable(run.model)) if penalty_grad is not None else None  # before the step
-    balance = (gradient_balance(run.model, opt, penalty_grad, lam, decoupled, moments).float()
+    bound = run.cfg.scu.penalty_step_bound
+    balance = (gradient_balance(run.model, opt, penalty_grad, lam, decoupled, moments, bound).float()
                if penalty_grad is not None else None)
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor
     grad_norm = torch.nn.utils.clip_grad_norm_(trainable(run.model), max_norm)
@@ -242,7 +244,7 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     clip = 1.0 if decoupled else min(1.0, max_norm / (gnorm + 1e-6))
     if math.isfinite(data_nats) and math.isfinite(gnorm):
         if decoupled:  # with v_hat from before the optimizer's step, as its sensitivity was read
-            decoupled_penalty_step(run.model, opt, penalty_grad, moments, lam, lr)
+            decoupled_penalty_step(run.model, opt, penalty_grad, moments, lam, lr, bound)
         opt.step()
     opt.zero_grad(set_to_none=True)
     return StepResult(data_nats, param_value if pbpt is not None else None, gnorm, step_tokens,

@@ -161,11 +161,12 @@ def test_auto_sigma_is_the_rms_of_the_adapted_base_weights_and_scales_the_gradie
     assert grads[1].abs().max() > 0
 
 
-def _two_steps(make_cfg, out, penalty_step: str, lam: float) -> dict[str, torch.Tensor]:
+def _two_steps(make_cfg, out, penalty_step: str, lam: float, bound: float = 1.0) -> dict[str, torch.Tensor]:
     """The trainable weights after a step at lambda 0 and a second at `lam`, from one seed and one data order."""
     from scu.torch.loop import train_step
 
-    run = setup(make_cfg(scu__penalty_step=penalty_step), out)
+    extra = {"scu__penalty_step_bound": bound} if bound != 1.0 else {}
+    run = setup(make_cfg(scu__penalty_step=penalty_step, **extra), out)
     with torch.no_grad():
         for p in run.penalty.pairs:
             p.B.normal_(std=0.02, generator=torch.Generator().manual_seed(5))  # a change the penalty pulls on
@@ -183,20 +184,89 @@ def _two_steps(make_cfg, out, penalty_step: str, lam: float) -> dict[str, torch.
     return weights, scales
 
 
-def test_a_decoupled_penalty_step_moves_each_weight_by_its_own_bounded_step(make_cfg, tmp_path):
+@pytest.mark.parametrize("bound", [1.0, 2.0])
+def test_a_decoupled_penalty_step_moves_each_weight_by_its_own_bounded_step(make_cfg, tmp_path, bound):
     """penalty_step: decoupled leaves AdamW's step to the data alone (the same as lambda 0), then moves every weight
-    by exactly -lr * lam * g_p / sqrt(v_hat + (lam g_p)^2), v_hat AdamW's before the step: no momentum between them,
-    and never more than lr where the penalty dominates."""
+    by exactly -lr * lam * g_p / sqrt(v_hat + (lam g_p / c)^2), v_hat AdamW's before the step, c the bound: no momentum
+    between them, and never more than c * lr where the penalty dominates."""
     plain, _ = _two_steps(make_cfg, tmp_path / "plain", "loss", 0.0)
-    decoupled, scales = _two_steps(make_cfg, tmp_path / "decoupled", "decoupled", 2.0)
+    decoupled, scales = _two_steps(make_cfg, tmp_path / "decoupled", "decoupled", 2.0, bound)
     moved = 0
     for (name, w), (g, v) in zip(decoupled.items(), scales):
-        step = 0.0 if g is None or v is None else 2.0 * g.double() / ((v + (2.0 * g.double()) ** 2).sqrt() + 1e-8)
+        step = 0.0 if g is None or v is None else 2.0 * g.double() / ((v + (2.0 * g.double() / bound) ** 2).sqrt() + 1e-8)
         expected = plain[name].double() - 1e-3 * step
-        assert (w.double() - plain[name].double()).abs().max() <= 1e-3 * (1 + 1e-4)  # bounded by lr
+        assert (w.double() - plain[name].double()).abs().max() <= bound * 1e-3 * (1 + 1e-4)  # bounded by c * lr
         torch.testing.assert_close(w.double(), expected, rtol=1e-5, atol=1e-8)  # float32 weights
         moved += int((expected - plain[name].double()).abs().max().item() > 1e-5)  # far above the tolerance
     assert moved >= 4
+
+
+class _Entry(torch.nn.Module):
+    """One weight, as one LoRA entry seen by the penalty: penalty theta^2 / 2, so g_p = theta."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor([0.05]))
+
+
+def _pushed_entry(bound: float, lam: float, steps: int = 200, lr: float = 1e-3) -> float:
+    """|theta| after AdamW steps on a data gradient that always pushes it up, each followed by the decoupled step."""
+    from scu.torch.loop import adam_second_moments, decoupled_penalty_step
+
+    model = _Entry()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        moments = adam_second_moments(opt, trainable(model))  # before the step, as train_step reads them
+        model.theta.grad = torch.tensor([-1.0])  # the data's push: AdamW's step is lr, every step
+        decoupled_penalty_step(model, opt, [model.theta.detach().clone()], moments, lam, lr, bound)
+        opt.step()
+    return abs(model.theta.item())
+
+
+def test_above_bound_one_a_large_lambda_shrinks_an_entry_the_data_keeps_pushing():
+    """A data gradient that never changes sign gets AdamW's full step, lr. At bound 1 the penalty step is below lr
+    however large lambda is, so the entry still grows; at bound 2 the same lambda pulls it to zero."""
+    start = 0.05
+    assert _pushed_entry(1.0, lam=1e6) > start  # the data's step wins: lambda has lost control
+    assert _pushed_entry(2.0, lam=1e6) < 3e-3  # within one step (c * lr + lr) of zero: the penalty won
+    assert _pushed_entry(2.0, lam=0.0) == pytest.approx(start + 200 * 1e-3, rel=1e-3)  # lambda 0: the data's steps only
+
+
+@pytest.mark.parametrize("bound", [1.0, 3.0])
+def test_the_decoupled_sensitivity_is_the_derivative_of_the_penalty_step(bound):
+    """gradient_balance(decoupled=True)'s third entry, times lr, is d/d lambda of <g_p, the step's move>: the rate the
+    controller's plan divides by (central difference, on weights and moments of mixed sizes)."""
+    from scu.torch.loop import decoupled_penalty_step
+
+    model = _Entry()
+    model.theta = torch.nn.Parameter(torch.tensor([0.05, -0.3, 2.0, 1e-4], dtype=torch.float64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    g = [torch.tensor([0.5, -2.0, 3.0, 1e-3], dtype=torch.float64)]
+    v = [torch.tensor([1.0, 0.5, 1e-4, 4.0], dtype=torch.float64)]
+    model.theta.grad = torch.zeros(4, dtype=torch.float64)
+    lam, h = 0.8, 1e-6
+
+    def moved(at: float) -> float:
+        before = model.theta.detach().clone()
+        decoupled_penalty_step(model, opt, g, v, at, 1.0, bound)
+        after = model.theta.detach().clone()
+        with torch.no_grad():
+            model.theta.copy_(before)
+        return -(g[0] * (after - before)).sum().item()
+
+    numeric = (moved(lam + h) - moved(lam - h)) / (2 * h)
+    scaled = gradient_balance(model, opt, g, lam, decoupled=True, moments=v, bound=bound)[2].item()
+    assert numeric > 0
+    assert scaled == pytest.approx(numeric, rel=1e-6)
+
+
+def test_the_bound_is_refused_where_the_penalty_is_in_the_loss():
+    from scu.config.schema import build_config
+    from scu import ScuError
+
+    with pytest.raises(ScuError, match="penalty_step_bound bounds the decoupled penalty step only"):
+        build_config({"scu": {"penalty_step_bound": 2.0}})
+    assert build_config({"scu": {"penalty_step": "decoupled", "penalty_step_bound": 2.0}}).scu.penalty_step_bound == 2.0
 
 
 def test_decoupled_penalty_step_is_refused_where_it_is_not_applied():
