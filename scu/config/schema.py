@@ -40,14 +40,14 @@ ALIASES = {
 
 
 # `scu.law: auto` (opt-in): the start-up set measured best, where the trainer can run it. `scu train` (PyTorch) measures
-# the gradient balance and applies a decoupled penalty step, so it gets the balance law with these settings, the only
-# set that met the start-up criterion in every SmolLM2 run; the other trainers get the position-form PI with the
-# schema's defaults. The run's config.yaml and metadata hold the law it ran. For runs of a few epochs: given 300 steps
-# (8.5 epochs) on SmolLM2 it ran lambda into its bound and lost S* (docs/method.md, "`law: auto`").
+# the gradient balance and applies a decoupled penalty step, so it gets the balance law with these settings; the other
+# trainers get the position-form PI with the schema's defaults. The run's config.yaml and metadata hold the law it ran.
+# The penalty step may reach twice lr: at once lr, given 300 steps (8.5 epochs) on SmolLM2 it ran lambda into its bound
+# and lost S* (docs/method.md, "`penalty_step_bound`").
 AUTO_BALANCE: dict[str, Any] = {
     "law": "balance", "penalty_step": "decoupled", "smoothing": "data", "feedforward": "growth", "growth_alpha": 0.5,
     "approach": "horizon", "kp": 1.0, "ki": 0.0, "start_band": 0.2, "horizon_steps": 5.0, "tracking_alpha": 0.1,
-    "settle_steps": 10,
+    "settle_steps": 10, "penalty_step_bound": 2.0,
 }
 
 

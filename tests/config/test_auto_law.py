@@ -22,11 +22,13 @@ def test_auto_resolves_to_the_balance_set_where_the_balance_is_measured_and_to_p
     assert explicit.resolved(True) is explicit
 
 
-@pytest.mark.parametrize("key, value", [("kp", 3.0), ("ki", 0.1), ("penalty_step", "decoupled"), ("settle_steps", 4)])
+@pytest.mark.parametrize("key, value", [("kp", 3.0), ("ki", 0.1), ("penalty_step", "decoupled"), ("settle_steps", 4),
+                                        ("penalty_step_bound", 3.0)])
 def test_a_setting_auto_chooses_is_refused_when_set_by_hand(key, value):
     with pytest.raises(ScuError, match=f"scu.law: auto sets scu.{key} itself; drop it, or name a law"):
         build_config({"scu": {"law": "auto", key: value}})
-    build_config({"scu": {"law": "balance", key: value}})  # named law: the user's own value
+    named = {"law": "balance", key: value, **({"penalty_step": "decoupled"} if key == "penalty_step_bound" else {})}
+    assert getattr(build_config({"scu": named}).scu, key) == value  # named law: the user's own value
 
 
 def test_an_auto_config_written_out_in_full_reads_back():
