@@ -177,7 +177,8 @@ def gradient_balance(
     The total gradient is g_d + lam * g_p, or g_d alone with `decoupled`. The sensitivity is how far one unit of
     lambda, held, moves the penalty per step, with v_hat AdamW's second moments from the steps before this one (none
     before the first: 0): through the loss it is lr * <g_p, D g_p>, D = 1 / (sqrt(v_hat) + eps); with the decoupled
-    step (decoupled_penalty_step, `bound` c) it is that step's derivative, lr * sum g_p^2 v_hat / (v_hat + (lam g_p / c)^2)^(3/2)."""
+    step (decoupled_penalty_step, `bound` c) it is that step's derivative,
+    lr * sum g_p^2 v_hat / (v_hat + (lam g_p / c)^2)^(3/2)."""
     params = trainable(model)
     moments = adam_second_moments(optimizer, params) if moments is None else moments
     eps = optimizer.param_groups[0]["eps"]
@@ -210,8 +211,9 @@ def decoupled_penalty_step(
     """`penalty_step: decoupled`: theta -= lr * lam * g_p / sqrt(v_hat + (lam * g_p / c)^2), v_hat AdamW's second moment
     of the data's gradient from before this step, c = `penalty_step_bound`, and no momentum, so a new lambda acts in
     full in its own step. Where the penalty's gradient dominates an entry, its step is bounded by c * lr (with
-    lam * g_p / sqrt(v_hat) alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat). AdamW's
-    own step is at most about lr, so with c 1 the penalty can at best cancel a data step that keeps pushing one way.
+    lam * g_p / sqrt(v_hat) alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat).
+    AdamW's own step is at most about lr, so with c 1 the penalty can at best cancel a data step that keeps pushing
+    one way.
     Its sensitivity is read by gradient_balance(decoupled=True), with the same moments and bound."""
     eps = optimizer.param_groups[0]["eps"]
     for p, g, v in zip(trainable(model), penalty_grad, moments):
