@@ -165,7 +165,7 @@ class ScuSection(Section):
     @model_validator(mode="after")
     def _bound_needs_decoupled(self) -> "ScuSection":
         """The bound acts on the decoupled step only: set with the penalty in the loss, it would do nothing."""
-        if self.penalty_step_bound != 1.0 and self.penalty_step == "loss" and self.law != "auto":
+        if self.penalty_step_bound != 1.0 and self.penalty_step == "loss":
             raise ValueError("scu.penalty_step_bound bounds the decoupled penalty step only; add scu.penalty_step: "
                              "decoupled, or drop it")
         return self

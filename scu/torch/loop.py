@@ -213,8 +213,7 @@ def decoupled_penalty_step(
     full in its own step. Where the penalty's gradient dominates an entry, its step is bounded by c * lr (with
     lam * g_p / sqrt(v_hat) alone, SmolLM2 diverged from step 6: entries the data hardly moves have a tiny v_hat).
     AdamW's own step is at most about lr, so with c 1 the penalty can at best cancel a data step that keeps pushing
-    one way.
-    Its sensitivity is read by gradient_balance(decoupled=True), with the same moments and bound."""
+    one way. Its sensitivity is read by gradient_balance(decoupled=True), with the same moments and bound."""
     eps = optimizer.param_groups[0]["eps"]
     for p, g, v in zip(trainable(model), penalty_grad, moments):
         if g is not None and v is not None:
