@@ -95,8 +95,8 @@ def pi_config(cfg: Config) -> PIConfig:
         target_s=s.target_s, kp=s.kp, ki=s.ki, deadband=s.deadband, lambda_init=s.lambda_init,
         lambda_min=s.lambda_min, lambda_max=s.lambda_max, ema_alpha=s.ema_alpha, smoothing=s.smoothing,
         lead_steps=s.lead_steps, tracking_alpha=s.tracking_alpha, settle_steps=s.settle_steps,
-        balance_margin=s.balance_margin,
-        feedforward=s.feedforward, growth_alpha=s.growth_alpha, approach=s.approach, horizon_steps=s.horizon_steps,
+        balance_margin=s.balance_margin, feedforward=s.feedforward, growth_alpha=s.growth_alpha,
+        balance_floor=s.balance_floor, approach=s.approach, horizon_steps=s.horizon_steps,
         horizon_memory=s.horizon_memory, horizon_kp_reads=s.horizon_kp_reads, start_band=s.start_band,
         horizon_plant=s.horizon_plant, restoring_exponent=s.restoring_exponent, law=s.law,
         # a decoupled penalty step acts in full in its own step: no momentum between lambda and the weights

@@ -113,6 +113,8 @@ class ScuSection(Section):
     balance_margin: float = Field(PIConfig.balance_margin, gt=0)  # balance law: lambda around this multiple of lambda_bal
     feedforward: Literal["balance", "growth"] = PIConfig.feedforward  # balance law: what sets lambda's centre
     growth_alpha: float | None = Field(PIConfig.growth_alpha, gt=0, le=1)  # feedforward growth: its EMA rate
+    # feedforward growth: the centre is at least the gradient balance until settled, from the start or from tracking
+    balance_floor: Literal["start", "tracking"] | None = PIConfig.balance_floor
     start_band: float = Field(PIConfig.start_band, gt=0, lt=1)  # bumpless, balance: tracking from S_hat >= (1 - start_band) * S*
     approach: Literal["lead", "horizon"] = PIConfig.approach  # balance law: how lambda moves about its centre
     horizon_steps: float = Field(PIConfig.horizon_steps, ge=1)  # approach horizon: steps over which ParamBPT reaches its target

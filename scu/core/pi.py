@@ -119,6 +119,10 @@ class PIConfig:
     # balance law: what sets lambda's centre, the gradient balance or the lambda at which the measured growth of
     # ParamBPT would stop (module docstring); growth needs the step's penalty sensitivity (AdamW, scu train)
     feedforward: Literal["balance", "growth"] = "balance"
+    # feedforward growth: the centre is at least the gradient balance until settled, from the first step ("start") or
+    # from tracking ("tracking"); None: no floor. While S first rises the growth estimate read below the balance in
+    # every measured run, and on SmolLM2 the low centre let S overshoot (docs/method.md, "The balance as a floor")
+    balance_floor: Literal["start", "tracking"] | None = None
     momentum: float = 0.9  # AdamW's beta1: the growth measured in a step answers the momentum's average of lambda
     growth_alpha: float | None = None  # EMA rate of lambda_growth's two parts (None: the balance's; tracking_alpha once tracking)
     # balance law: how lambda moves about its centre: "lead" (kp on the log-odds error of where S is heading) or
@@ -157,6 +161,10 @@ class PIConfig:
             raise ValueError(f"balance_margin must be > 0, got {self.balance_margin}")
         if self.feedforward not in ("balance", "growth"):
             raise ValueError(f"feedforward must be 'balance' or 'growth', got {self.feedforward!r}")
+        if self.balance_floor not in (None, "start", "tracking"):
+            raise ValueError(f"balance_floor must be 'start', 'tracking' or None, got {self.balance_floor!r}")
+        if self.balance_floor is not None and self.feedforward != "growth":
+            raise ValueError("balance_floor floors the growth estimate; set feedforward 'growth', or drop balance_floor")
         if self.approach not in ("lead", "horizon"):
             raise ValueError(f"approach must be 'lead' or 'horizon', got {self.approach!r}")
         if self.approach == "horizon" and self.smoothing != "data":
@@ -350,6 +358,11 @@ class PIController:
         # in, not lambda_init, which from a start 1000x too high held S back (SmolLM2 18k: settled at 45; now 34)
         growth = self.lambda_growth if c.feedforward == "growth" else None
         balance = self.lambda_balance if growth is None else growth
+        # S rising from 0 is not an offset of the balance: the integral starts once S has first come near S*
+        self.tracking = self.tracking or self.s_hat >= (1.0 - c.start_band) * target
+        floored = c.balance_floor == "start" or (c.balance_floor == "tracking" and self.tracking)
+        if floored and growth is not None and not self.settled and self.lambda_balance is not None:
+            balance = max(growth, self.lambda_balance)
         if balance is not None and balance > 0.0:
             self.held_balance = balance
         # the data's measured pull can turn inward (<= 0) while Adam still grows the change: the last positive
@@ -365,8 +378,6 @@ class PIController:
         # extrapolated in S, not in its log-odds: while S grows exponentially from ~0 the log-odds rise fast
         # although S is still far below S*
         ahead = min(max(log_odds_error(heading, target), -c.error_clip), c.error_clip)
-        # S rising from 0 is not an offset of the balance: the integral starts once S has first come near S*
-        self.tracking = self.tracking or self.s_hat >= (1.0 - c.start_band) * target
         if c.approach == "horizon" and sensitivity is not None and param_bpt is not None:
             # once tracking, kp moves the centre by the log-odds error: the growth model's own correction per bit
             # of gap is as strong as its sensitivity is right, and early in a run AdamW's scale is not yet settled

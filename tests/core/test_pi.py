@@ -519,6 +519,33 @@ def test_settle_steps_hold_the_fast_rate_until_s_hat_has_held_the_band_that_long
     assert settled_at == [9 if break_at else 6]
 
 
+@pytest.mark.parametrize("floor,held", [(None, []), ("start", [2, 3]), ("tracking", [4, 5])])
+def test_balance_floor_holds_the_centre_at_the_balance_until_settled(floor, held):
+    # lambda starts at the balance, 0.3, and follows the growth estimate, which at sensitivity 100 reads about the lambda
+    # applied; from step 2 the balance reads 0.8. S_hat comes near S* (tracking) at step 4 and has held the band 3 steps
+    # (settled) at step 6. Floored, lambda is the balance from the first step ("start") or from tracking ("tracking")
+    # until settled; otherwise, and after, it is the growth estimate itself
+    c = PIController(PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_init=0.3, lambda_min=1e-6,
+                              lambda_max=1e3, ema_alpha=1.0, kp=0.0, ki=0.0, lead_steps=0.0, momentum=0.0,
+                              feedforward="growth", growth_alpha=1.0, tracking_alpha=1.0, settle_steps=3,
+                              start_band=0.1, balance_floor=floor))
+    at_balance = []
+    for k, param in enumerate([0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.001, 1.002, 1.003, 1.004]):
+        lam = c.update(param / (9.0 + param), balance=(0.3 if k < 2 else 0.8, 1.0, 100.0), parts=(9.0, param))
+        assert c.tracking == (k >= 4) and c.settled == (k >= 6)
+        if k >= 1:
+            if lam != pytest.approx(c.lambda_growth, rel=1e-12):
+                assert lam == pytest.approx(0.8, rel=1e-12) and c.lambda_growth < 0.8
+                at_balance.append(k)
+    assert at_balance == held
+
+
+@pytest.mark.parametrize("bad", [{"feedforward": "balance", "balance_floor": "start"}, {"balance_floor": "always"}])
+def test_balance_floor_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="balance_floor"):
+        PIConfig(law="balance", **{"feedforward": "growth", **bad})
+
+
 def test_a_checkpoint_taken_mid_count_resumes_the_settle_count():
     config = PIConfig(smoothing="data", law="balance", target_s=0.1, lambda_init=0.2, lambda_min=1e-6, lambda_max=1e3,
                       ema_alpha=1.0, kp=0.0, ki=0.0, lead_steps=0.0, momentum=0.0, feedforward="balance",

@@ -51,7 +51,7 @@ def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller()
               "tracking_alpha": 0.05, "balance_margin": 1.1, "feedforward": "growth", "growth_alpha": 0.4,
               "approach": "horizon", "horizon_steps": 6.0, "horizon_memory": "deficit",
               "horizon_kp_reads": "heading", "start_band": 0.2, "horizon_plant": "restoring", "restoring_exponent": 0.7,
-              "settle_steps": 4}
+              "settle_steps": 4, "balance_floor": "tracking"}
     got = pi_config(build_config({"scu": chosen}))
     assert {k: getattr(got, k) for k in chosen} == chosen
     # what the scu section does not expose keeps PIConfig's default (laws kept for comparison, AdamW's beta1)
