@@ -108,7 +108,10 @@ def build_controllers(cfg: Config, tokens_per_epoch: int | None = None) -> dict[
     """The controllers this config asks for, by name, in the order their Actions merge."""
     controllers: dict[str, Controller] = {}
     if cfg.scu.enabled:
-        controllers["pi"] = PIController(pi_config(cfg))
+        try:  # settings that clash with each other (PIConfig checks them together): one line, not a traceback
+            controllers["pi"] = PIController(pi_config(cfg))
+        except ValueError as e:
+            raise ScuError(f"scu: {e}") from None
     if cfg.sscu.enabled:
         controllers["sscu"] = SimplifiedController(cfg.sscu, cfg.training.gradient_accumulation)
     if cfg.scu.enabled and cfg.scu.lambda_max > 0:  # a controlled λ, or a fixed one whose S settles (target_s: auto)

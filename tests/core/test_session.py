@@ -7,7 +7,8 @@ import pytest
 
 from scu.config.schema import build_config
 from scu.core.telemetry import Action, merge
-from scu.session import ControlSession, StepResult
+from scu import ScuError
+from scu.session import ControlSession, RunFacts, StepResult
 
 
 def test_merge_multiplies_factors_adds_pacing_and_keeps_the_coolest_pause():
@@ -31,9 +32,6 @@ def test_a_checkpoint_without_the_session_lambda_resumes_at_the_pi_lambda():
 
 
 def test_balance_law_is_refused_where_the_trainer_does_not_measure_the_balance():
-    from scu import ScuError
-    from scu.session import RunFacts
-
     cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"}, "scu": {"law": "balance"}})
     with pytest.raises(ScuError, match="use scu.law: pi"):
         ControlSession(cfg, 1000, None, RunFacts("scu train (mlx)", "mlx"))
@@ -60,9 +58,15 @@ def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller()
                     "leak", "integral_limit"}
 
 
-def test_the_balance_law_records_the_steps_penalty_sensitivity_in_its_metrics_row():
-    from scu.session import RunFacts
+@pytest.mark.parametrize("clash, fix", [({"balance_floor": "start"}, "set feedforward 'growth'"),
+                                        ({"approach": "horizon", "smoothing": "ratio"}, "needs smoothing 'data'")])
+def test_controller_settings_that_clash_are_a_one_line_error(clash, fix):
+    cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"}, "scu": {"law": "balance", **clash}})
+    with pytest.raises(ScuError, match=fix):
+        ControlSession(cfg, 10_000, None, RunFacts("scu train", measures_balance=True))
 
+
+def test_the_balance_law_records_the_steps_penalty_sensitivity_in_its_metrics_row():
     cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"},
                         "scu": {"law": "balance", "feedforward": "growth", "target_s": 0.1}})
     session = ControlSession(cfg, 10_000, None, RunFacts("scu train", measures_balance=True))
