@@ -31,11 +31,12 @@ from scu.report.records import atomic_write_json, atomic_write_text
 HARNESS = Path("bench/results/scu_vs_baselines_real")
 
 
-def setting_jobs(name: str, scu: dict[str, Any], sizes: list[str], seeds: range) -> list[Job]:
-    """The setting's arm: every seed at the main size (held-out along the way), then one seed at the data-rich size."""
+def setting_jobs(name: str, scu: dict[str, Any], sizes: list[str], seeds: range, rich_seeds: range) -> list[Job]:
+    """The setting's arm: every seed at the main size (held-out along the way), then the data-rich size's seeds."""
     main, rich = sizes
     cfg = {"scu": {"enabled": True, **scu}}
-    return [Job(name, seed, main, cfg) for seed in seeds] + [Job(f"N={rich}/{name}", 0, rich, cfg, evals="final")]
+    return ([Job(name, seed, main, cfg) for seed in seeds]
+            + [Job(f"N={rich}/{name}", seed, rich, cfg, evals="final") for seed in rich_seeds])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="the arm's name (a folder of the harness's cache)")
     ap.add_argument("--set", nargs="+", required=True, metavar="KEY=VALUE", help="the scu settings of the arm")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--rich-seeds", type=int, default=1, help="seeds at the data-rich size (final evaluations only)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true", help="write the report from cached jobs; run nothing")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(HARNESS, settings, manifest, work, args.jobs, args.threads)
     out = Path("bench/results/setting_heldout")
     out.mkdir(parents=True, exist_ok=True)
-    mine = setting_jobs(args.name, scu, sizes, seeds)
+    mine = setting_jobs(args.name, scu, sizes, seeds, range(args.rich_seeds))
 
     def report() -> None:
         arms = arm_rows(runner.results, base_wiki)

@@ -12,9 +12,10 @@ def arm(size: str, test: float, val: float, forgetting: float, std: float = 0.00
 
 
 def test_jobs_cover_both_sizes_with_the_settings():
-    jobs = setting_jobs("dec", {"penalty_step": "decoupled"}, ["18000", "72000"], range(2))
+    jobs = setting_jobs("dec", {"penalty_step": "decoupled"}, ["18000", "72000"], range(2), range(2))
     assert [(j.key, j.size, j.evals) for j in jobs] == [
-        ("dec/seed0", "18000", "curve"), ("dec/seed1", "18000", "curve"), ("N=72000/dec/seed0", "72000", "final")]
+        ("dec/seed0", "18000", "curve"), ("dec/seed1", "18000", "curve"), ("N=72000/dec/seed0", "72000", "final"),
+        ("N=72000/dec/seed1", "72000", "final")]
     assert all(j.config == {"scu": {"enabled": True, "penalty_step": "decoupled"}} for j in jobs)
 
 
