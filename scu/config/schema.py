@@ -43,11 +43,12 @@ ALIASES = {
 # the gradient balance and applies a decoupled penalty step, so it gets the balance law with these settings; the other
 # trainers get the position-form PI with the schema's defaults. The run's config.yaml and metadata hold the law it ran.
 # The penalty step may reach twice lr: at once lr, given 300 steps (8.5 epochs) on SmolLM2 it ran lambda into its bound
-# and lost S* (docs/method.md, "`penalty_step_bound`").
+# and lost S* (docs/method.md, "`penalty_step_bound`"). From tracking until settled the centre is at least the gradient
+# balance: without it one SmolLM2 start-up overshot S* by 22% (docs/method.md, "The balance as a floor").
 AUTO_BALANCE: dict[str, Any] = {
     "law": "balance", "penalty_step": "decoupled", "smoothing": "data", "feedforward": "growth", "growth_alpha": 0.5,
     "approach": "horizon", "kp": 1.0, "ki": 0.0, "start_band": 0.2, "horizon_steps": 5.0, "tracking_alpha": 0.1,
-    "settle_steps": 10, "penalty_step_bound": 2.0,
+    "settle_steps": 10, "penalty_step_bound": 2.0, "balance_floor": "tracking",
 }
 
 

@@ -25,7 +25,8 @@ Four update laws share one state (lambda, integral, S_hat, step):
       lambda_growth = lambda_avg + ln2 * (ParamBPT - pace * ParamBPT_prev) / sensitivity,
   lambda_avg the AdamW-momentum average of the lambdas that step answered and pace the smoothed DataBPT's ratio over
   the step, is the lambda at which S would have held still, whatever drove the growth (the data's pull, minibatch
-  noise, Adam's scaling, weight decay).
+  noise, Adam's scaling, weight decay). While S first closes in, that estimate can read below the gradient balance,
+  which noise only adds to; `balance_floor` (opt-in) takes the larger of the two until S has settled.
   ``approach: horizon`` (opt-in) replaces kp and the lead with that same growth model run forward: the lambda the
   optimizer acts on is its momentum's average, so a brake keeps braking ~1/(1-b) steps after it is released (the
   lead law's ring on SmolLM2). The next lambda is the one that, held for horizon_steps steps through the momentum,

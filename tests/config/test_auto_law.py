@@ -23,11 +23,12 @@ def test_auto_resolves_to_the_balance_set_where_the_balance_is_measured_and_to_p
 
 
 @pytest.mark.parametrize("key, value", [("kp", 3.0), ("ki", 0.1), ("penalty_step", "decoupled"), ("settle_steps", 4),
-                                        ("penalty_step_bound", 3.0)])
+                                        ("penalty_step_bound", 3.0), ("balance_floor", "start")])
 def test_a_setting_auto_chooses_is_refused_when_set_by_hand(key, value):
     with pytest.raises(ScuError, match=f"scu.law: auto sets scu.{key} itself; drop it, or name a law"):
         build_config({"scu": {"law": "auto", key: value}})
-    named = {"law": "balance", key: value, **({"penalty_step": "decoupled"} if key == "penalty_step_bound" else {})}
+    needs = {"penalty_step_bound": {"penalty_step": "decoupled"}, "balance_floor": {"feedforward": "growth"}}
+    named = {"law": "balance", key: value, **needs.get(key, {})}
     assert getattr(build_config({"scu": named}).scu, key) == value  # named law: the user's own value
 
 
