@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.autostop import judge, main, plan, slope_per_100
+from bench.autostop import fitted_slope_per_100, judge, main, plan, slope_per_100
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -38,10 +38,39 @@ def test_a_run_measured_before_averaging_is_judged_on_its_last_step_and_says_so(
     assert slope_per_100([{"step": 100, "test": 6.0}], 50) is None  # no evaluation before the step
 
 
+def test_the_fitted_slope_reads_the_trend_of_the_evaluations_near_the_stop_not_one_evaluations_noise():
+    """A flat curve with one low evaluation: the two evaluations around the stop read a fall of 4% per 100 steps,
+    the least-squares slope over the evaluations within 50 steps reads about none, with its standard error."""
+    bpt = {0: 5.0, 25: 5.0, 50: 5.0, 75: 5.0, 100: 4.95, 125: 5.0, 150: 5.0, 175: 5.0}
+    curve = [{"step": k, "test": v} for k, v in bpt.items()]
+    assert slope_per_100(curve, 90) == pytest.approx(-0.04)  # 5.0 -> 4.95 over 25 steps
+    slope, stderr = fitted_slope_per_100(curve, 90)  # the evaluations at 50, 75, 100, 125
+    xs, ys = [50, 75, 100, 125], [5.0, 5.0, 4.95, 5.0]
+    mx, my = sum(xs) / 4, sum(ys) / 4
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    assert slope == pytest.approx(100 * b / (my + b * (90 - mx)))
+    assert abs(slope) < 0.005 < abs(slope_per_100(curve, 90)) and stderr > 0
+    line = [{"step": k, "test": 5.0 - 0.001 * k} for k in range(0, 200, 25)]  # falls 0.1 per 100 steps, exactly
+    slope, stderr = fitted_slope_per_100(line, 100)
+    assert slope == pytest.approx(-0.1 / 4.9) and stderr == pytest.approx(0.0, abs=1e-9)
+    assert fitted_slope_per_100(line[:2], 10) is None  # fewer than 3 evaluations in the window
+
+
+def test_the_data_rich_goal_is_judged_on_the_fitted_slope():
+    curve = [{"step": 100 + 25 * i, "test": 5.0 - 0.01 * i} for i in range(8)]  # falls 0.04 per 100 steps: 0.8%
+    r = {"arm": "a", "seed": 0, "size": "72000", "tokens_per_epoch": 72000, "curve": curve, "final": {"test": 4.93},
+         "auto_stop": {"step": 190, "test": 4.97}, "early_stop": None}
+    a = judge(r, budget=300)["auto"]
+    assert a["heldout_fitted_slope_per_100"][0] == pytest.approx(-0.04 / 4.964, rel=1e-3)
+
+
 def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_data_rich_run():
     jobs = plan("real", "18000", "72000", range(2, 5), None)
     assert [(j.size, j.seed) for j in jobs] == [("18000", 2), ("18000", 3), ("18000", 4), ("72000", 0)]
     assert all(j.config == {"scu": {"enabled": True}} for j in jobs)  # real: the product's default S*
+    rich = plan("real", "18000", "72000", range(1), None, rich_seeds=3)
+    assert [(j.size, j.seed) for j in rich] == [("18000", 0), ("72000", 0), ("72000", 1), ("72000", 2)]
+    assert rich[1].key == jobs[-1].key  # the data-rich seed 0 keeps its cache
 
 
 @pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
