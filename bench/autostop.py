@@ -23,6 +23,7 @@ beside it). Every job is cached under
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -202,6 +203,52 @@ def plot(results: list[dict[str, Any]], judged: list[dict[str, Any]], path: Path
     plt.close(fig)
 
 
+def goals_of(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
+    """The issue's four goals over judged runs: the main size's seeds, and the data-rich runs (arms named N=...)."""
+    main_rows = [r for r in rows if not r["arm"].startswith("N=")]
+    rich_rows = [r for r in rows if r["arm"].startswith("N=")]
+    fired = [r["auto"] for r in main_rows if r["auto"] is not None]
+    return {
+        "fires_every_seed": bool(main_rows) and len(fired) == len(main_rows),
+        "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL,
+        "cost_1pct": bool(fired) and max(a["cost"] for a in fired) <= COST_GOAL,
+        "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_fitted_slope_per_100"] or (0.0,))[0]
+                                         >= -RICH_SLOPE for r in rich_rows) if rich_rows else None,
+    }
+
+
+def write_report(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], results: list[dict[str, Any]],
+                 count: str) -> None:
+    """results.json (`summary` plus the judged runs and goals), results.md and autostop.png."""
+    goals = goals_of(rows)
+    fired = [r["auto"] for r in rows if not r["arm"].startswith("N=") and r["auto"] is not None]
+    summary = {**summary, "runs": rows, "goals": goals,
+               "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
+               "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}
+    atomic_write_json(out / "results.json", summary)
+    steps, scale = summary["budget_steps"], summary["scale"]
+    atomic_write_text(out / "results.md", markdown(rows, f"{scale}, {count}, budget {steps} steps, goals {goals}"))
+    if rows:
+        plot(results, rows, out / "autostop.png", f"auto-stop and early stopping ({scale}, budget {steps} steps, "
+             f"detector {summary.get('equilibrium') or 'defaults'})")
+
+
+def reread(out: Path) -> None:
+    """Judge a finished results folder again with today's judge (its runs/ keep every curve): no training."""
+    if not (out / "results.json").is_file():
+        raise SystemExit(f"{out}: no results.json to re-read; name a folder bench.autostop wrote (bench/results/autostop/...)")
+    summary = json.loads((out / "results.json").read_text())
+    runs = {(r["arm"], r["seed"]): r for r in map(lambda p: json.loads(p.read_text()), sorted(out.glob("runs/*/seed*.json")))}
+    missing = [(row["arm"], row["seed"]) for row in summary["runs"] if (row["arm"], row["seed"]) not in runs]
+    if missing:
+        raise SystemExit(f"{out}: no run file for {missing[0]}; rerun its benchmark instead of --reread")
+    results = [runs[(row["arm"], row["seed"])] for row in summary["runs"]]
+    rows = [judge(r, summary["budget_steps"]) | {"tokens_per_step": row.get("tokens_per_step")}
+            for r, row in zip(results, summary["runs"])]
+    write_report(out, {k: v for k, v in summary.items() if k not in ("runs", "goals", "median_saved", "median_cost")},
+                 rows, results, f"{len(rows)} runs, re-read")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", choices=["quick", "cpu", "real"], default="cpu")
@@ -224,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
     ap.add_argument("--out", help="default bench/results/autostop/SCALE")
+    ap.add_argument("--reread", nargs="+", metavar="DIR",
+                    help="judge finished results folders again from their runs (no training), then stop")
     args = ap.parse_args(argv)
+    if args.reread:
+        for folder in args.reread:
+            reread(Path(folder))
+            print(f"re-read {folder}: {json.loads((Path(folder) / 'results.json').read_text())['goals']}", flush=True)
+        return 0
     if bool(args.set) != bool(args.name) or (args.name and not args.name.replace("_", "").isalnum()):
         raise SystemExit("--set and --name go together, and --name is letters, digits and _ (it names a folder)")
     if args.set and args.auto:
@@ -260,26 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     def report() -> None:
         done = [runner.results[j.key] for j in jobs if j.key in runner.results]
         rows = [judge(r, steps) | {"tokens_per_step": s.batch_size * s.block_size} for r in done]
-        main_rows = [r for r in rows if r["size"] == main_label]
-        rich_rows = [r for r in rows if r["size"] == rich_label]
-        fired = [r["auto"] for r in main_rows if r["auto"] is not None]
-        goals = {
-            "fires_every_seed": bool(main_rows) and len(fired) == len(main_rows),
-            "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL,
-            "cost_1pct": bool(fired) and max(a["cost"] for a in fired) <= COST_GOAL,
-            "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_fitted_slope_per_100"] or (0.0,))[0]
-                                             >= -RICH_SLOPE for r in rich_rows) if rich_rows else None,
-        }
         summary = {"scale": args.scale, "budget_steps": steps, "equilibrium": detector,
-                   "scu": setting[1] if setting else None, "settings": s.__dict__, "runs": rows, "goals": goals,
-                   "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
-                   "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}
-        atomic_write_json(out / "results.json", summary)
-        note = f"{args.scale}, {len(rows)}/{len(jobs)} runs, budget {steps} steps, goals {goals}"
-        atomic_write_text(out / "results.md", markdown(rows, note))
-        if rows:
-            plot(done, rows, out / "autostop.png", f"auto-stop and early stopping ({args.scale}, budget {steps} steps, "
-                 f"detector {detector or 'defaults'})")
+                   "scu": setting[1] if setting else None, "settings": s.__dict__}
+        write_report(out, summary, rows, done, f"{len(rows)}/{len(jobs)} runs")
 
     try:
         runner.run(jobs, "autostop", on_result=report)

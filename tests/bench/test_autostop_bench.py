@@ -81,6 +81,7 @@ def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monk
     assert main(["--scale", "quick", "--seeds", "1", "--jobs", "1", "--budget", "4", "--out", str(tmp_path),
                  "--equilibrium", *always]) == 0
     summary = json.loads((tmp_path / "results.json").read_text())
+    summary_runs, goals = json.loads(json.dumps(summary["runs"])), summary["goals"]
     assert summary["budget_steps"] == 64 and {r["size"] for r in summary["runs"]} == {"3000", "12000"}
     for r in summary["runs"]:
         assert len(r["curve"]) == 8 and r["early_stop"] is not None
@@ -89,6 +90,13 @@ def test_quick_scale_end_to_end_measures_where_the_detector_fires(tmp_path, monk
         assert a["test"] != a["last_step_test"]  # the averaged weights were measured, not the last step's again
     assert (tmp_path / "results.md").read_text().startswith("# Auto-stop against validation early stopping")
     assert (tmp_path / "autostop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --reread judges the folder again from its run files, without training: an old summary gets today's reading
+    for r in summary["runs"]:
+        del r["auto"]["heldout_fitted_slope_per_100"]
+    (tmp_path / "results.json").write_text(json.dumps({**summary, "goals": {}}))
+    assert main(["--reread", str(tmp_path)]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["runs"] == summary_runs and again["goals"] == goals and again["settings"] == summary["settings"]
 
 
 @pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
@@ -123,6 +131,7 @@ def test_a_named_setting_trains_on_top_of_the_target_and_names_the_arm():
     (["--name", "a/b", "--set", "kp=1"], "names a folder"),
     (["--name", "dec", "--set", "kp=1", "--auto"], "drop --set"),
     (["--name", "dec", "--set", "penalty_step=bogus"], "penalty_step"),
+    (["--reread", "nowhere"], "results.json"),
 ])
 def test_bad_settings_stop_before_any_work(argv, says, tmp_path):
     with pytest.raises(SystemExit, match=says):
