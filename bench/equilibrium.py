@@ -38,7 +38,7 @@ def config(base: Path, text: Path, steps: int, seed: int, deadband: float, auto_
     cfg = build_config({
         "model": {"base_model": str(base)},
         "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
-        "scu": {"target_s": 0.05, "deadband": deadband},
+        "scu": {"target_s": 0.05, "law": "pi", "deadband": deadband},  # pi: the law its results were measured with
         "training": {"learning_rate": 2e-3, "batch_size": 4, "block_size": 64, "steps": steps, "warmup_steps": 2,
                      "checkpoint_every": 100_000, "eval_every": eval_every, "seed": seed},
         "data": {"train_data": str(text)},

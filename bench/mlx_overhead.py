@@ -53,7 +53,7 @@ def main() -> None:
         cfg = build_config({
             "model": {"base_model": str(base), "backend": backend},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "scu": {"enabled": enabled, "target_s": 0.05},
+            "scu": {"enabled": enabled, "target_s": 0.05, "law": "pi"},  # the law both backends run
             "training": {"learning_rate": 2e-3, "batch_size": args.batch_size, "block_size": args.block_size,
                          "steps": args.steps + args.warmup, "lr_schedule": "constant"},
             "data": {"train_data": str(work / "pydoc.txt")},

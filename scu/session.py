@@ -142,7 +142,7 @@ class ControlSession:
         cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(facts.measures_balance)})  # law: auto, for this trainer
         if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
             raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` with the PyTorch "
-                           f"backend measures; {facts.trainer} cannot: use scu.law: pi (the default)")
+                           f"backend measures; {facts.trainer} cannot: use scu.law: pi (or auto, which runs pi here)")
         if cfg.scu.enabled and cfg.scu.penalty_step == "decoupled" and not facts.measures_balance:
             raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train` with the PyTorch backend only; "
                            f"{facts.trainer} cannot: use scu.penalty_step: loss (the default)")

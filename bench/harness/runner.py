@@ -72,9 +72,10 @@ def make_config(job: Job, s: Settings, train_path: str) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "model": {"base_model": s.base_model},
         "lora": {"rank": s.rank, "alpha": 2 * s.rank, "dropout": 0.0},
-        # every cached harness result was measured with S_hat an EMA of S, the default until 2026-12-05
-        # (docs/method.md, "What S_hat smooths"); pinned so that the cache and a rerun measure the same controller
-        "scu": {"enabled": False, "smoothing": "ratio"},
+        # every cached harness result was measured with `law: pi` (the default until 2026-12-06) and S_hat an EMA of
+        # S (until 2026-12-05; docs/method.md, "What S_hat smooths"): pinned so that the cache and a rerun measure the
+        # same controller; an arm names another law with its settings
+        "scu": {"enabled": False, "law": "pi", "smoothing": "ratio"},
         "training": {"learning_rate": s.learning_rate, "batch_size": s.batch_size, "block_size": s.block_size,
                      "steps": s.steps, "warmup_steps": s.warmup_steps, "lr_schedule": "constant",
                      "weight_decay": 0.0, "seed": job.seed, "checkpoint_every": 10**9, "eval_every": 0},

@@ -39,7 +39,7 @@ ALIASES = {
 }
 
 
-# `scu.law: auto` (opt-in): the start-up set measured best, where the trainer can run it. `scu train` (PyTorch) measures
+# `scu.law: auto` (the default since 2026-12-06): the start-up set measured best, where the trainer can run it. `scu train` (PyTorch) measures
 # the gradient balance and applies a decoupled penalty step, so it gets the balance law with these settings; the other
 # trainers get the position-form PI with the schema's defaults. The run's config.yaml and metadata hold the law it ran.
 # The penalty step may reach twice lr: at once lr, given 300 steps (8.5 epochs) on SmolLM2 it ran lambda into its bound
@@ -86,7 +86,8 @@ class LoraSection(Section):
 
 
 class ScuSection(Section):
-    """The controller's defaults live in one place, scu.core.pi.PIConfig (measured: docs/method.md)."""
+    """The controller's defaults live in one place, scu.core.pi.PIConfig (measured: docs/method.md); the default law,
+    `auto`, is this schema's: AUTO_BALANCE where the trainer can run it, else PIConfig's `pi`."""
 
     enabled: bool = True
     target_s: float = PIConfig.target_s
@@ -99,7 +100,9 @@ class ScuSection(Section):
     # auto: the RMS of the adapted base weights; fit: from a plain fit that `scu train` runs first (scu.core.bits)
     prior_sigma: float | Literal["auto", "fit"] = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
-    law: Literal["auto", "pi", "bumpless", "balance", "guide"] = PIConfig.law  # auto: AUTO_BALANCE or pi, by trainer
+    # auto: AUTO_BALANCE or pi, by trainer. Unnamed, it yields to pi where the config sets what auto would choose
+    # (_default_law_yields)
+    law: Literal["auto", "pi", "bumpless", "balance", "guide"] = "auto"
     # how the penalty reaches the weights: through the loss, hence AdamW's momentum ("loss"), or as its own step after
     # the optimizer's, scaled by AdamW's per-entry step size without its momentum ("decoupled", scu train only)
     penalty_step: Literal["loss", "decoupled"] = "loss"
@@ -123,6 +126,20 @@ class ScuSection(Section):
     horizon_kp_reads: Literal["error", "heading"] = PIConfig.horizon_kp_reads  # approach horizon: the error kp acts on
     horizon_plant: Literal["integrator", "restoring"] = PIConfig.horizon_plant  # approach horizon: does P relax by itself
     restoring_exponent: float = Field(PIConfig.restoring_exponent, gt=0)  # horizon_plant restoring: its rate's scale
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_law_yields(cls, data: Any) -> Any:
+        """With no law named, a config that sets one of auto's own settings (kp, ki, smoothing, penalty_step, ...),
+        fixes lambda (lambda_min = lambda_max) or asks for `target_s: auto` runs `law: pi`, as every config did before
+        auto became the default: what it sets keeps the meaning it was measured with. Naming `law: auto` with one of
+        them is refused instead (_auto_law_sets_its_own)."""
+        if not isinstance(data, dict) or "law" in data:
+            return data
+        fixed = "lambda_min" in data and data.get("lambda_min") == data.get("lambda_max")
+        if fixed or data.get("target_s") == "auto" or any(k in data for k in AUTO_BALANCE):
+            return {**data, "law": "pi"}
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -63,6 +63,10 @@ MIN_STEPS, MAX_STEPS = 500, 1500
 ATTENTION_FLOPS = 13
 CPU_FLOPS = 7.3e10
 MAX_EPOCHS = 3.0
+# `law: auto` under `scu train` adds the penalty's own backward and a second weight update: +4.5% a step on SmolLM2
+# (median of per-pair ratios, against +0.1% for pi; python -m bench.scu_overhead --base smollm2 --law auto,
+# bench/results/scu_overhead_smollm2_law_auto.json). CPU_FLOPS was fitted to runs under pi.
+AUTO_LAW_STEP_COST = 1.05
 # What `--target auto` gave (python -m bench.prior_fit, and the 30-minute plan trained as written; docs/benchmarks.md).
 # Printed wherever it is chosen.
 AUTO_MEASURED = ("measured level with the best tuned baseline on SmolLM2-135M (dequantized Q4_1) in 100-step runs (18k "
@@ -376,6 +380,7 @@ class _Hardware:
 
 
 LAWS = {
+    "auto": "the measured start-up set (balance law, decoupled penalty step) under `scu train` with PyTorch, else pi",
     "pi": "position-form PI on log lambda",
     "bumpless": "velocity-form PI on log-odds, started near S*",
     "balance": "PI on log-odds around the measured gradient balance",
@@ -462,12 +467,17 @@ def suggest(
         if symptoms:
             warnings.append("--symptom tunes the PI gains, which target auto does not use (lambda is fixed); add --target measured")
     else:
-        gains = _pi_gains(scale, symptoms, reasons)
+        gains = _controller(scale, symptoms, reasons)
     block = _block_size(info, block_size, reasons)
     plan = _steps(tokens, epochs, *_batch_row(vram_gb, reasons), block, reasons, warnings)
     if vram_gb is None:
         fits = 2 if target_s == "auto" else 1  # auto trains the plain fit first
-        plan = _cpu_budget(plan, cpu_step_seconds(info, plan.batch * plan.accum, block), cpu_minutes, reasons, warnings, fits)
+        step_s = cpu_step_seconds(info, plan.batch * plan.accum, block)
+        if ScuSection(**gains).law == "auto" and target_s != "auto":
+            step_s *= AUTO_LAW_STEP_COST
+            reasons.append(f"time: law auto's penalty step adds about {100 * (AUTO_LAW_STEP_COST - 1):.0f}% a step "
+                           "(measured on SmolLM2-135M)")
+        plan = _cpu_budget(plan, step_s, cpu_minutes, reasons, warnings, fits)
     hw = _hardware(info, rank, vram_gb, plan.batch, block, reasons, warnings)
 
     if data is None:
@@ -522,23 +532,30 @@ def _targets_line(info: ModelInfo) -> str:
     return f"lora targets: {mapped} ({where})" + (f"; no {', '.join(missing)} projection" if missing else "")
 
 
-def _pi_gains(scale: Scale | None, symptoms: Sequence[str], reasons: list[str]) -> dict[str, float]:
-    """The engine's defaults (read from the schema), a registered family's gains, then the troubleshooting."""
+def _controller(scale: Scale | None, symptoms: Sequence[str], reasons: list[str]) -> dict[str, Any]:
+    """The schema's default law as it is, unless gains are asked for (a registered family's, or the troubleshooting of
+    --symptom): those are PI gains, so the config names `law: pi` with them."""
     d = ScuSection()
-    gains = {"kp": d.kp, "ki": d.ki}
+    family = scale is not None and (scale.kp is not None or scale.ki is not None)
+    if d.law == "auto" and not family and not symptoms:
+        reasons.append(f"controller: law auto ({LAWS['auto']}), which sets its own gains (docs/method.md, \"law: auto\"); "
+                       f"lambda in [{d.lambda_min:g}, {d.lambda_max:g}]")
+        return {}
+    gains: dict[str, Any] = {"kp": d.kp, "ki": d.ki}
+    law = "pi" if d.law == "auto" else d.law
     reasons.append(
-        f"PI: the engine's measured defaults (law {d.law!r}: {LAWS[d.law]}; kp {d.kp:g}, ki {d.ki:g}, deadband "
+        f"PI: the engine's measured gains (law {law!r}: {LAWS[law]}; kp {gains['kp']:g}, ki {gains['ki']:g}, deadband "
         f"{d.deadband:g}, lambda in [{d.lambda_min:g}, {d.lambda_max:g}]); not the guide's 0.8/0.15/0.003/[1e-4, 2.0], "
         "which belong to the reference's law that oscillates (docs/method.md)"
     )
-    if scale is not None and (scale.kp is not None or scale.ki is not None):
+    if family:
         gains.update({k: v for k, v in (("kp", scale.kp), ("ki", scale.ki)) if v is not None})
         reasons.append(f"PI: model family {scale.name!r} -> kp {gains['kp']:g}, ki {gains['ki']:g}")
     for symptom in dict.fromkeys(symptoms):
         key, factor, why = SYMPTOM_FACTORS[symptom]
         gains[key] = round(gains[key] * factor, 6)
         reasons.append(f"PI: {why} (x{factor:.3g}) -> {key} {gains[key]:g}")
-    return gains
+    return {"law": law, **gains}
 
 
 def _block_size(info: ModelInfo, block_size: int | None, reasons: list[str]) -> int:

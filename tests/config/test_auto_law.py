@@ -32,6 +32,21 @@ def test_a_setting_auto_chooses_is_refused_when_set_by_hand(key, value):
     assert getattr(build_config({"scu": named}).scu, key) == value  # named law: the user's own value
 
 
+def test_auto_is_the_default_law():
+    assert build_config({}).scu.law == "auto" and build_config({"scu": {"target_s": 0.1, "lambda_max": 5}}).scu.law == "auto"
+    assert build_config({}).scu.resolved(measures_balance=True).penalty_step == "decoupled"  # what `scu train` runs
+
+
+@pytest.mark.parametrize("scu", [{"kp": 3.0}, {"kp": ScuSection().kp}, {"smoothing": "ratio"}, {"penalty_step": "decoupled"},
+                                 {"lambda_min": 0.5, "lambda_max": 0.5}, {"target_s": "auto"}])
+def test_with_no_law_named_a_config_that_sets_what_auto_chooses_runs_pi_with_it(scu):
+    """kp and its like, a fixed lambda or target_s auto mean what they were measured with: the PI, λ in the loss."""
+    section = build_config({"scu": scu}).scu
+    assert section.law == "pi"
+    assert all(getattr(section, k) == v for k, v in scu.items() if k != "target_s")
+    assert section.resolved(measures_balance=True) is section  # `scu train` runs it as written
+
+
 def test_an_auto_config_written_out_in_full_reads_back():
     cfg = build_config({"scu": {"law": "auto"}})
     assert build_config(yaml.safe_load(dump_config(cfg))).scu == cfg.scu

@@ -256,26 +256,30 @@ def test_memory_savers_are_added_until_it_fits_and_a_warning_when_nothing_does()
     assert not any("exceeds" in w for w in tight.warnings + roomy.warnings)
 
 
-# ---- PI gains -------------------------------------------------------------------------------------
-def test_pi_gains_are_read_from_the_schemas_defaults(monkeypatch):
+# ---- controller ----------------------------------------------------------------------------------
+def test_the_default_law_is_left_to_set_its_own_gains_and_a_retuned_schema_reaches_suggest(monkeypatch):
     from scu.config import smart
 
     s = suggest(params=1e9)
-    assert (s.config.scu.kp, s.config.scu.ki, s.config.scu.law) == (ScuSection().kp, ScuSection().ki, "pi")
+    assert s.config.scu.law == "auto" and "kp" not in s.config.scu.model_fields_set
+    assert s.config.scu.resolved(measures_balance=True).penalty_step == "decoupled"  # what `scu train` will run
+    assert any("controller: law auto" in r for r in s.reasons)
 
-    class Retuned(ScuSection):  # the lead re-tunes the defaults: suggest follows without an edit
+    class Retuned(ScuSection):  # the lead makes pi the default again and re-tunes it: suggest follows without an edit
+        law: str = "pi"
         kp: float = 0.7
         ki: float = 0.05
 
     monkeypatch.setattr(smart, "ScuSection", Retuned)
     s = suggest(params=1e9)
-    assert (s.config.scu.kp, s.config.scu.ki) == (0.7, 0.05)
+    assert (s.config.scu.law, s.config.scu.kp, s.config.scu.ki) == ("pi", 0.7, 0.05)
     assert any("kp 0.7, ki 0.05" in r for r in s.reasons)
 
 
 def test_troubleshooting_symptoms_adjust_the_gains():
     d = ScuSection()
     s = suggest(params=1e9, symptoms=["lambda-oscillates", "s-overshoots"])
+    assert s.config.scu.law == "pi"  # the symptoms tune PI gains: the config names the law they belong to
     assert s.config.scu.kp == pytest.approx(d.kp * SYMPTOM_FACTORS["lambda-oscillates"][1], rel=1e-4)
     assert s.config.scu.kp < d.kp
     assert s.config.scu.ki == pytest.approx(d.ki * 0.2 / 0.15, rel=1e-4)

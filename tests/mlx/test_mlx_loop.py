@@ -84,7 +84,7 @@ def test_outputs_match_the_pytorch_backend_and_the_adapter_loads_in_mlx_lm(mlx_c
 
     import scu.torch.loop as torch_loop
 
-    cfg = mlx_cfg(training__steps=4, training__checkpoint_every=2)
+    cfg = mlx_cfg(training__steps=4, training__checkpoint_every=2, scu__law="pi")  # the law both backends run
     meta = loop.train(cfg, tmp_path / "mlx", progress=False)
     ref = torch_loop.train(cfg.model_copy(update={"model": cfg.model.model_copy(update={"backend": "torch"})}),
                            tmp_path / "torch", progress=False)

@@ -19,7 +19,7 @@ def test_s_settles_at_reachable_target_with_default_gains(tiny_base, tmp_path):
     cfg = build_config({
         "model": {"base_model": str(tiny_base)},
         "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-        "scu": {"target_s": target},  # default law and gains
+        "scu": {"target_s": target, "law": "pi"},  # the position-form law and its default gains
         "training": {"learning_rate": 2e-3, "batch_size": 8, "block_size": 128, "steps": 300,
                      "warmup_steps": 10, "lr_schedule": "constant", "checkpoint_every": 10**9},
         "data": {"train_data": str(data)},

@@ -84,7 +84,7 @@ def _lora_grads(run, lam):
 
 
 def test_penalty_gradient_is_lambda_times_analytic_derivative(make_cfg, tmp_path):
-    run = setup(make_cfg(training__gradient_accumulation=2), tmp_path / "run")
+    run = setup(make_cfg(training__gradient_accumulation=2, scu__law="pi"), tmp_path / "run")  # the penalty in the loss
     with torch.no_grad():  # move off the B = 0 start so every term of the derivative is non-zero
         for p in run.penalty.pairs:
             p.B.normal_(std=0.02)
@@ -137,7 +137,7 @@ def test_gradient_balance_separates_the_data_gradient_from_the_penalty(make_cfg,
     assert expected_scaled > 0
     assert scaled == pytest.approx(expected_scaled, rel=1e-4)
     # other laws pay nothing for it
-    plain = setup(make_cfg(), tmp_path / "plain")
+    plain = setup(make_cfg(scu__law="pi"), tmp_path / "plain")
     assert accumulate_gradients(plain, 3.0)[3] is None
 
 

@@ -81,7 +81,7 @@ def rows_of(meta, out):
 
 def test_regularization_moves_the_pi_target_and_the_pi_loop_holds_it(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(simplified, "RULES", always({"reg": "reg_increase"}))
-    cfg = make_cfg(training__steps=16)
+    cfg = make_cfg(training__steps=16, scu__law="pi")
     alone = rows_of(loop.train(cfg, tmp_path / "pi", progress=False), tmp_path / "pi")
     cfg.sscu = SimplifiedConfig(enabled=True, control_frequency=4, window=4, entropy_window=8, reg_increase=2.0)
     both = rows_of(loop.train(cfg, tmp_path / "both", progress=False), tmp_path / "both")
