@@ -84,15 +84,19 @@ def test_bad_epochs_is_a_one_line_user_error(epochs, capsys):
 
 @pytest.mark.parametrize("minutes", [5.0, 30.0])
 def test_cpu_plan_fits_its_time_budget_and_says_so(minutes):
-    """Without --vram the plan is for a CPU: its estimated time fits --cpu-minutes."""
-    from scu.config.smart import cpu_step_seconds, model_from_params
+    """Without --vram the plan is for a CPU: its estimated time fits --cpu-minutes, law auto's step cost included."""
+    from scu.config.smart import AUTO_LAW_STEP_COST, cpu_step_seconds, model_from_params
 
     s = suggest(params=135e6, tokens=340_000, cpu_minutes=minutes)
     t = s.config.training
-    est_min = cpu_step_seconds(model_from_params(135_000_000), t.batch_size * t.gradient_accumulation, t.block_size) * t.steps / 60
+    assert s.config.scu.law == "auto"
+    step_s = cpu_step_seconds(model_from_params(135_000_000), t.batch_size * t.gradient_accumulation, t.block_size)
+    est_min = step_s * AUTO_LAW_STEP_COST * t.steps / 60
     assert minutes * 0.9 <= est_min <= minutes
+    pi = suggest(params=135e6, tokens=340_000, cpu_minutes=minutes, symptoms=["s-overshoots"]).config.training
+    assert pi.steps == int(minutes * 60 // step_s) > t.steps  # a pi plan pays no extra step cost
     twice = suggest(params=135e6, tokens=340_000, cpu_minutes=minutes, target="auto").config.training
-    assert abs(2 * twice.steps - t.steps) <= 1  # target auto trains twice (the plain fit, then SCU): half the steps
+    assert abs(2 * twice.steps - pi.steps) <= 1  # target auto trains twice under pi (plain fit, then SCU): half the steps
     assert any("--cpu-minutes" in w for w in s.warnings)
     uncut = suggest(params=135e6, tokens=340_000)  # without --cpu-minutes the estimate is only printed
     assert uncut.config.training.steps > t.steps and not any("--cpu-minutes" in w for w in uncut.warnings)
