@@ -78,8 +78,10 @@ def register(sub: Any) -> None:
     p.add_argument("--lambda-init", type=float, help=f"starting λ {config_default('lambda_init')}")
     p.add_argument("--lambda-min", type=float, help=f"lower bound of λ {config_default('lambda_min')}")
     p.add_argument("--lambda-max", type=float, help=f"upper bound of λ {config_default('lambda_max')}")
-    p.add_argument("--kp", type=float, help=f"proportional gain of the PI law {config_default('kp')}")
-    p.add_argument("--ki", type=float, help=f"integral gain of the PI law {config_default('ki')}")
+    p.add_argument("--kp", type=float, help=f"proportional gain of the PI law; with no scu.law named, the run uses law pi "
+                   f"{config_default('kp')}")
+    p.add_argument("--ki", type=float, help=f"integral gain of the PI law; with no scu.law named, the run uses law pi "
+                   f"{config_default('ki')}")
     p.add_argument("--base-model", help=f"hub id, local directory or .gguf file {config_default('base_model')}")
     p.add_argument("--train-data", help=f"training data {config_default('train_data')}")
     p.add_argument("--val-data", help=f"validation data {config_default('val_data')}")
