@@ -315,7 +315,13 @@ class PIController:
         winds_up = (log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)
         if not (in_deadband or winds_up):
             self.integral = candidate
-        log_lam = base + c.ki * self.integral
+        self._set_log_lambda(base + c.ki * self.integral)
+
+    def _set_log_lambda(self, log_lam: float) -> None:
+        """lambda = exp(log_lam) within its bounds, and exactly the bound where clamped: exp(log(1e-4)) is
+        1.0000000000000009e-4, which at_bound would not count as the floor."""
+        c = self.config
+        log_min, log_max = math.log(c.lambda_min), math.log(c.lambda_max)
         self.lam = c.lambda_min if log_lam <= log_min else c.lambda_max if log_lam >= log_max else math.exp(log_lam)
 
     def _bumpless_update(self, target: float) -> None:
@@ -335,8 +341,7 @@ class PIController:
         else:
             heading = e + c.start_horizon * change  # where S is heading, start_horizon steps on
             step = c.start_gain * max(heading, -c.error_clip) if heading < 0 else 0.0
-        log_lam = min(max(math.log(self.lam) + step, math.log(c.lambda_min)), math.log(c.lambda_max))
-        self.lam = math.exp(log_lam)
+        self._set_log_lambda(math.log(self.lam) + step)
 
     def _balance_update(
         self, target: float, pull: float, grad_sq: float, sensitivity: float | None, param_bpt: float | None
@@ -401,7 +406,7 @@ class PIController:
         log_lam = proportional + c.ki * candidate
         if not ((log_lam > log_max and e > 0) or (log_lam < log_min and e < 0)):  # conditional integration
             self.integral = candidate
-        self.lam = math.exp(min(max(proportional + c.ki * self.integral, log_min), log_max))
+        self._set_log_lambda(proportional + c.ki * self.integral)
 
     def _horizon_lambda(self, target: float, centre: float, param_bpt: float, sensitivity: float) -> float:
         """The lambda that, applied for the next H = horizon_steps steps, brings ParamBPT to its target

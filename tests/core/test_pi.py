@@ -573,3 +573,14 @@ def test_horizon_approach_stops_integrating_while_its_own_lambda_is_pinned_at_a_
     c.update(0.0, balance=(0.0, 0.0, 0.0), parts=(9.0, 0.0))
     lam = c.update(0.2, balance=(0.5, 1.0, 0.1), parts=(9.0, 2.25))
     assert c.tracking and lam == pytest.approx(1.0) and c.integral == 0.0
+
+
+@pytest.mark.parametrize("law, balance", [("balance", (0.3, 1.0, 1e-6)), ("bumpless", None)])
+def test_a_lambda_held_at_its_floor_is_the_floor_exactly_and_counted_there(law, balance):
+    """exp(log(1e-4)) is 1.0000000000000009e-4: a law that clamps in log space must still land on the bound itself,
+    or the run's record shows lambda at its floor for 0% of the steps it spent there."""
+    extra = {"feedforward": "growth", "growth_alpha": 0.5, "approach": "horizon", "kp": 1.0, "ki": 0.0} if law == "balance" else {}
+    c = PIController(PIConfig(law=law, target_s=0.05, lambda_init=1e-4, smoothing="data", momentum=0.0, **extra))
+    for _ in range(3):
+        lam = c.update(1e-4, balance=balance, parts=(5.0, 5e-4)) if balance else c.update(1e-4, parts=(5.0, 5e-4))
+        assert lam == c.config.lambda_min and c.at_bound == "min"
