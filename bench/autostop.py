@@ -238,7 +238,8 @@ def reread(out: Path) -> None:
     if not (out / "results.json").is_file():
         raise SystemExit(f"{out}: no results.json to re-read; name a folder bench.autostop wrote (bench/results/autostop/...)")
     summary = json.loads((out / "results.json").read_text())
-    runs = {(r["arm"], r["seed"]): r for r in map(lambda p: json.loads(p.read_text()), sorted(out.glob("runs/*/seed*.json")))}
+    loaded = [json.loads(p.read_text()) for p in sorted(out.glob("runs/*/seed*.json"))]
+    runs = {(r["arm"], r["seed"]): r for r in loaded}
     missing = [(row["arm"], row["seed"]) for row in summary["runs"] if (row["arm"], row["seed"]) not in runs]
     if missing:
         raise SystemExit(f"{out}: no run file for {missing[0]}; rerun its benchmark instead of --reread")
