@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.autostop import fitted_slope_per_100, judge, main, plan, slope_per_100
+from bench.autostop import fitted_slope_per_100, goals_of, judge, main, plan, slope_per_100
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -62,6 +62,17 @@ def test_the_data_rich_goal_is_judged_on_the_fitted_slope():
          "auto_stop": {"step": 190, "test": 4.97}, "early_stop": None}
     a = judge(r, budget=300)["auto"]
     assert a["heldout_fitted_slope_per_100"][0] == pytest.approx(-0.04 / 4.964, rel=1e-3)
+
+
+@pytest.mark.parametrize("fitted, two_point, silent", [((-0.006, 0.003), 0.01, False), ((-0.004, 0.003), -0.02, True), (None, -0.02, True)])
+def test_the_data_rich_goal_reads_the_fitted_slope_not_the_two_point_difference(fitted, two_point, silent):
+    main_row = {"arm": "a", "auto": {"saved": 0.4, "cost": 0.001}}
+    rich_row = {"arm": "N=72000/a", "auto": {"saved": 0.5, "cost": 0.0, "heldout_fitted_slope_per_100": fitted,
+                                              "heldout_slope_per_100": two_point}}
+    goals = goals_of([main_row, rich_row])
+    assert goals["rich_silent_while_falling"] is silent and goals["fires_every_seed"] and goals["saves_30pct"]
+    assert goals_of([main_row, {"arm": "N=72000/a", "auto": None}])["rich_silent_while_falling"] is True
+    assert goals_of([main_row])["rich_silent_while_falling"] is None  # no data-rich run: not judged
 
 
 def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_data_rich_run():
