@@ -144,3 +144,19 @@ def test_resume_continues_the_sscu_decisions_exactly(make_cfg, tmp_path, monkeyp
     full, cut = (json.loads((tmp_path / d / FILES[0]).read_text())["actions"] for d in ("full", "cut"))
     assert len(full) >= 3 and cut == full
     assert [x["lr"] for x in rows(tmp_path / "cut")] == [x["lr"] for x in rows(tmp_path / "full")]
+
+
+def test_regularization_moves_the_target_that_the_default_law_auto_then_tracks(make_cfg, tmp_path, monkeypatch):
+    """S-SCU on top of `law: auto` (the balance set under `scu train`): the lowered S* reaches the law, and lambda,
+    at its floor while S rises towards S* 1%, leaves the floor once S passes the lowered target."""
+    monkeypatch.setattr(simplified, "RULES", always({"reg": "reg_increase"}))
+    cfg = make_cfg(training__steps=16, scu__target_s=0.01)
+    assert cfg.scu.law == "auto"
+    alone = rows_of(loop.train(cfg, tmp_path / "auto", progress=False), tmp_path / "auto")
+    cfg.sscu = SimplifiedConfig(enabled=True, control_frequency=4, window=4, entropy_window=8, reg_increase=2.0)
+    both = rows_of(loop.train(cfg, tmp_path / "both", progress=False), tmp_path / "both")
+    assert [x["target_s"] for x in both[:13:4]] == pytest.approx([0.01, 0.005, 0.0025, 0.0025])
+    assert [x["lambda"] for x in both[:4]] == [x["lambda"] for x in alone[:4]]  # identical until the first action
+    assert all(a["lambda"] == cfg.scu.lambda_min for a in alone)  # S stays under 1% in 16 steps: nothing to hold
+    assert all(b["lambda"] >= a["lambda"] for a, b in zip(alone, both))
+    assert both[-1]["lambda"] > 10 * cfg.scu.lambda_min and both[-1]["s_hat"] > 0.0025
