@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.harness.runner import Job, Settings
 from bench.harness.settings import key_values, scu_settings
@@ -103,14 +106,9 @@ def fitted_slope_per_100(curve: list[dict[str, Any]], step: int,
     pts = [(c["step"], c["test"]) for c in curve if "test" in c and abs(c["step"] - step) <= half_window]
     if len(pts) < 3:
         return None
-    n = len(pts)
-    mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx
-    resid = sum((y - my - slope * (x - mx)) ** 2 for x, y in pts)
-    stderr = (resid / (n - 2) / sxx) ** 0.5
-    level = my + slope * (step - mx)
-    return 100 * slope / level, 100 * stderr / level
+    (slope, intercept), cov = np.polyfit(*zip(*pts), 1, cov=True)  # cov scaled by the residuals, n - 2 dof
+    level = slope * step + intercept
+    return float(100 * slope / level), float(100 * math.sqrt(cov[0, 0]) / level)
 
 
 def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
@@ -203,11 +201,16 @@ def plot(results: list[dict[str, Any]], judged: list[dict[str, Any]], path: Path
     plt.close(fig)
 
 
+def main_size_stops(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where auto-stop fired in the main size's runs (the data-rich arms are named N=...)."""
+    return [r["auto"] for r in rows if not r["arm"].startswith("N=") and r["auto"] is not None]
+
+
 def goals_of(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
     """The issue's four goals over judged runs: the main size's seeds, and the data-rich runs (arms named N=...)."""
     main_rows = [r for r in rows if not r["arm"].startswith("N=")]
     rich_rows = [r for r in rows if r["arm"].startswith("N=")]
-    fired = [r["auto"] for r in main_rows if r["auto"] is not None]
+    fired = main_size_stops(rows)
     return {
         "fires_every_seed": bool(main_rows) and len(fired) == len(main_rows),
         "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL,
@@ -221,7 +224,7 @@ def write_report(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
                  count: str) -> None:
     """results.json (`summary` plus the judged runs and goals), results.md and autostop.png."""
     goals = goals_of(rows)
-    fired = [r["auto"] for r in rows if not r["arm"].startswith("N=") and r["auto"] is not None]
+    fired = main_size_stops(rows)
     summary = {**summary, "runs": rows, "goals": goals,
                "median_saved": statistics.median(a["saved"] for a in fired) if fired else None,
                "median_cost": statistics.median(a["cost"] for a in fired) if fired else None}
