@@ -24,7 +24,7 @@ from bench.harness import data as hdata
 from bench.harness import real
 from bench.harness.runner import Job
 from bench.harness.settings import scu_settings
-from bench.prior_fit import arm_rows, load_cached_comparators, markdown, plain_jobs, verdict
+from bench.prior_fit import PLAIN, arm_rows, load_cached_comparators, markdown, plain_jobs, verdict
 from bench.scu_vs_baselines import DEFAULT_DATA, REAL_SCALES, Runner, prepare_real, run_or_load, size_label
 from scu.report.records import atomic_write_json, atomic_write_text
 
@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         load_cached_comparators(runner, HARNESS)
         # the harness's own plain LoRA runs, every seed it made, read from its cache (report-only: nothing is run)
         run_or_load(runner, plain_jobs(sizes, sizes[0], range(scale.seeds), True), "plain LoRA", True, on_result=report)
-        run_or_load(runner, mine, args.name, args.report_only, on_result=report)
+        # forgetting is a ratio to plain LoRA's: the data-rich seeds the harness lacks are run, so both sides share seeds
+        more_plain = [Job(f"N={sizes[1]}/{PLAIN}", seed, sizes[1], {}, evals="final")
+                      for seed in range(scale.seeds, args.rich_seeds)]
+        run_or_load(runner, more_plain + mine, args.name, args.report_only, on_result=report)
     finally:
         runner.close()
     report()
