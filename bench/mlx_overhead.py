@@ -1,7 +1,7 @@
 """The MLX backend's cost per optimizer step: SCU on vs off in the same MLX loop, and tokens/s next to
 the PyTorch backend on the same tiny model, batch and data.
 
-    python -m bench.mlx_overhead [--steps 100] [--base demo|test] [--out bench/results/mlx_overhead.json]
+    python -m bench.mlx_overhead [--steps 100] [--base demo|test] [--law pi|auto] [--out bench/results/mlx_overhead.json]
 
 Four runs are set up side by side in one process and stepped in turn (MLX on, MLX off, PyTorch on,
 PyTorch off, MLX on, ...), so machine noise hits every arm alike. A step here is the loop body
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--base", choices=list(BASES), default="demo")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--law", choices=["pi", "auto"], default="pi",
+                    help="the SCU arms' law (pi: as the committed results; auto: the default, the balance set on both)")
     ap.add_argument("--out", default="bench/results/mlx_overhead.json")
     args = ap.parse_args()
     base = cached_base(BASES[args.base])
@@ -53,7 +55,7 @@ def main() -> None:
         cfg = build_config({
             "model": {"base_model": str(base), "backend": backend},
             "lora": {"rank": 8, "alpha": 16, "dropout": 0.0},
-            "scu": {"enabled": enabled, "target_s": 0.05, "law": "pi"},  # the law both backends run
+            "scu": {"enabled": enabled, "target_s": 0.05, "law": args.law},
             "training": {"learning_rate": 2e-3, "batch_size": args.batch_size, "block_size": args.block_size,
                          "steps": args.steps + args.warmup, "lr_schedule": "constant"},
             "data": {"train_data": str(work / "pydoc.txt")},
@@ -82,6 +84,7 @@ def main() -> None:
 
     result = {
         "base": args.base,
+        "law": args.law,
         "batch": [args.batch_size, args.block_size],
         "steps": args.steps,
         "torch_threads": torch.get_num_threads(),
@@ -92,7 +95,7 @@ def main() -> None:
         "torch_scu_overhead_median_pair_ratio": pair_ratio("torch_on", "torch_off"),
         "mlx_over_torch_step_time_median_pair_ratio_scu_on": pair_ratio("mlx_on", "torch_on"),
     }
-    print(f"base {args.base}, batch {args.batch_size}x{args.block_size}, {args.steps} rounds of 4 interleaved steps")
+    print(f"law {args.law}, base {args.base}, batch {args.batch_size}x{args.block_size}, {args.steps} rounds of 4 interleaved steps")
     for name in arms:
         print(f"  {name:9s} median step {1e3 * med[name]:8.2f} ms  {result['tokens_per_s'][name]:8.0f} tokens/s")
     print(f"MLX SCU overhead: median per-round ratio {result['mlx_scu_overhead_median_pair_ratio']:.4f}, "

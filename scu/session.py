@@ -86,7 +86,7 @@ class RunFacts:
     val_docs: int | None = None
     val_split: str | None = None
     world_size: int = 1
-    measures_balance: bool = False  # reports the gradient balance that `scu.law: balance` needs (scu train, PyTorch)
+    measures_balance: bool = False  # reports the gradient balance that `scu.law: balance` needs (scu train)
 
 
 def pi_config(cfg: Config) -> PIConfig:
@@ -141,10 +141,10 @@ class ControlSession:
     ) -> None:
         cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(facts.measures_balance)})  # law: auto, for this trainer
         if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
-            raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` with the PyTorch "
-                           f"backend measures; {facts.trainer} cannot: use scu.law: pi (or auto, which runs pi here)")
+            raise ScuError(f"scu.law: balance needs the gradient balance, which only `scu train` measures; "
+                           f"{facts.trainer} cannot: use scu.law: pi (or auto, which runs pi here)")
         if cfg.scu.enabled and cfg.scu.penalty_step == "decoupled" and not facts.measures_balance:
-            raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train` with the PyTorch backend only; "
+            raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train` only; "
                            f"{facts.trainer} cannot: use scu.penalty_step: loss (the default)")
         self.cfg, self.tokens_per_epoch, self.facts, self.is_main, self.sleep = cfg, tokens_per_epoch, facts, is_main, sleep
         self.out = None if out is None else Path(out)

@@ -5,7 +5,7 @@ learning-rate schedule, controllers (scu.core), metrics rows, metadata.json, pro
 checkpoint cadence and NaN handling. Only the model, the step and the files that hold tensors
 are MLX's: the adapter is mlx-lm's `adapters.safetensors` + `adapter_config.json`.
 
-    micro-batches -> compiled CE (+ lambda * ParamBPT * ln2) -> clip -> one host sync
+    micro-batches -> compiled CE (+ lambda * ParamBPT * ln2, or a decoupled penalty step) -> clip -> one host sync
     -> update (skipped on NaN) -> StepTelemetry -> controllers -> next step's lambda, LR, ...
 """
 
@@ -80,7 +80,8 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     }
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
     optimizer = optim.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay, bias_correction=True)
-    facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule)
+    facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule,
+                     measures_balance=True)
     session = ControlSession(cfg, tokens_per_epoch, out, facts)
     run = MlxRun(session.cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, session,
                  BlockOrder(len(data.train), t.seed), lr_schedule(t), adapter_config)
@@ -92,7 +93,9 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     except BaseException:
         run.lock.release()
         raise
-    run.step = TrainStep(model, optimizer, penalty)
+    s = run.cfg.scu  # law: auto resolved by the session
+    run.step = TrainStep(model, optimizer, penalty, balance=penalty is not None and s.law == "balance",
+                         decoupled=penalty is not None and s.penalty_step == "decoupled", bound=s.penalty_step_bound)
     return run
 
 

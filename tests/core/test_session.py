@@ -34,8 +34,8 @@ def test_a_checkpoint_without_the_session_lambda_resumes_at_the_pi_lambda():
 def test_balance_law_is_refused_where_the_trainer_does_not_measure_the_balance():
     cfg = build_config({"model": {"base_model": "x"}, "data": {"train_data": "x"}, "scu": {"law": "balance"}})
     with pytest.raises(ScuError, match="use scu.law: pi"):
-        ControlSession(cfg, 1000, None, RunFacts("scu train (mlx)", "mlx"))
-    ControlSession(cfg, 1000, None, RunFacts("scu train", measures_balance=True))  # the PyTorch loop reports it
+        ControlSession(cfg, 1000, None, RunFacts("SCUTrainer"))
+    ControlSession(cfg, 1000, None, RunFacts("scu train", measures_balance=True))  # both `scu train` loops report it
 
 
 def test_every_controller_setting_of_the_scu_section_reaches_the_pi_controller():

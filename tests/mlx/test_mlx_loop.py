@@ -33,15 +33,23 @@ def test_closed_loop_settles_at_a_reachable_target(mlx_cfg, tmp_path):
     assert meta["lambda_saturation"]["at_max"] == 0 and meta["final_lambda"] != pytest.approx(0.3, rel=0.05)
 
 
-def test_law_auto_runs_as_pi_here_and_the_run_records_say_so(mlx_cfg, tmp_path):
-    """MLX does not measure the gradient balance: `law: auto` resolves to the position-form PI, and the written
-    config.yaml and metadata.json name the law that ran, not `auto`."""
+def test_the_default_law_auto_runs_the_balance_set_here_and_settles_at_a_reachable_target(mlx_cfg, tmp_path):
+    """MLX measures the gradient balance and applies the decoupled penalty step, so the default `law: auto` runs as
+    PyTorch's `scu train` runs it: config.yaml names the law that ran, every step records the penalty's sensitivity,
+    and the smoothed S holds the target over the second half of the run."""
     import yaml
 
-    meta = loop.train(mlx_cfg(scu__law="auto", training__steps=5), tmp_path / "run", progress=False)
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["scu"]["law"] == "pi"
-    assert json.loads((tmp_path / "run" / "metadata.json").read_text())["law"] == "pi"
-    assert meta["status"] == "completed"
+    from scu.config.schema import AUTO_BALANCE
+
+    target = 0.02
+    meta = loop.train(mlx_cfg(training__steps=150, scu__target_s=target), tmp_path / "run", progress=False)
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["scu"]
+    assert {k: written[k] for k in AUTO_BALANCE} == AUTO_BALANCE and meta["law"] == "balance"
+    trace = rows(tmp_path / "run")
+    assert all(r["penalty_sensitivity"] > 0 for r in trace[1:])  # none before AdamW's first step, as in PyTorch
+    s_hat = [r["s_hat"] for r in trace[-75:]]
+    within = sum(abs(s - target) <= 0.1 * target for s in s_hat) / len(s_hat)
+    assert within >= 0.9 and abs(statistics.mean(s_hat) - target) <= 0.05 * target, (within, statistics.mean(s_hat))
 
 
 def test_fixed_lambda_shrinks_the_learned_change(mlx_cfg, tmp_path):

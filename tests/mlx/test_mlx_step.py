@@ -80,6 +80,58 @@ def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrac
     assert step.traces == 1 + micro
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_the_gradient_balance_and_the_decoupled_penalty_step_follow_the_pytorch_formulas(tiny_lora_model, batch,
+                                                                                         decoupled):
+    """Two identical models take two AdamW steps, one at lambda 0.8 and one at lambda 0: the balance it reports is
+    -<g_d, g_p>, ||g_p||^2 and the sensitivity of scu.torch.loop.gradient_balance, and with the decoupled step the
+    two models differ by exactly -lr * lam * g_p / sqrt(v_hat + (lam * g_p / c)^2), v_hat from before the step; none
+    is taken at the first step, which has no v_hat (PyTorch's AdamW has no state yet)."""
+    lam, lr, bound = 0.8, 0.01, 2.0
+    models = [tiny_lora_model(b_std=0.05) for _ in range(2)]
+    pens = [LoraPenalty(m, "delta", sigma=0.01, tokens_per_epoch=5000) for m in models]
+    opts = [optim.AdamW(learning_rate=lr, weight_decay=0.0, bias_correction=True) for _ in models]
+    steps = [TrainStep(m, o, p, balance=True, decoupled=decoupled, bound=bound) for m, o, p in zip(models, opts, pens)]
+    first = [step_on(st, [batch], lam_i, max_grad_norm=1e9) for st, lam_i in zip(steps, (lam, 0.0))]
+    assert first[0].penalty_sensitivity == 0.0
+    if decoupled:  # no penalty step before AdamW's first: both models took the same step
+        for k, v in params(models[0]).items():
+            np.testing.assert_array_equal(v, params(models[1])[k], err_msg=k)
+
+    model, pen, opt = models[0], pens[0], opts[0]
+    before = [params(m) for m in models]
+    g_total = lora_grads(model, pen, batch, 0.0 if decoupled else lam)
+    g_data = lora_grads(model, pen, batch, 0.0)
+    _, gp = nn.value_and_grad(model, lambda m: pen.param_bpt() * LN2)(model)
+    gp = {k: np.array(v, dtype=np.float64) for k, v in tree_flatten(gp)}
+    v_hat = {k.removesuffix(".v"): np.array(v, dtype=np.float64) / (1 - opt.betas[1])  # one step taken: 1 - b2^1
+             for k, v in tree_flatten(opt.state) if k.endswith(".v")}
+    assert set(v_hat) == set(gp)
+    out = step_on(steps[0], [batch], lam, max_grad_norm=1e9)
+    step_on(steps[1], [batch], 0.0, max_grad_norm=1e9)
+
+    eps = opt.eps
+    assert out.data_pull == pytest.approx(sum(-(g_data[k] * gp[k]).sum() for k in gp), rel=1e-3)
+    assert out.data_pull == pytest.approx(
+        (0.0 if decoupled else lam) * sum((gp[k] ** 2).sum() for k in gp) - sum((g_total[k] * gp[k]).sum() for k in gp),
+        rel=1e-3)
+    assert out.penalty_grad_sq == pytest.approx(sum((gp[k] ** 2).sum() for k in gp), rel=1e-4)
+    if decoupled:
+        scaled = sum((gp[k] ** 2 * v_hat[k] / (v_hat[k] + (lam * gp[k] / bound) ** 2) ** 1.5).sum() for k in gp)
+    else:
+        scaled = sum((gp[k] ** 2 / (np.sqrt(v_hat[k]) + eps)).sum() for k in gp)
+    assert out.penalty_sensitivity == pytest.approx(lr * scaled, rel=1e-3)
+    after = [params(m) for m in models]
+    moved = {k: (after[0][k] - before[0][k]) - (after[1][k] - before[1][k]) for k in gp}
+    if decoupled:
+        for k in gp:
+            expected = -lr * lam * gp[k] / (np.sqrt(v_hat[k] + (lam * gp[k] / bound) ** 2) + eps)
+            np.testing.assert_allclose(moved[k], expected, rtol=2e-3, atol=1e-9, err_msg=k)
+        assert max(np.abs(m).max() for m in moved.values()) > 1e-4  # the penalty step is not negligible
+    else:  # through the loss the penalty passes AdamW's normalisation: the models differ, but not by that step
+        assert max(np.abs(m).max() for m in moved.values()) > 1e-6
+
+
 def test_clipping_limits_the_update_to_max_grad_norm(tiny_lora_model, batch):
     model = tiny_lora_model(b_std=0.05)
     pen = LoraPenalty(model, "delta", sigma=0.01, tokens_per_epoch=5000)
