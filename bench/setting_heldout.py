@@ -48,6 +48,13 @@ def setting_jobs(name: str, scu: dict[str, Any], sizes: list[str], seeds: range,
             + [Job(f"N={size}/{name}", seed, size, cfg, evals="final") for size in larger for seed in rich_seeds])
 
 
+def missing_plain_jobs(sizes: list[str], plain_seeds: int, rich_seeds: int) -> list[Job]:
+    """Plain LoRA at the larger sizes for the seeds the harness did not run: forgetting is read as a ratio to plain
+    LoRA's, so both sides of it share their seeds."""
+    return [Job(f"N={size}/{PLAIN}", seed, size, {}, evals="final")
+            for size in sizes[1:] for seed in range(plain_seeds, rich_seeds)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True, help="the arm's name (a folder of the harness's cache)")
@@ -101,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             run_or_load(runner, comparator_jobs(sizes, sizes[0], range(plain_seeds)), "comparators", True)
         run_or_load(runner, plain_jobs(sizes, sizes[0], range(plain_seeds), args.scale == "real"), "plain LoRA", True,
                     on_result=report)
-        # forgetting is a ratio to plain LoRA's: the larger sizes' seeds the harness lacks are run, so both share seeds
-        more_plain = [Job(f"N={size}/{PLAIN}", seed, size, {}, evals="final")
-                      for size in sizes[1:] for seed in range(plain_seeds, args.rich_seeds)]
+        more_plain = missing_plain_jobs(sizes, plain_seeds, args.rich_seeds)
         run_or_load(runner, more_plain + mine, args.name, args.report_only, on_result=report)
     finally:
         runner.close()

@@ -3,7 +3,7 @@
 import pytest
 
 from bench.prior_fit import verdict
-from bench.setting_heldout import main, setting_jobs
+from bench.setting_heldout import main, missing_plain_jobs, setting_jobs
 
 
 def arm(size: str, test: float, val: float, forgetting: float, std: float = 0.001) -> dict:
@@ -17,6 +17,20 @@ def test_jobs_cover_both_sizes_with_the_settings():
         ("dec/seed0", "18000", "curve"), ("dec/seed1", "18000", "curve"), ("N=72000/dec/seed0", "72000", "final"),
         ("N=72000/dec/seed1", "72000", "final")]
     assert all(j.config == {"scu": {"enabled": True, "penalty_step": "decoupled"}} for j in jobs)
+
+
+def test_on_the_tiny_scale_every_larger_size_gets_the_rich_seeds():
+    jobs = setting_jobs("dflt", {}, ["16000", "100000", "pool"], range(1), range(2))
+    assert [(j.key, j.evals) for j in jobs] == [("dflt/seed0", "curve"), ("N=100000/dflt/seed0", "final"),
+                                                ("N=100000/dflt/seed1", "final"), ("N=pool/dflt/seed0", "final"),
+                                                ("N=pool/dflt/seed1", "final")]
+
+
+def test_plain_lora_is_run_for_the_larger_sizes_seeds_the_harness_lacks():
+    jobs = missing_plain_jobs(["18000", "72000"], plain_seeds=2, rich_seeds=4)
+    assert [(j.key, j.config, j.evals) for j in jobs] == [("N=72000/unregularized/seed2", {}, "final"),
+                                                          ("N=72000/unregularized/seed3", {}, "final")]
+    assert missing_plain_jobs(["18000", "72000"], plain_seeds=2, rich_seeds=2) == []
 
 
 def test_verdict_reads_the_named_arm_against_the_best_tuned_one():
@@ -35,8 +49,10 @@ def test_verdict_reads_the_named_arm_against_the_best_tuned_one():
 @pytest.mark.parametrize("argv, message", [
     (["--name", "scu_defaults", "--set", "kp=1"], "mix with the harness's own arms"),
     (["--name", "dec", "--set", "penalty_step=bogus"], "penalty_step"),
+    (["--scale", "cpu", "--name", "prior_fit", "--set", "kp=1"], "mix with the harness's own arms"),
 ])
 def test_bad_arguments_stop_before_any_work(argv, message, monkeypatch):
     monkeypatch.setattr("bench.setting_heldout.prepare_real", lambda *a: pytest.fail("work started"))
+    monkeypatch.setattr("bench.setting_heldout.prepare_scale", lambda *a: pytest.fail("work started"))
     with pytest.raises(SystemExit, match=message):
         main(argv)
