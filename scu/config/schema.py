@@ -41,8 +41,8 @@ ALIASES = {
 
 # `scu.law: auto` (the default since 2026-12-06): the start-up set measured best, where the trainer can run it.
 # `scu train` (PyTorch and MLX) measures the gradient balance and applies a decoupled penalty step, so it gets the
-# balance law with these settings; the other trainers get the position-form PI with the schema's defaults. The run's config.yaml
-# and metadata hold the law it ran.
+# balance law with these settings; the other trainers get the position-form PI with the schema's defaults. The run's
+# config.yaml and metadata hold the law it ran.
 # The penalty step may reach twice lr: at once lr, given 300 steps (8.5 epochs) on SmolLM2 it ran lambda into its bound
 # and lost S* (docs/method.md, "`penalty_step_bound`"). From tracking until settled the centre is at least the gradient
 # balance: without it one SmolLM2 start-up overshot S* by 22% (docs/method.md, "The balance as a floor").
