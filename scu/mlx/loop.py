@@ -80,8 +80,8 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     }
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
     optimizer = optim.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay, bias_correction=True)
-    facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs, val_split=data.split_rule,
-                     measures_balance=True)
+    facts = RunFacts("scu train (mlx)", "mlx", train_docs=data.train_docs, val_docs=data.val_docs,
+                     val_split=data.split_rule, measures_balance=True)
     session = ControlSession(cfg, tokens_per_epoch, out, facts)
     run = MlxRun(session.cfg, out, model, tokenizer, data, tokens_per_epoch, penalty, optimizer, session,
                  BlockOrder(len(data.train), t.seed), lr_schedule(t), adapter_config)
