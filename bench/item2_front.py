@@ -18,7 +18,7 @@ from typing import Any
 
 SCALE_NAMES = {"real": "SmolLM2-135M (dequantized Q4_1)", "cpu": "tiny WikiText Llama"}
 MARKERS = {"unregularized": ("plain LoRA", "s", "black"), "early_stopping": ("plain + early stopping", "v", "dimgray"),
-           "scu_defaults": ("pi at S* 5% (old default)", "D", "tab:blue"), "scu_auto": ("weight-RMS prior", "x", "tab:purple"),
+           "scu_defaults": ("pi at S* 5% (the harness's old-default arm)", "D", "tab:blue"), "scu_auto": ("weight-RMS prior", "x", "tab:purple"),
            "prior_fit": ("target_s: auto (plain fit)", "P", "tab:green")}
 
 
@@ -50,11 +50,11 @@ def draw(ax: Any, scale: str, size: str, entry: dict[str, Any], judged: str, lab
         for lam, a in grid:
             ax.annotate(f"λ {lam:g}", (a["forgetting"]["mean"], a["test"]["mean"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    for key, (label, marker, color) in MARKERS.items():
+    for key, (name, marker, color) in MARKERS.items():
         if key in arms:
             a = arms[key]
             ax.errorbar(a["forgetting"]["mean"], a["test"]["mean"], xerr=a["forgetting"]["std"], yerr=a["test"]["std"],
-                        fmt=marker, color=color, label=label)
+                        fmt=marker, color=color, label=name)
     for key, a in arms.items():
         if key.startswith("lora_dropout="):
             ax.errorbar(a["forgetting"]["mean"], a["test"]["mean"], xerr=a["forgetting"]["std"], yerr=a["test"]["std"],

@@ -29,6 +29,24 @@ def test_each_judged_size_is_a_panel_and_the_default_is_named():
         ("cpu", "16000", "default_auto", "the default: law auto, S* 5%"), ("cpu", "16000", "other", "other")]
 
 
+def test_the_judged_arm_is_drawn_under_its_own_label():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.item2_front import draw
+
+    r = result("default_auto", dict(AUTO_BALANCE))
+    r["sizes"]["16000"]["arms"]["prior_fit"] = {"size": "16000", "test": stat(6.65), "forgetting": stat(0.86)}
+    fig, ax = plt.subplots()
+    draw(ax, *panels([r])[0])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert "the default: law auto, S* 5%" in labels and "target_s: auto (plain fit)" in labels
+    assert "fixed λ grid" in labels and "plain LoRA" in labels
+
+
 def test_it_draws_the_picture(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(result("default_auto", dict(AUTO_BALANCE))))
