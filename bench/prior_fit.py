@@ -232,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_cached_comparators(runner: Runner, out: Path) -> None:
-    """The real harness's fixed-lambda, dropout and defaults arms, read from its cache as they are."""
+    """A harness's fixed-lambda, dropout, defaults and prior arms, read from its cache as they are."""
     import json
 
     for path in sorted((out / "runs").glob("*/seed*.json")):
         r = json.loads(path.read_text())
-        if r.get("arm") and (r["arm"].split("/")[-1].startswith(("fixed_lambda=", "lora_dropout=", "scu_defaults", "scu_auto"))):
+        if r.get("arm") and (r["arm"].split("/")[-1].startswith(("fixed_lambda=", "lora_dropout=", "scu_defaults", "scu_auto", FIT))):
             runner.results[f"{r['arm']}/seed{r['seed']}"] = r
 
 

@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         arms = arm_rows(runner.results, base_wiki)
         done = sum(job.key in runner.results for job in mine)
         summary = {"scale": args.scale, "name": args.name, "scu": scu, "dof": None, "base_wiki": base_wiki,
-                   "note": f"{done}/{len(mine)} jobs of the arm finished, {time.perf_counter() - t0:.0f} s wall in the last "
-                           f"session. Arm `{args.name}`: scu {scu}.",
+                   "note": f"{done}/{len(mine)} jobs of the arm finished, " + (
+                       "this report rewritten from the cache" if args.report_only
+                       else f"{time.perf_counter() - t0:.0f} s wall in the last session") + f". Arm `{args.name}`: scu {scu}.",
                    "sizes": {size: {"arms": {k: v for k, v in arms.items() if v["size"] == size},
                                     "verdict": verdict(arms, size, sizes[0], args.name)} for size in sizes}}
         atomic_write_json(out / f"{args.name}.json", summary)
@@ -102,10 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # the harness's own arms, every seed it made, read from its cache (report-only: nothing is run)
-        if args.scale == "real":
-            load_cached_comparators(runner, HARNESS)
-        else:
+        if args.scale == "cpu":  # validated against today's settings; the plain-fit prior's runs come with the glob
             run_or_load(runner, comparator_jobs(sizes, sizes[0], range(plain_seeds)), "comparators", True)
+        load_cached_comparators(runner, harness)
         run_or_load(runner, plain_jobs(sizes, sizes[0], range(plain_seeds), args.scale == "real"), "plain LoRA", True,
                     on_result=report)
         more_plain = missing_plain_jobs(sizes, plain_seeds, args.rich_seeds)
