@@ -80,19 +80,21 @@ def test_compiled_step_applies_the_reference_gradient_and_lambda_lr_never_retrac
     assert step.traces == 1 + micro
 
 
-@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("decoupled, micro", [(False, 1), (True, 1), (True, 2)])
 def test_the_gradient_balance_and_the_decoupled_penalty_step_follow_the_pytorch_formulas(tiny_lora_model, batch,
-                                                                                         decoupled):
+                                                                                         decoupled, micro):
     """Two identical models take two AdamW steps, one at lambda 0.8 and one at lambda 0: the balance it reports is
     -<g_d, g_p>, ||g_p||^2 and the sensitivity of scu.torch.loop.gradient_balance, and with the decoupled step the
     two models differ by exactly -lr * lam * g_p / sqrt(v_hat + (lam * g_p / c)^2), v_hat from before the step; none
-    is taken at the first step, which has no v_hat (PyTorch's AdamW has no state yet)."""
+    is taken at the first step, which has no v_hat (PyTorch's AdamW has no state yet). With two micro-batches the
+    accumulated gradient is the whole batch's, so the same references hold."""
     lam, lr, bound = 0.8, 0.01, 2.0
     models = [tiny_lora_model(b_std=0.05) for _ in range(2)]
     pens = [LoraPenalty(m, "delta", sigma=0.01, tokens_per_epoch=5000) for m in models]
     opts = [optim.AdamW(learning_rate=lr, weight_decay=0.0, bias_correction=True) for _ in models]
     steps = [TrainStep(m, o, p, balance=True, decoupled=decoupled, bound=bound) for m, o, p in zip(models, opts, pens)]
-    first = [step_on(st, [batch], lam_i, max_grad_norm=1e9) for st, lam_i in zip(steps, (lam, 0.0))]
+    micro_batches = [batch[:1], batch[1:]] if micro == 2 else [batch]
+    first = [step_on(st, micro_batches, lam_i, max_grad_norm=1e9) for st, lam_i in zip(steps, (lam, 0.0))]
     assert first[0].penalty_sensitivity == 0.0
     if decoupled:  # no penalty step before AdamW's first: both models took the same step
         for k, v in params(models[0]).items():
@@ -107,8 +109,8 @@ def test_the_gradient_balance_and_the_decoupled_penalty_step_follow_the_pytorch_
     v_hat = {k.removesuffix(".v"): np.array(v, dtype=np.float64) / (1 - opt.betas[1])  # one step taken: 1 - b2^1
              for k, v in tree_flatten(opt.state) if k.endswith(".v")}
     assert set(v_hat) == set(gp)
-    out = step_on(steps[0], [batch], lam, max_grad_norm=1e9)
-    step_on(steps[1], [batch], 0.0, max_grad_norm=1e9)
+    out = step_on(steps[0], micro_batches, lam, max_grad_norm=1e9)
+    step_on(steps[1], micro_batches, 0.0, max_grad_norm=1e9)
 
     eps = opt.eps
     assert out.data_pull == pytest.approx(sum(-(g_data[k] * gp[k]).sum() for k in gp), rel=1e-3)
