@@ -192,8 +192,8 @@ class ScuSection(Section):
         return self
 
     def resolved(self, measures_balance: bool) -> "ScuSection":
-        """`law: auto` made concrete for a trainer that does (`scu train`, PyTorch) or does not measure the gradient
-        balance; any other law as it is."""
+        """`law: auto` made concrete for a trainer that does (`scu train`, PyTorch or MLX) or does not measure the
+        gradient balance; any other law as it is."""
         if self.law != "auto":
             return self
         return self.model_copy(update=AUTO_BALANCE if measures_balance else {"law": "pi"})
