@@ -231,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_cached_comparators(runner: Runner, out: Path) -> None:
-    """A harness's fixed-lambda, dropout, defaults and prior arms, read from its cache as they are."""
+CACHED_ARMS = ("fixed_lambda=", "lora_dropout=", "scu_defaults", "scu_auto", FIT)
+
+
+def load_cached_comparators(runner: Runner, out: Path, arms: tuple[str, ...] = CACHED_ARMS) -> None:
+    """A harness's arms whose names start with one of `arms` (by default its fixed-lambda, dropout, defaults and prior
+    arms), read from its cache as they are."""
     import json
 
     for path in sorted((out / "runs").glob("*/seed*.json")):
         r = json.loads(path.read_text())
-        if r.get("arm") and (r["arm"].split("/")[-1].startswith(("fixed_lambda=", "lora_dropout=", "scu_defaults", "scu_auto", FIT))):
+        if r.get("arm") and r["arm"].split("/")[-1].startswith(arms):
             runner.results[f"{r['arm']}/seed{r['seed']}"] = r
 
 

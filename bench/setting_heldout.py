@@ -30,7 +30,7 @@ from bench.harness import data as hdata
 from bench.harness import real
 from bench.harness.runner import Job
 from bench.harness.settings import scu_settings
-from bench.prior_fit import (PLAIN, arm_rows, comparator_jobs, load_cached_comparators, markdown, plain_jobs,
+from bench.prior_fit import (FIT, PLAIN, arm_rows, comparator_jobs, load_cached_comparators, markdown, plain_jobs,
                              verdict)
 from bench.scu_vs_baselines import (DEFAULT_DATA, REAL_SCALES, SCALES, Runner, prepare_real, prepare_scale, run_or_load,
                                     size_label)
@@ -103,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # the harness's own arms, every seed it made, read from its cache (report-only: nothing is run)
-        if args.scale == "cpu":  # validated against today's settings; the plain-fit prior's runs come with the glob
+        if args.scale == "real":
+            load_cached_comparators(runner, harness)
+        else:  # checked against today's settings by their hashes; the plain-fit prior's runs are read as they are
             run_or_load(runner, comparator_jobs(sizes, sizes[0], range(plain_seeds)), "comparators", True)
-        load_cached_comparators(runner, harness)
+            load_cached_comparators(runner, harness, (FIT,))
         run_or_load(runner, plain_jobs(sizes, sizes[0], range(plain_seeds), args.scale == "real"), "plain LoRA", True,
                     on_result=report)
         more_plain = missing_plain_jobs(sizes, plain_seeds, args.rich_seeds)

@@ -147,14 +147,14 @@ class TrainStep:
         if (balance or decoupled) and penalty is None:
             raise ScuError("the gradient balance and the decoupled penalty step need the SCU penalty (scu.enabled)")
         self.measures = penalty is not None
-        self.penalty_grad = balance or decoupled  # the decoupled step needs g_p, and measures the balance with it
         self.decoupled = decoupled
         self.traces = 0
         optimizer.init(model.trainable_parameters())  # a lazily created state would change shape: a retrace
         state = [model.state, optimizer.state, mx.random.state]
         ce_grad = nn.value_and_grad(model, ce_sum)
         obj_grad = nn.value_and_grad(model, partial(objective, penalty=penalty))
-        pen_grad = nn.value_and_grad(model, lambda: penalty.param_bpt() * LN2) if self.penalty_grad else None
+        # the decoupled step needs g_p, and measures the balance with it
+        pen_grad = nn.value_and_grad(model, lambda: penalty.param_bpt() * LN2) if balance or decoupled else None
 
         def accumulate(batch, positions, loss_mask, acc):
             self.traces += 1
@@ -180,13 +180,13 @@ class TrainStep:
             grads, norm = clip_by_global_norm(grads, max_norm)
             # the penalty's share of a clipped step shrinks with it (decoupled: the penalty is not clipped)
             clip = 1.0 if decoupled else mx.minimum(max_norm / (norm + 1e-6), 1.0)
-            return mx.stack([ce, bpt, norm, pull, sq, optimizer.learning_rate * clip * scaled]), grads, g_p
+            measured = mx.stack([ce, bpt, norm, pull, sq, optimizer.learning_rate * clip * scaled])
+            return (measured, grads, (g_p, v_hat, started)) if decoupled else (measured, grads)
 
         def update(grads, *decoupled_penalty):
             self.traces += 1
             if decoupled_penalty:  # with v_hat from before AdamW's step, as its sensitivity was read
-                g_p, lam = decoupled_penalty
-                v_hat, started = adam_second_moments(optimizer, g_p)
+                (g_p, v_hat, started), lam = decoupled_penalty
                 model.update(decoupled_penalty_update(model.trainable_parameters(), g_p, v_hat, started, lam,
                                                       optimizer.learning_rate, bound, optimizer.eps))
             optimizer.update(model, grads)
@@ -206,10 +206,10 @@ class TrainStep:
         inv = mx.array(1.0 / max(n_tokens, 1), dtype=mx.float32)
         ids, positions, mask = micro_batches[-1]
         lam_arr = mx.array(lam, dtype=mx.float32)
-        measured, grads, *g_p = self._finish(
+        measured, grads, *penalty_step = self._finish(
             ids, positions, mask, acc, inv, lam_arr, mx.array(max_grad_norm, dtype=mx.float32)
         )
         data_nats, bpt, norm, *balance = measured.tolist()  # the step's single host sync
         if math.isfinite(data_nats) and math.isfinite(norm):
-            self._update(grads, *((g_p[0], lam_arr) if self.decoupled else ()))
+            self._update(grads, *((penalty_step[0], lam_arr) if self.decoupled else ()))
         return StepResult(data_nats, bpt if self.measures else None, norm, n_tokens, *balance)
