@@ -1,6 +1,6 @@
 """What SCUTrainer adds to a transformers.Trainer step: the same LoRA fine-tune with SCUTrainer and with Trainer.
 
-    python -m bench.trainer_overhead [--steps 200] [--base demo|test] [--control] [--out FILE]
+    python -m bench.trainer_overhead [--steps 200] [--base demo|test] [--law auto|pi] [--control] [--out FILE]
 
 Both trainers run in one process, each in its own thread, and take turns so that their optimizer
 steps never overlap and alternate in pairs whose order flips every pair (SCU, plain | plain, SCU |
@@ -72,12 +72,16 @@ class Baton(TrainerCallback):
 
 
 def scu_parts(trainer: SCUTrainer, reps: int) -> float:
-    """Median time of exactly what SCU adds per optimizer step, timed alone: penalty, its backward, scu.step()."""
+    """Median time of exactly what SCU adds per optimizer step, timed alone: penalty, its backward, (law: balance)
+    the gradient balance and the decoupled penalty step, scu.step()."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         trainer.scu.penalty().backward()
-        trainer.scu.step(ce_sum=torch.tensor(1000.0), tokens=torch.tensor(1000))
+        trainer._scu_penalty_step()
+        trainer._scu_read_balance()
+        trainer.scu.step(ce_sum=torch.tensor(1000.0), tokens=torch.tensor(1000), balance=trainer._scu_balance)
+        trainer.scu.penalty_grad = trainer._scu_balance = trainer._scu_moments = None
         times.append(time.perf_counter() - t0)
     trainer.model.zero_grad(set_to_none=True)
     return statistics.median(times)
@@ -91,6 +95,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--accumulation", type=int, default=1)
+    ap.add_argument("--law", choices=("auto", "pi"), default="auto",
+                    help="SCUTrainer's law: the default auto (the balance law and the decoupled penalty step) or pi")
     ap.add_argument("--control", action="store_true", help="plain Trainer against plain Trainer (noise floor)")
     ap.add_argument("--out", default="bench/results/trainer_overhead.json")
     args = ap.parse_args()
@@ -115,7 +121,7 @@ def main() -> None:
     arms = ["plain", "plain"] if args.control else ["scu", "plain"]
     turns = Turns(args.steps + args.warmup)
     batons = [Baton(0, turns), Baton(1, turns)]
-    trainers = [make(SCUTrainer, baton, scu={"target_s": 0.05}) if arm == "scu" else make(Trainer, baton)
+    trainers = [make(SCUTrainer, baton, scu={"target_s": 0.05, "law": args.law}) if arm == "scu" else make(Trainer, baton)
                 for arm, baton in zip(arms, batons)]
     errors: list[BaseException] = []
 
@@ -142,6 +148,7 @@ def main() -> None:
     params = sum(p.numel() for p in trainers[0].model.parameters())
     result = {
         "arms": arms,
+        "law": None if args.control else scu_trainer.scu.config.law,
         "base": args.base,
         "params": params,
         "batch": [args.batch_size, args.block_size],

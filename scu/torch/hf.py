@@ -11,7 +11,9 @@
 
 `SCUTrainer` / `SCUSFTTrainer` do the same inside `transformers.Trainer` / `trl.SFTTrainer`:
 the penalty is added in `compute_loss` with the weight that survives the trainer's own
-gradient-accumulation scaling; `SCUCallback` (a TrainerCallback) applies the session's LR and
+gradient-accumulation scaling (under the default `law: auto`, with torch's AdamW in one process or DDP, the
+penalty instead takes its own decoupled step before the optimizer's and the gradient balance is read, as in
+`scu train`; elsewhere auto runs `pi`); `SCUCallback` (a TrainerCallback) applies the session's LR and
 clipping factors before each optimizer step and hands the finished step to the session after it
 (PI, S-SCU, T-SCU pacing, λ-equilibrium and auto-stop); the numbers go through `Trainer.log` under
 `scu/` (so `report_to` sees them); metrics.jsonl is written as the run goes, and every `save_model`
@@ -44,6 +46,7 @@ from scu.report.schema import CONTROL_KEYS
 from scu.session import ControlSession, RunFacts, StepResult
 from scu.torch.average import load_average, update_average
 from scu.torch.distributed import all_reduce_sum_, check_layout, rank, world_size
+from scu.torch.loop import adam_second_moments, decoupled_penalty_step, gradient_balance
 from scu.torch.regularizer import LoraPenalty
 from scu.trackers import scu_logs
 
@@ -80,6 +83,9 @@ class SCU:
         self.config = session.cfg.scu
         self.tokens_per_epoch = tokens_per_epoch
         self.regularizer = LoraPenalty(model, self.config.prior, self.config.prior_sigma, tokens_per_epoch)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # `law: balance` / `penalty_step: decoupled` (SCUTrainer): the penalty's own gradient at lambda 1, in nats
+        self.penalty_grad: list[Tensor | None] | None = None
         self._parts: tuple[Tensor, Tensor] | None = None
         self._began = time.perf_counter()
 
@@ -93,14 +99,24 @@ class SCU:
         last = self.session.state.last
         return {k: last[k] for k in CONTROL_KEYS} if last else {}
 
+    @property
+    def reads_balance(self) -> bool:
+        """The session's law reads the gradient balance, or the penalty moves the weights outside the loss."""
+        return self.config.law == "balance" or self.config.penalty_step == "decoupled"
+
     def penalty(self, weight: float = 1.0) -> Tensor:
-        """lambda * ParamBPT * ln 2 (nats) times `weight`, differentiable. Once per optimizer step."""
+        """lambda * ParamBPT * ln 2 (nats) times `weight`, differentiable. Once per optimizer step.
+        With `reads_balance`, the penalty's own gradient is kept in `penalty_grad` as well."""
         replicated, local = self.regularizer.parts()
         self._parts = (replicated.detach(), local.detach())
-        return (self.lam * LN2 * weight) * self.regularizer.bpt(replicated + local)
+        bpt = self.regularizer.bpt(replicated + local)
+        if self.reads_balance:
+            self.penalty_grad = list(torch.autograd.grad(bpt * LN2, self.params, retain_graph=True, allow_unused=True))
+        return (self.lam * LN2 * weight) * bpt
 
     def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None,
-             grad_norm: Tensor | float | None = None, lr: float = 0.0, seconds: float | None = None) -> dict[str, Any]:
+             grad_norm: Tensor | float | None = None, lr: float = 0.0, seconds: float | None = None,
+             balance: Tensor | None = None) -> dict[str, Any]:
         """Close the optimizer step: one all-reduce of (CE nats, tokens, sharded penalty part), one host sync,
         then the control session. Returns the step's control columns (data_bpt, param_bpt, s, lambda for the
         next step, ...; scu.report.schema.CONTROL_KEYS).
@@ -108,7 +124,8 @@ class SCU:
         `ce_sum`: this rank's cross-entropy summed (not averaged) over the step's loss tokens, in nats;
         `tokens`: how many loss tokens that sum covers. Keywords only, so that a mean loss is never
         passed by position where the sum belongs. Optional: the step's gradient norm (S-SCU reads it), its LR,
-        and its duration (default: since this step's penalty()).
+        and its duration (default: since this step's penalty()); `balance`: [pull, ||g_p||^2, sensitivity] of
+        scu.torch.loop.gradient_balance, the sensitivity already times the step's LR (SCUTrainer, `law: balance`).
         """
         if positional or ce_sum is None or tokens is None:
             raise ScuError("SCU.step takes keywords only: scu.step(ce_sum=<CE summed over the step's loss tokens, nats>, "
@@ -120,13 +137,14 @@ class SCU:
         self._parts = None
         as64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=replicated.device).reshape(())  # noqa: E731
         norm = math.nan if grad_norm is None else grad_norm
-        summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated), as64(norm)])
-        all_reduce_sum_(summed[:3])  # the replicated part and the gradient norm are already global: never summed
-        nats, n, local_sum, rep, norm = summed.tolist()  # the same numbers on every rank, so every rank raises alike
+        measured = [] if balance is None else balance.to(device=replicated.device, dtype=torch.float64).unbind()
+        summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated), as64(norm), *measured])
+        all_reduce_sum_(summed[:3])  # the rest is already global (the balance is read from all-reduced gradients)
+        nats, n, local_sum, rep, norm, *pull_sq_sens = summed.tolist()  # the same on every rank: every rank raises alike
         check_step_loss(nats, n, first=self.session.state.step == 0)
         param_bpt = float(self.regularizer.bpt(rep + local_sum))
         dt = time.perf_counter() - self._began if seconds is None else seconds
-        result = StepResult(nats, param_bpt, None if grad_norm is None else norm, int(n))
+        result = StepResult(nats, param_bpt, None if grad_norm is None else norm, int(n), *pull_sq_sens)
         row = self.session.step(result, self.lam, lr, dt)
         if row is not None:
             self.session.record(row)
@@ -251,6 +269,9 @@ class SCUCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._scu_step_begin()
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._scu_penalty_step()
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer._scu_step_end():
             control.should_training_stop = True
@@ -278,7 +299,7 @@ class SCUTrainerMixin:
             tokens_per_epoch_source="given" if given else "loss tokens of train_dataset",
             train_docs=len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None,
             val_docs=len(self.eval_dataset) if hasattr(self.eval_dataset, "__len__") else None,
-            world_size=self.args.world_size,
+            world_size=self.args.world_size, measures_balance=self._scu_can_measure_balance(),
         )
         session = ControlSession(cfg, tokens_per_epoch, self.args.output_dir, facts, is_main=self.args.process_index == 0)
         self.scu = SCU(self.model, tokens_per_epoch, session=session)
@@ -292,7 +313,18 @@ class SCUTrainerMixin:
         self._scu_window: list[dict[str, Any]] = []  # metrics rows since the last log
         self._scu_logged_tokens = 0
         self._scu_average: dict[str, Tensor] | None = None  # what auto-stop leaves in the model (equilibrium.average)
+        self._scu_moments: list[Tensor | None] | None = None  # AdamW's v_hat before this step (`law: balance`)
+        self._scu_balance: Tensor | None = None
         self.add_callback(SCUCallback(self))
+
+    def _scu_can_measure_balance(self) -> bool:
+        """`law: auto` runs the balance law (and its decoupled penalty step) where this trainer can read whole
+        gradients and AdamW's second moments on every rank: one process or DDP, with torch's Adam or AdamW."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False
+        if self.optimizer is not None:  # given by the user
+            return isinstance(getattr(self.optimizer, "optimizer", self.optimizer), (torch.optim.Adam, torch.optim.AdamW))
+        return getattr(self.args.optim, "value", self.args.optim) in ("adamw_torch", "adamw_torch_fused")
 
     def _scu_loss_is_scaled(self, num_items_in_batch: Any) -> bool:
         """The rule Trainer.training_step uses to decide whether it divides the loss by the accumulation steps."""
@@ -320,14 +352,41 @@ class SCUTrainerMixin:
         self._scu_tokens = self._scu_tokens + tokens
         if not self._scu_penalized:
             # Trainer divides an unscaled loss by the accumulation steps; the penalty must reach the step whole
-            loss = loss + self.scu.penalty(1.0 if scaled else float(self.current_gradient_accumulation_steps))
+            penalty = self.scu.penalty(1.0 if scaled else float(self.current_gradient_accumulation_steps))
+            if self.scu.config.penalty_step != "decoupled":  # decoupled: applied before the optimizer's step
+                loss = loss + penalty
             self._scu_penalized = True
         return (loss, *result[1:]) if return_outputs else loss
 
+    def _clip_grad_norm(self, model):
+        self._scu_read_balance()  # from the gradients before clipping, as `scu train` reads it
+        return super()._clip_grad_norm(model)
+
     def _get_grad_norm(self, model, grad_norm=None):
         """The step's gradient norm before clipping, as the Trainer measures it, kept for S-SCU."""
+        self._scu_read_balance()
         self._scu_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         return self._scu_grad_norm
+
+    def _scu_read_balance(self) -> None:
+        """`law: balance`: the gradient balance of the step's (all-reduced, unclipped) gradients, with AdamW's v_hat
+        from before the step (scu.torch.loop.gradient_balance); once per step."""
+        scu = self.scu
+        if scu.penalty_grad is None or self._scu_balance is not None:
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        self._scu_moments = adam_second_moments(self.optimizer, scu.params)
+        self._scu_balance = gradient_balance(model, self.optimizer, scu.penalty_grad, scu.lam,
+                                             scu.config.penalty_step == "decoupled", self._scu_moments,
+                                             scu.config.penalty_step_bound)
+
+    def _scu_penalty_step(self) -> None:
+        """`penalty_step: decoupled`: the penalty's own step, right before the optimizer's (as in `scu train`)."""
+        scu = self.scu
+        if scu.config.penalty_step == "decoupled" and scu.penalty_grad is not None:
+            self._scu_read_balance()
+            decoupled_penalty_step(self.accelerator.unwrap_model(self.model), self.optimizer, scu.penalty_grad,
+                                   self._scu_moments, scu.lam, self._scu_lr, scu.config.penalty_step_bound)
 
     def _scu_step_begin(self) -> None:
         """The session's factors for this step: LR (on the Trainer's schedule) and gradient clipping."""
@@ -342,8 +401,17 @@ class SCUTrainerMixin:
     def _scu_step_end(self) -> bool:
         """The step into the session; True when the session stops the run (auto-stop, a T-SCU stop)."""
         seconds = time.perf_counter() - self._scu_began
+        balance = self._scu_balance
+        if balance is not None:  # the sensitivity per step: times the LR and, for a penalty in the loss, the clipping
+            max_norm = self.args.max_grad_norm
+            clipped = self.scu.config.penalty_step != "decoupled" and max_norm > 0 and self._scu_grad_norm is not None
+            clip = torch.as_tensor(max_norm / (self._scu_grad_norm + 1e-6)).clamp(max=1.0) if clipped else 1.0
+            factor = balance.new_ones(3)
+            factor[2] = self._scu_lr * clip
+            balance = balance * factor
         self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens, grad_norm=self._scu_grad_norm, lr=self._scu_lr,
-                      seconds=seconds)
+                      seconds=seconds, balance=balance)
+        self.scu.penalty_grad, self._scu_moments, self._scu_balance = None, None, None
         session = self.scu.session
         recorded = session.state.last.get("step") == self.state.global_step  # False for a skipped NaN step
         if recorded:
@@ -383,7 +451,7 @@ class SCUTrainerMixin:
 
 
 class SCUTrainer(SCUTrainerMixin, Trainer):
-    """`transformers.Trainer` with the SCU penalty and PI-controlled lambda."""
+    """`transformers.Trainer` with the SCU penalty and a controlled lambda."""
 
 
 def __getattr__(name: str) -> Any:
@@ -391,7 +459,7 @@ def __getattr__(name: str) -> Any:
         from trl import SFTTrainer
 
         cls = type("SCUSFTTrainer", (SCUTrainerMixin, SFTTrainer),
-                   {"__module__": __name__, "__doc__": "`trl.SFTTrainer` with the SCU penalty and PI-controlled lambda."})
+                   {"__module__": __name__, "__doc__": "`trl.SFTTrainer` with the SCU penalty and a controlled lambda."})
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,7 @@ def trainer_run(out: Path, per_device_batch: int) -> dict:
     trainer.save_model(str(out / "final"))  # every rank calls it; only the main process may write
     wrapped = type(trainer.model_wrapped).__name__
     return {"rows": rows.rows, "grads": cap.grads[CHECK_STEP], "wrapped": wrapped, "world": trainer.args.world_size,
-            "writer": trainer.args.should_save}
+            "writer": trainer.args.should_save, "law": trainer.scu.config.law}
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

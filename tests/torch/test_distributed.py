@@ -35,7 +35,8 @@ def ranks(out: Path) -> tuple[dict, dict]:
     return tuple(torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
 
 
-def compare(r0: dict, r1: dict, ref: dict) -> None:
+def compare(r0: dict, r1: dict, ref: dict, lambdas: int = 4) -> None:
+    """Both ranks agree bit for bit, and with one process; `lambdas`: at least how many values lambda took in the 4 steps."""
     assert len(r0["rows"]) == len(ref["rows"]) == 4
     for a, b, single in zip(r0["rows"], r1["rows"], ref["rows"]):
         assert a == b  # lambda, S, DataBPT, ParamBPT: the same bits on both ranks, every step
@@ -43,7 +44,7 @@ def compare(r0: dict, r1: dict, ref: dict) -> None:
         assert a["param_bpt"] == pytest.approx(single["param_bpt"], rel=1e-5, abs=1e-12)
         assert a["data_bpt"] == pytest.approx(single["data_bpt"], rel=1e-6)
         assert a["tokens"] == single["tokens"]
-    assert len({r["lambda"] for r in ref["rows"]}) == 4  # lambda moved every step
+    assert len({r["lambda"] for r in ref["rows"]}) >= lambdas
     assert r0["grads"].keys() == ref["grads"].keys()
     for name, g in r0["grads"].items():
         assert torch.equal(g, r1["grads"][name])
@@ -61,7 +62,11 @@ def test_trainer_ddp_matches_one_process(tmp_path):
     assert r0["wrapped"] == "DistributedDataParallel" and r0["world"] == 2
     assert (r0["writer"], r1["writer"]) == (True, False)
     assert json.loads((tmp_path / "final" / "metadata.json").read_text())["world_size"] == 2
-    compare(r0, r1, trainer_run(tmp_path / "single", per_device_batch=4))
+    # the default law: auto runs the balance law and the decoupled penalty step under DDP, read from the all-reduced
+    # gradients; lambda holds its floor until S nears S*, then moves
+    single = trainer_run(tmp_path / "single", per_device_batch=4)
+    assert all(r["law"] == "balance" for r in (r0, r1, single))
+    compare(r0, r1, single, lambdas=2)
 
 
 def test_fsdp2_custom_loop_matches_one_process(tmp_path):
