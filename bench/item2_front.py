@@ -1,10 +1,11 @@
 """Issue 18 item 2 as a picture: held-out BPT against forgetting for every arm, per scale and size, with the region
 where both parts of the goal hold and the arm under test marked.
 
-    python -m bench.item2_front RESULT.json [RESULT.json ...] [--out bench/results/setting_heldout/item2_front.png]
+    python -m bench.item2_front RESULT.json [RESULT.json ...] [--series RESULT.json ...] [--out FILE.png]
 
 Each RESULT.json is a bench.setting_heldout result (any scale); its arm `name` is the one judged. One panel per
-training size. The shaded corner is the goal: forgetting at most half of plain LoRA's, and held-out BPT within the
+training size. `--series` results (e.g. one per S*) add their judged arms to the panels of the same scale and size,
+joined by a line in the order of their S*, so a setting's own front shows beside the arms. The shaded corner is the goal: forgetting at most half of plain LoRA's, and held-out BPT within the
 tolerance of the best tuned arm (both read from the result's own verdict). Nothing is rerun.
 """
 
@@ -38,7 +39,19 @@ def plain_name(arm: str) -> str:
     return re.sub(r"^N=[^/]+/", "", arm)
 
 
-def draw(ax: Any, scale: str, size: str, entry: dict[str, Any], judged: str, label: str) -> None:
+def series_points(results: list[dict[str, Any]]) -> dict[tuple[str, str], list[tuple[float, dict[str, Any]]]]:
+    """The judged arm of each result, by (scale, size), as (its S*, its stats), in the order of S*."""
+    points: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
+    for r in results:
+        for size, entry in r["sizes"].items():
+            arm = next((v for k, v in entry["arms"].items() if plain_name(k) == r["name"]), None)
+            if arm is not None:
+                points.setdefault((r["scale"], size), []).append((float(r["scu"].get("target_s", 0.05)), arm))
+    return {key: sorted(found, key=lambda p: p[0]) for key, found in points.items()}
+
+
+def draw(ax: Any, scale: str, size: str, entry: dict[str, Any], judged: str, label: str,
+         series: list[tuple[float, dict[str, Any]]] = ()) -> None:
     arms = {plain_name(k): v for k, v in entry["arms"].items()}
     v = entry["verdict"]
     x_goal = 0.5 * v["forgetting_plain"]
@@ -59,6 +72,12 @@ def draw(ax: Any, scale: str, size: str, entry: dict[str, Any], judged: str, lab
         if key.startswith("lora_dropout="):
             ax.errorbar(a["forgetting"]["mean"], a["test"]["mean"], xerr=a["forgetting"]["std"], yerr=a["test"]["std"],
                         fmt="^", color="tab:brown", label=f"LoRA dropout {key.split('=')[1]}")
+    if series:
+        ax.plot([a["forgetting"]["mean"] for _, a in series], [a["test"]["mean"] for _, a in series], "s--",
+                color="tab:pink", markersize=4, label="law auto, other S*")
+        for target, a in series:
+            ax.annotate(f"S* {target:g}", (a["forgetting"]["mean"], a["test"]["mean"]), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points")
     a = arms[judged]
     ax.errorbar(a["forgetting"]["mean"], a["test"]["mean"], xerr=a["forgetting"]["std"], yerr=a["test"]["std"], fmt="*",
                 markersize=14, color="tab:red", label=label)
@@ -77,12 +96,14 @@ def draw(ax: Any, scale: str, size: str, entry: dict[str, Any], judged: str, lab
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", type=Path)
+    ap.add_argument("--series", nargs="*", type=Path, default=[], help="results whose judged arms form one line")
     ap.add_argument("--out", type=Path, default=Path("bench/results/setting_heldout/item2_front.png"))
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.results if not p.is_file()]
+    missing = [str(p) for p in [*args.results, *args.series] if not p.is_file()]
     if missing:
         raise SystemExit(f"no such result: {missing[0]}; run bench.setting_heldout first")
     todo = panels([json.loads(p.read_text()) for p in args.results])
+    series = series_points([json.loads(p.read_text()) for p in args.series])
     if not todo:
         raise SystemExit("these results have no verdict yet (no job of the judged arm finished)")
     import matplotlib
@@ -96,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = -(-len(todo) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, todo):
-        draw(ax, *panel)
+        draw(ax, *panel, series=series.get(panel[:2], []))
     for ax in list(axes.flat)[len(todo):]:
         ax.axis("off")
     fig.tight_layout()

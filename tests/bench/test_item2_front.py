@@ -62,3 +62,16 @@ def test_a_missing_or_unjudged_result_is_refused_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no verdict yet"):
         main([str(path), "--out", str(tmp_path / "front.png")])
     assert not (tmp_path / "front.png").exists()
+
+
+def test_series_results_join_their_judged_arms_in_the_order_of_their_target():
+    from bench.item2_front import series_points
+
+    results = []
+    for target, test in ((0.75, 6.65), (0.25, 7.05), (0.5, 6.74)):
+        r = result(f"auto_target_{target}", {"target_s": target})
+        r["sizes"]["16000"]["arms"][f"auto_target_{target}"]["test"] = stat(test)
+        results.append(r)
+    points = series_points(results)
+    assert list(points) == [("cpu", "16000")]  # the pool has no arm of theirs
+    assert [(t, a["test"]["mean"]) for t, a in points[("cpu", "16000")]] == [(0.25, 7.05), (0.5, 6.74), (0.75, 6.65)]
