@@ -77,11 +77,11 @@ def scu_parts(trainer: SCUTrainer, reps: int) -> float:
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        trainer.scu.penalty().backward()
-        trainer._scu_penalty_step()
-        trainer._scu_read_balance()
-        trainer.scu.step(ce_sum=torch.tensor(1000.0), tokens=torch.tensor(1000), balance=trainer._scu_balance)
-        trainer.scu.penalty_grad = trainer._scu_balance = trainer._scu_moments = None
+        penalty = trainer.scu.penalty()
+        if penalty.requires_grad:  # under the decoupled step the penalty is not in the loss
+            penalty.backward()
+        trainer.scu.before_optimizer_step(trainer.optimizer)
+        trainer.scu.step(ce_sum=torch.tensor(1000.0), tokens=torch.tensor(1000))
         times.append(time.perf_counter() - t0)
     trainer.model.zero_grad(set_to_none=True)
     return statistics.median(times)

@@ -141,12 +141,13 @@ class ControlSession:
     ) -> None:
         cfg = cfg.model_copy(update={"scu": cfg.scu.resolved(facts.measures_balance)})  # law: auto, for this trainer
         if cfg.scu.enabled and cfg.scu.law == "balance" and not facts.measures_balance:
-            raise ScuError(f"scu.law: balance needs the gradient balance, which `scu train` and SCUTrainer with torch's "
-                           f"AdamW (one process or DDP) measure; {facts.trainer} here cannot: use scu.law: pi "
-                           f"(or auto, which runs pi here)")
+            raise ScuError(f"scu.law: balance needs the gradient balance, which `scu train`, SCUTrainer and the loop API "
+                           f"given torch's AdamW (one process or DDP) measure; {facts.trainer} here cannot: use "
+                           f"scu.law: pi (or auto, which runs pi here)")
         if cfg.scu.enabled and cfg.scu.penalty_step == "decoupled" and not facts.measures_balance:
-            raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train` and SCUTrainer with torch's AdamW "
-                           f"(one process or DDP); {facts.trainer} here cannot: use scu.penalty_step: loss (the default)")
+            raise ScuError(f"scu.penalty_step: decoupled is applied by `scu train`, SCUTrainer and the loop API given "
+                           f"torch's AdamW (one process or DDP); {facts.trainer} here cannot: use scu.penalty_step: loss "
+                           f"(the default)")
         self.cfg, self.tokens_per_epoch, self.facts, self.is_main, self.sleep = cfg, tokens_per_epoch, facts, is_main, sleep
         self.out = None if out is None else Path(out)
         self.controllers = build_controllers(cfg, tokens_per_epoch) if controllers is None else controllers

@@ -380,7 +380,7 @@ class _Hardware:
 
 
 LAWS = {
-    "auto": "the measured start-up set (balance law, decoupled penalty step) under `scu train` and SCUTrainer, else pi",
+    "auto": "the measured start-up set (balance law, decoupled penalty step) under `scu train`, SCUTrainer and the loop API given AdamW, else pi",
     "pi": "position-form PI on log lambda",
     "bumpless": "velocity-form PI on log-odds, started near S*",
     "balance": "PI on log-odds around the measured gradient balance",

@@ -2,9 +2,12 @@
 
 `SCU` is the small API for your own loop (three lines):
 
-    scu = SCU(model, tokens_per_epoch, {"target_s": 0.05})
+    scu = SCU(model, tokens_per_epoch, {"target_s": 0.05}, optimizer=optimizer)
     loss = loss + scu.penalty()                    # in the first micro-batch of each optimizer step
     log(scu.step(ce_sum=ce_sum_nats, tokens=n))    # after optimizer.step(): this rank's summed CE and loss tokens
+
+Given torch's Adam/AdamW as `optimizer`, the default `law: auto` runs as in `scu train` (the balance law with the
+decoupled penalty step, in a hook SCU registers on `optimizer.step()`); without it, auto runs `pi`.
 
 `step` takes keywords only, and refuses a first step whose CE is below any base model's
 (a mean loss handed over as the sum), so DataBPT and S are never silently wrong.
@@ -64,18 +67,31 @@ def scu_section(config: ScuSection | dict[str, Any] | None) -> ScuSection:
     return build_config({"scu": dict(config or {})}).scu
 
 
+def reads_moments(model: nn.Module, optimizer: Any) -> bool:
+    """Whether the gradient balance can be read for this model and optimizer: torch's Adam/AdamW (whose second
+    moments it needs) over whole parameters on every rank (one process or DDP; not FSDP2's shards)."""
+    from torch.distributed.tensor import DTensor
+
+    adam = isinstance(getattr(optimizer, "optimizer", optimizer), (torch.optim.Adam, torch.optim.AdamW))
+    return adam and not any(isinstance(p, DTensor) for p in model.parameters())
+
+
 class SCU:
-    """λ·ParamBPT penalty for one PEFT model; each optimizer step goes to a ControlSession (PI λ and the rest)."""
+    """λ·ParamBPT penalty for one PEFT model; each optimizer step goes to a ControlSession (the law's λ and the rest)."""
 
     def __init__(self, model: nn.Module, tokens_per_epoch: int, config: ScuSection | dict[str, Any] | None = None,
-                 output_dir: str | Path | None = None, session: ControlSession | None = None) -> None:
+                 output_dir: str | Path | None = None, session: ControlSession | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         """`config`: the scu: section's keys; `output_dir`: where metrics.jsonl goes (rank 0; default: nowhere);
-        `session`: a session built elsewhere (SCUTrainer's, with the other sections), instead of both."""
+        `session`: a session built elsewhere (SCUTrainer's, with the other sections), instead of both;
+        `optimizer`: the optimizer that steps `model`. With torch's Adam/AdamW, `law: auto` runs the balance law and
+        the decoupled penalty step, through a hook on its step(); without it, auto runs `pi`."""
         check_layout(model)
         if session is None:
             section = scu_section(config)
             if section.enabled:
-                facts = RunFacts("SCU loop API", tokens_per_epoch_source="given", world_size=world_size())
+                facts = RunFacts("SCU loop API", tokens_per_epoch_source="given", world_size=world_size(),
+                                 measures_balance=optimizer is not None and reads_moments(model, optimizer))
                 session = ControlSession(Config(scu=section), tokens_per_epoch, output_dir, facts, is_main=rank() == 0)
         if session is None or not session.cfg.scu.enabled:
             raise ScuError("scu.enabled is false; train with the plain Trainer/loop instead of SCU's")
@@ -83,11 +99,18 @@ class SCU:
         self.config = session.cfg.scu
         self.tokens_per_epoch = tokens_per_epoch
         self.regularizer = LoraPenalty(model, self.config.prior, self.config.prior_sigma, tokens_per_epoch)
+        self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # `law: balance` / `penalty_step: decoupled` (SCUTrainer): the penalty's own gradient at lambda 1, in nats
+        # `law: balance` / `penalty_step: decoupled`, per step: the penalty's own gradient at lambda 1 (nats), AdamW's
+        # v_hat from before the step, the balance [pull, ||g_p||^2, sensitivity / lr] and the LR it was read at
         self.penalty_grad: list[Tensor | None] | None = None
+        self._moments: list[Tensor | None] | None = None
+        self._balance: Tensor | None = None
+        self._balance_lr = 0.0
         self._parts: tuple[Tensor, Tensor] | None = None
         self._began = time.perf_counter()
+        if optimizer is not None and self.reads_balance:
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_optimizer_step(opt))
 
     @property
     def lam(self) -> float:
@@ -106,17 +129,42 @@ class SCU:
 
     def penalty(self, weight: float = 1.0) -> Tensor:
         """lambda * ParamBPT * ln 2 (nats) times `weight`, differentiable. Once per optimizer step.
-        With `reads_balance`, the penalty's own gradient is kept in `penalty_grad` as well."""
+        With `reads_balance`, the penalty's own gradient is kept in `penalty_grad` as well; with the decoupled
+        penalty step the penalty moves the weights itself (before_optimizer_step), so this is 0."""
         replicated, local = self.regularizer.parts()
         self._parts = (replicated.detach(), local.detach())
         bpt = self.regularizer.bpt(replicated + local)
         if self.reads_balance:
-            self.penalty_grad = list(torch.autograd.grad(bpt * LN2, self.params, retain_graph=True, allow_unused=True))
+            decoupled = self.config.penalty_step == "decoupled"
+            self.penalty_grad = list(torch.autograd.grad(bpt * LN2, self.params, retain_graph=not decoupled,
+                                                         allow_unused=True))
+            if decoupled:
+                return bpt.detach() * 0.0
         return (self.lam * LN2 * weight) * bpt
+
+    def read_balance(self, optimizer: torch.optim.Optimizer) -> None:
+        """`law: balance`: this step's gradient balance (scu.torch.loop.gradient_balance) from the gradients as they
+        are now (all-reduced) and the optimizer's v_hat from before its step; once per step. SCUTrainer calls it
+        before clipping, as `scu train` reads it; the loop API, in its hook on optimizer.step()."""
+        if self.penalty_grad is None or self._balance is not None:
+            return
+        self._moments = adam_second_moments(optimizer, self.params)
+        self._balance = gradient_balance(self.model, optimizer, self.penalty_grad, self.lam,
+                                         self.config.penalty_step == "decoupled", self._moments,
+                                         self.config.penalty_step_bound)
+        self._balance_lr = optimizer.param_groups[0]["lr"]
+
+    def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Right before optimizer.step(): the balance, if not read yet, and with `penalty_step: decoupled` the
+        penalty's own step at the optimizer's LR (scu.torch.loop.decoupled_penalty_step), as in `scu train`."""
+        self.read_balance(optimizer)
+        if self.config.penalty_step == "decoupled" and self.penalty_grad is not None:
+            decoupled_penalty_step(self.model, optimizer, self.penalty_grad, self._moments, self.lam,
+                                   optimizer.param_groups[0]["lr"], self.config.penalty_step_bound)
 
     def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None,
              grad_norm: Tensor | float | None = None, lr: float = 0.0, seconds: float | None = None,
-             balance: Tensor | None = None) -> dict[str, Any]:
+             clip: Tensor | float = 1.0) -> dict[str, Any]:
         """Close the optimizer step: one all-reduce of (CE nats, tokens, sharded penalty part), one host sync,
         then the control session. Returns the step's control columns (data_bpt, param_bpt, s, lambda for the
         next step, ...; scu.report.schema.CONTROL_KEYS).
@@ -124,8 +172,8 @@ class SCU:
         `ce_sum`: this rank's cross-entropy summed (not averaged) over the step's loss tokens, in nats;
         `tokens`: how many loss tokens that sum covers. Keywords only, so that a mean loss is never
         passed by position where the sum belongs. Optional: the step's gradient norm (S-SCU reads it), its LR,
-        and its duration (default: since this step's penalty()); `balance`: [pull, ||g_p||^2, sensitivity] of
-        scu.torch.loop.gradient_balance, the sensitivity already times the step's LR (SCUTrainer, `law: balance`).
+        and its duration (default: since this step's penalty()); `clip`: the factor gradient clipping applied to a
+        penalty in the loss (`law: balance` with `penalty_step: loss`; SCUTrainer knows it, the loop API takes 1).
         """
         if positional or ce_sum is None or tokens is None:
             raise ScuError("SCU.step takes keywords only: scu.step(ce_sum=<CE summed over the step's loss tokens, nats>, "
@@ -137,7 +185,12 @@ class SCU:
         self._parts = None
         as64 = lambda x: torch.as_tensor(x, dtype=torch.float64, device=replicated.device).reshape(())  # noqa: E731
         norm = math.nan if grad_norm is None else grad_norm
-        measured = [] if balance is None else balance.to(device=replicated.device, dtype=torch.float64).unbind()
+        measured: list[Tensor] = []
+        if self._balance is not None:  # the sensitivity per step: times the LR it was read at and the clipping
+            factor = self._balance.new_ones(3)
+            factor[2] = self._balance_lr * clip
+            measured = list((self._balance * factor).to(device=replicated.device, dtype=torch.float64).unbind())
+        self.penalty_grad, self._moments, self._balance = None, None, None
         summed = torch.stack([as64(ce_sum), as64(tokens), as64(local), as64(replicated), as64(norm), *measured])
         all_reduce_sum_(summed[:3])  # the rest is already global (the balance is read from all-reduced gradients)
         nats, n, local_sum, rep, norm, *pull_sq_sens = summed.tolist()  # the same on every rank: every rank raises alike
@@ -270,7 +323,7 @@ class SCUCallback(TrainerCallback):
         self.trainer._scu_step_begin()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._scu_penalty_step()
+        self.trainer.scu.before_optimizer_step(self.trainer.optimizer)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.trainer._scu_step_end():
@@ -313,8 +366,6 @@ class SCUTrainerMixin:
         self._scu_window: list[dict[str, Any]] = []  # metrics rows since the last log
         self._scu_logged_tokens = 0
         self._scu_average: dict[str, Tensor] | None = None  # what auto-stop leaves in the model (equilibrium.average)
-        self._scu_moments: list[Tensor | None] | None = None  # AdamW's v_hat before this step (`law: balance`)
-        self._scu_balance: Tensor | None = None
         self.add_callback(SCUCallback(self))
 
     def _scu_can_measure_balance(self) -> bool:
@@ -323,7 +374,7 @@ class SCUTrainerMixin:
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return False
         if self.optimizer is not None:  # given by the user
-            return isinstance(getattr(self.optimizer, "optimizer", self.optimizer), (torch.optim.Adam, torch.optim.AdamW))
+            return reads_moments(self.model, self.optimizer)
         return getattr(self.args.optim, "value", self.args.optim) in ("adamw_torch", "adamw_torch_fused")
 
     def _scu_loss_is_scaled(self, num_items_in_batch: Any) -> bool:
@@ -352,41 +403,19 @@ class SCUTrainerMixin:
         self._scu_tokens = self._scu_tokens + tokens
         if not self._scu_penalized:
             # Trainer divides an unscaled loss by the accumulation steps; the penalty must reach the step whole
-            penalty = self.scu.penalty(1.0 if scaled else float(self.current_gradient_accumulation_steps))
-            if self.scu.config.penalty_step != "decoupled":  # decoupled: applied before the optimizer's step
-                loss = loss + penalty
+            loss = loss + self.scu.penalty(1.0 if scaled else float(self.current_gradient_accumulation_steps))
             self._scu_penalized = True
         return (loss, *result[1:]) if return_outputs else loss
 
     def _clip_grad_norm(self, model):
-        self._scu_read_balance()  # from the gradients before clipping, as `scu train` reads it
+        self.scu.read_balance(self.optimizer)  # from the gradients before clipping, as `scu train` reads it
         return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model, grad_norm=None):
         """The step's gradient norm before clipping, as the Trainer measures it, kept for S-SCU."""
-        self._scu_read_balance()
+        self.scu.read_balance(self.optimizer)
         self._scu_grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         return self._scu_grad_norm
-
-    def _scu_read_balance(self) -> None:
-        """`law: balance`: the gradient balance of the step's (all-reduced, unclipped) gradients, with AdamW's v_hat
-        from before the step (scu.torch.loop.gradient_balance); once per step."""
-        scu = self.scu
-        if scu.penalty_grad is None or self._scu_balance is not None:
-            return
-        model = self.accelerator.unwrap_model(self.model)
-        self._scu_moments = adam_second_moments(self.optimizer, scu.params)
-        self._scu_balance = gradient_balance(model, self.optimizer, scu.penalty_grad, scu.lam,
-                                             scu.config.penalty_step == "decoupled", self._scu_moments,
-                                             scu.config.penalty_step_bound)
-
-    def _scu_penalty_step(self) -> None:
-        """`penalty_step: decoupled`: the penalty's own step, right before the optimizer's (as in `scu train`)."""
-        scu = self.scu
-        if scu.config.penalty_step == "decoupled" and scu.penalty_grad is not None:
-            self._scu_read_balance()
-            decoupled_penalty_step(self.accelerator.unwrap_model(self.model), self.optimizer, scu.penalty_grad,
-                                   self._scu_moments, scu.lam, self._scu_lr, scu.config.penalty_step_bound)
 
     def _scu_step_begin(self) -> None:
         """The session's factors for this step: LR (on the Trainer's schedule) and gradient clipping."""
@@ -401,17 +430,11 @@ class SCUTrainerMixin:
     def _scu_step_end(self) -> bool:
         """The step into the session; True when the session stops the run (auto-stop, a T-SCU stop)."""
         seconds = time.perf_counter() - self._scu_began
-        balance = self._scu_balance
-        if balance is not None:  # the sensitivity per step: times the LR and, for a penalty in the loss, the clipping
-            max_norm = self.args.max_grad_norm
-            clipped = self.scu.config.penalty_step != "decoupled" and max_norm > 0 and self._scu_grad_norm is not None
-            clip = torch.as_tensor(max_norm / (self._scu_grad_norm + 1e-6)).clamp(max=1.0) if clipped else 1.0
-            factor = balance.new_ones(3)
-            factor[2] = self._scu_lr * clip
-            balance = balance * factor
+        max_norm = self.args.max_grad_norm  # a penalty in the loss is clipped with the data's gradient
+        clipped = self.scu.config.penalty_step != "decoupled" and max_norm > 0 and self._scu_grad_norm is not None
+        clip = torch.as_tensor(max_norm / (self._scu_grad_norm + 1e-6)).clamp(max=1.0) if clipped else 1.0
         self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens, grad_norm=self._scu_grad_norm, lr=self._scu_lr,
-                      seconds=seconds, balance=balance)
-        self.scu.penalty_grad, self._scu_moments, self._scu_balance = None, None, None
+                      seconds=seconds, clip=clip)
         session = self.scu.session
         recorded = session.state.last.get("step") == self.state.global_step  # False for a skipped NaN step
         if recorded:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -80,3 +82,90 @@ def test_a_low_loss_after_the_first_step_is_accepted():
     scu.step(ce_sum=4100.0, tokens=1000)
     scu.penalty()
     assert scu.step(ce_sum=10.0, tokens=1000)["data_bpt"] == pytest.approx(0.01 / 0.6931471805599453)
+
+
+def loop_run(model, scu, optimizer, steps: int, rows: int = 4, clip: float = 0.0) -> list[dict]:
+    """The documented loop: the penalty in the first micro-batch's loss, optimizer.step(), then scu.step()."""
+    import torch.nn.functional as F
+
+    from tests.torch.hf_common import token_dataset
+
+    data = token_dataset(rows=64)
+    ids, labels = torch.tensor(data["input_ids"]), torch.tensor(data["labels"])
+    out = []
+    for step in range(steps):
+        lo = (step * rows) % len(ids)
+        batch, target = ids[lo : lo + rows], labels[lo : lo + rows]
+        logits = model(input_ids=batch).logits
+        ce_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1), target[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+        n = int((target[:, 1:] != -100).sum())
+        loss = ce_sum / n + (scu.penalty() if scu is not None else 0.0)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scu is not None:
+            out.append(scu.step(ce_sum=ce_sum.detach(), tokens=n))
+    return out
+
+
+def adamw(model, lr: float = 1e-2):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+
+
+def test_with_adamw_given_the_default_runs_the_balance_set_and_the_decoupled_step_in_the_optimizers_hook():
+    """Given torch's AdamW, `law: auto` resolves to the balance set; the penalty leaves the loss (penalty() is 0)
+    and instead moves the weights right before AdamW's step by lr * lam * g_p / sqrt(v_hat + (lam g_p / c)^2):
+    after two steps the weights differ from a plain loop's on the same data by exactly that step."""
+    from scu.config.schema import AUTO_BALANCE
+
+    model = tiny_peft()
+    opt = adamw(model)
+    scu = SCU(model, TOKENS_PER_EPOCH, SCU_KEYS, optimizer=opt)
+    assert {k: getattr(scu.config, k) for k in AUTO_BALANCE} == AUTO_BALANCE
+    assert SCU(tiny_peft(), TOKENS_PER_EPOCH, SCU_KEYS).config.law == "pi"  # no optimizer: no moments to read
+
+    lam, lr, bound = 0.8, 1e-2, 2.0
+    fixed = {"lambda_init": lam, "lambda_min": lam, "lambda_max": lam, "penalty_step": "decoupled",
+             "penalty_step_bound": bound}
+    model, plain = tiny_peft(), tiny_peft()
+    opt, plain_opt = adamw(model, lr), adamw(plain, lr)
+    scu = SCU(model, TOKENS_PER_EPOCH, fixed, optimizer=opt)
+    penalty = LoraPenalty(model, "delta", 0.01, TOKENS_PER_EPOCH)  # a second penalty, to take g_p by autograd
+    loop_run(model, scu, opt, 1)
+    loop_run(plain, None, plain_opt, 1)
+    named = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items() if p.requires_grad}
+    beta2 = opt.param_groups[0]["betas"][1]
+    v = {n: (opt.state[named[n]]["exp_avg_sq"] / (1 - beta2)).double() for n in before}  # after one AdamW step
+    g_p = dict(zip(before, torch.autograd.grad(penalty() * math.log(2), [named[n] for n in before])))
+    step = {n: lr * lam * g_p[n].double() / ((v[n] + (lam * g_p[n].double() / bound) ** 2).sqrt() + 1e-8) for n in before}
+    assert scu.penalty().item() == 0.0 and scu.penalty_grad is not None
+    scu._parts = None  # that call only showed the value; the loop below takes its own
+    loop_run(model, scu, opt, 1)
+    loop_run(plain, None, plain_opt, 1)
+    assert max(s.abs().max().item() for s in step.values()) > 1e-4
+    for name, p in plain.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close((p - named[name]).double(), step[name], rtol=1e-3, atol=1e-8)
+
+
+def test_with_adamw_given_the_default_settles_at_a_reachable_target():
+    target, steps = 0.05, 150
+    model = tiny_peft()
+    opt = adamw(model, 3e-3)
+    scu = SCU(model, 4096, {"target_s": target}, optimizer=opt)
+    rows = loop_run(model, scu, opt, steps, clip=1.0)
+    assert all(r["lambda"] > 0 for r in rows)
+    s_hat = [r["s_hat"] for r in rows[steps // 2:]]
+    within = sum(abs(s - target) <= 0.1 * target for s in s_hat) / len(s_hat)
+    assert within >= 0.9 and abs(sum(s_hat) / len(s_hat) - target) <= 0.05 * target, (within, s_hat[-5:])
+
+
+def test_an_optimizer_other_than_adam_leaves_auto_at_pi():
+    model = tiny_peft()
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-2)
+    assert SCU(model, TOKENS_PER_EPOCH, SCU_KEYS, optimizer=sgd).config.law == "pi"
+    with pytest.raises(ScuError, match="law: balance needs the gradient balance"):
+        SCU(model, TOKENS_PER_EPOCH, {**SCU_KEYS, "law": "balance"}, optimizer=sgd)
