@@ -99,7 +99,7 @@ class ScuSection(Section):
     lambda_min: float = PIConfig.lambda_min
     lambda_max: float = PIConfig.lambda_max
     # auto: the RMS of the adapted base weights; fit: from a plain fit that `scu train` runs first (scu.core.bits)
-    prior_sigma: float | Literal["auto", "fit"] = 0.01
+    prior_sigma: float | Literal["auto", "fit", "linesearch"] = 0.01
     prior: Literal["delta", "factors", "raw"] = "delta"
     # auto: AUTO_BALANCE or pi, by trainer. Unnamed, it yields to pi where the config sets what auto would choose
     # (_default_law_yields)
@@ -161,8 +161,8 @@ class ScuSection(Section):
     @field_validator("prior_sigma")
     @classmethod
     def _positive_sigma(cls, v: float | str) -> float | str:
-        if v not in ("auto", "fit") and not v > 0:
-            raise ValueError(f"scu.prior_sigma must be > 0, auto or fit (got {v})")
+        if v not in ("auto", "fit", "linesearch") and not v > 0:
+            raise ValueError(f"scu.prior_sigma must be > 0, auto, fit or linesearch (got {v})")
         return v
 
     @field_validator("target_s")

@@ -58,7 +58,10 @@ def fit_scale_sigma(sq_norm: float, dof: int) -> float:
 def prior_scale(sigma: float | str, weight_rms) -> float:
     """The numeric prior scale of a penalty: a number as given, `auto` from `weight_rms()` (called only then).
 
-    `fit` must have been resolved to a number by the plain fit `scu train` runs first (scu.torch.prior_fit)."""
+    `fit` and `linesearch` must have been resolved to a number by `scu train` (scu.torch.prior_fit, prior_linesearch)."""
+    if sigma == "linesearch":
+        raise ScuError("scu.prior_sigma: linesearch is measured by `scu train` (PyTorch) before its first step; set "
+                       "scu.prior_sigma to the number such a run writes to its config.yaml")
     if sigma == "fit":
         raise ScuError("scu.prior_sigma: fit (what target_s: auto uses) needs a plain fit first, which only `scu train` "
                        "(PyTorch) runs; set scu.prior_sigma to the number such a run writes to its config.yaml, or to auto "

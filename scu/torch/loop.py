@@ -46,6 +46,7 @@ from scu.torch.checkpoint import CHECKPOINT
 from scu.torch.distributed import check_loop_layout
 from scu.torch.model import add_lora, load_model, load_tokenizer
 from scu.torch.prior_fit import resolve_fit_prior
+from scu.torch.prior_linesearch import LINESEARCH_SCALE, line_search_sigma
 from scu.torch.regularizer import LoraPenalty
 from scu.trackers import ReportTo
 
@@ -91,6 +92,8 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
     tokens_per_epoch = cfg.data.tokens_per_epoch or data.tokens_per_epoch
     set_seed(cfg.training.seed)
     model = add_lora(model, cfg.lora, cfg.model.gradient_checkpointing)
+    if cfg.scu.enabled and cfg.scu.prior_sigma == "linesearch":
+        cfg = resolve_linesearch_prior(cfg, out, resume, model, data, accelerator.device)
     penalty = LoraPenalty(model, cfg.scu.prior, cfg.scu.prior_sigma, tokens_per_epoch) if cfg.scu.enabled else None
     optimizer = torch.optim.AdamW(trainable(model), lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -112,6 +115,20 @@ def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False)
             run.lock.release()
         raise
     return run
+
+
+def resolve_linesearch_prior(cfg: Config, out: Path, resume: bool, model: torch.nn.Module, data: TrainData,
+                             device: torch.device) -> Config:
+    """`prior_sigma: linesearch` made a number before the first step (scu.torch.prior_linesearch); a resumed run
+    takes the number its checkpoint was trained with."""
+    if resume and (out / CHECKPOINT).exists():
+        sigma = checkpoint.read_checkpoint(out / CHECKPOINT)["config"]["scu"]["prior_sigma"]
+    else:
+        sigma, found = line_search_sigma(model.to(device), data.train_blocks, cfg.training.batch_size)
+        print(f"SCU: prior_sigma linesearch: sigma {sigma:.4g} (the first step's ||dW|| {found['dw_norm']:.4g} over "
+              f"{found['dof']:,} LoRA entries, times {LINESEARCH_SCALE:g}; {found['blocks']} blocks, "
+              f"{found['evaluations']} evaluations)", flush=True)
+    return cfg.model_copy(update={"scu": cfg.scu.model_copy(update={"prior_sigma": float(f"{sigma:.6g}")})})
 
 
 def save_checkpoint(run: Run) -> None:
