@@ -55,8 +55,8 @@ def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blo
             with torch.no_grad():
                 for p, p0, g in zip(params, start, grads):
                     p.copy_(p0 - t * g)
-            point = {"t": t, "ce_bits": block_bpt(model, subset, batch_size),
-                     "dw_norm": math.sqrt(float(change.sq_norm()))}
+                dw_norm = math.sqrt(float(change.sq_norm()))
+            point = {"t": t, "ce_bits": block_bpt(model, subset, batch_size), "dw_norm": dw_norm}
             curve.append(point)
             return point
 
