@@ -3,7 +3,6 @@ spread over the adapter's entries; the model is left as it was; `scu train` reco
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
