@@ -430,8 +430,9 @@ class SCUTrainerMixin:
     def _scu_step_end(self) -> bool:
         """The step into the session; True when the session stops the run (auto-stop, a T-SCU stop)."""
         seconds = time.perf_counter() - self._scu_began
-        max_norm = self.args.max_grad_norm  # a penalty in the loss is clipped with the data's gradient
-        clipped = self.scu.config.penalty_step != "decoupled" and max_norm > 0 and self._scu_grad_norm is not None
+        max_norm = self.args.max_grad_norm  # `law: balance` with the penalty in the loss: clipped with the data's gradient
+        clipped = (self.scu.reads_balance and self.scu.config.penalty_step != "decoupled" and max_norm > 0
+                   and self._scu_grad_norm is not None)
         clip = torch.as_tensor(max_norm / (self._scu_grad_norm + 1e-6)).clamp(max=1.0) if clipped else 1.0
         self.scu.step(ce_sum=self._scu_nats, tokens=self._scu_tokens, grad_norm=self._scu_grad_norm, lr=self._scu_lr,
                       seconds=seconds, clip=clip)
