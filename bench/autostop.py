@@ -1,6 +1,7 @@
 """Does λ-equilibrium auto-stop fire, and what does stopping there cost? Side by side with validation early stopping.
 
-    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--first-seed 0] [--budget 3] [--target S | --auto]
+    python -m bench.autostop [--scale cpu|real|quick] [--seeds 3] [--first-seed 0] [--rich-seeds 1] [--first-rich-seed 0]
+        [--budget 3] [--target S | --auto]
         [--set KEY=VALUE ... --name NAME] [--equilibrium KEY=VALUE ...] [--jobs 2]
 
 The harness's base, data and protocol (bench/scu_vs_baselines.py, same scale), with the step budget multiplied
@@ -9,7 +10,7 @@ the main size (overfits within the budget; every seed) and at the data-rich size
 through `scu.torch.loop.train` with the product's detector (scu.core.equilibrium, default tolerances and
 window); the harness only observes where it fires (held-out BPT measured there) and carries on to the budget,
 with held-out BPT at 24 (SmolLM2: 12) evenly spaced steps and validation early stopping (patience 3) tracked on the way.
-`--rich-seeds N` runs the data-rich size on seeds 0 … N−1.
+`--rich-seeds N` runs the data-rich size on seeds 0 … N−1 (from `--first-rich-seed` on, if given).
 Writes results.json, results.md and autostop.png (held-out BPT and λ along every run, with both stopping points).
 
 Per run: the step where auto-stop fires, the steps it saves, and its held-out BPT against the best held-out
@@ -55,9 +56,9 @@ SLOPE_HALF_WINDOW = 50  # steps either side of the stop whose held-out evaluatio
 
 
 def plan(scale_name: str, main: str, rich: str, seeds: range, target: float | None,
-         setting: tuple[str, dict[str, Any]] | None = None, rich_seeds: int = 1) -> list[Job]:
-    """The headline SCU arm (or S* = `target`) at the main size for every seed, and at the data-rich size for seeds
-    0 … rich_seeds−1.
+         setting: tuple[str, dict[str, Any]] | None = None, rich_seeds: range = range(1)) -> list[Job]:
+    """The headline SCU arm (or S* = `target`) at the main size for every seed in `seeds`, and at the data-rich size
+    for every seed in `rich_seeds`.
 
     `setting` (name, scu settings): the arm trains with those settings on top and is named after them."""
     scu: dict[str, Any] = {"enabled": True}
@@ -68,7 +69,7 @@ def plan(scale_name: str, main: str, rich: str, seeds: range, target: float | No
         arm = f"{arm}_{setting[0]}"
         scu.update(setting[1])
     jobs = [Job(arm, seed, main, {"scu": scu}, early_stop=True) for seed in seeds]
-    return jobs + [Job(f"N={rich}/{arm}", seed, rich, {"scu": scu}, early_stop=True) for seed in range(rich_seeds)]
+    return jobs + [Job(f"N={rich}/{arm}", seed, rich, {"scu": scu}, early_stop=True) for seed in rich_seeds]
 
 
 def auto_jobs(runner: Runner, jobs: list[Job], base: str, rank: int) -> list[Job]:
@@ -257,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scale", choices=["quick", "cpu", "real"], default="cpu")
     ap.add_argument("--seeds", type=int, default=3, help="seeds at the main size")
-    ap.add_argument("--rich-seeds", type=int, default=1, help="seeds at the data-rich size: 0 … N−1")
+    ap.add_argument("--rich-seeds", type=int, default=1,
+                    help="seeds at the data-rich size: first-rich-seed … first-rich-seed+N−1")
+    ap.add_argument("--first-rich-seed", type=int, default=0, help="the data-rich size's first seed")
     ap.add_argument("--first-seed", type=int, default=0,
                     help="the main size runs seeds first-seed … first-seed+seeds−1 (new seeds for a setting chosen on others)")
     ap.add_argument("--budget", type=float, default=3.0, help="multiple of the harness's step budget")
@@ -302,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = round(scale.run.steps * args.budget)
     s: Settings = replace(scale.run, base_model=str(base), steps=steps, val_evals=EVALS[args.scale], test_evals=EVALS[args.scale])
     jobs = plan(args.scale, main_label, rich_label, range(args.first_seed, args.first_seed + args.seeds), args.target,
-                setting, args.rich_seeds)
+                setting, range(args.first_rich_seed, args.first_rich_seed + args.rich_seeds))
     if args.no_rich:
         jobs = [j for j in jobs if j.size == main_label]
     detector = key_values(args.equilibrium)

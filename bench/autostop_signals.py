@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.autostop import fitted_slope_per_100
 from bench.harness.settings import key_values
 from scu.core.equilibrium import EquilibriumConfig, EquilibriumDetector, telemetry_from_rows
 from scu.report.records import atomic_write_json
@@ -25,7 +26,9 @@ SCALES = {"tiny": RESULTS / "scu_vs_baselines" / "runs", "real": RESULTS / "scu_
 
 def replay_run(run: dict, window: int, **tolerances: float) -> dict:
     """The detector over one cached run: where it fired (if anywhere), its last measurement, and the held-out BPT
-    of the first evaluation at or after the firing step against the run's best (`heldout_cost_next_eval`)."""
+    of the first evaluation at or after the firing step against the run's best (`heldout_cost_next_eval`), and the
+    least-squares slope of held-out BPT around it, as bench.autostop judges the data-rich goal (`heldout_fitted_slope`:
+    per 100 steps and its standard error, fractions)."""
     target = run["config"]["scu"].get("target_s") if run["config"]["scu"].get("lambda_min") != run["config"]["scu"].get("lambda_max") else None
     t = run["config"]["training"]
     per_step = t["batch_size"] * t["block_size"] * t.get("gradient_accumulation", 1)  # the harness's rows keep no count
@@ -40,7 +43,9 @@ def replay_run(run: dict, window: int, **tolerances: float) -> dict:
             "last": None if s is None else {"lambda_change": s.lambda_change, "s_error_or_trend": s.s_error,
                                              "loss_change_per_100": s.loss_change, "holds": s.holds(config)},
             "heldout_curve": [(c["step"], c["test"]) for c in run["curve"] if "test" in c],
-            "heldout_cost_next_eval": next_eval_cost(run["curve"], detector.equilibrium_step)}
+            "heldout_cost_next_eval": next_eval_cost(run["curve"], detector.equilibrium_step),
+            "heldout_fitted_slope": None if detector.equilibrium_step is None else
+            fitted_slope_per_100(run["curve"], detector.equilibrium_step)}
 
 
 def next_eval_cost(curve: list[dict], step: int | None) -> float | None:
@@ -71,9 +76,10 @@ def main() -> None:
             name = str(path) if args.runs else f"{group}/{path.stem}"
             out["runs"][name] = row
             last = row["last"] or {}
-            cost = row["heldout_cost_next_eval"]
+            cost, slope = row["heldout_cost_next_eval"], row["heldout_fitted_slope"]
             print(f"{name}: fired at {row['fired_at']} of {row['steps']}"
-                  f"{'' if cost is None else f' (held-out at the next evaluation {100 * cost:+.2f}% against the best)'}; last window: "
+                  f"{'' if cost is None else f' (held-out at the next evaluation {100 * cost:+.2f}% against the best)'}"
+                  f"{'' if slope is None else f' (fitted held-out slope {100 * slope[0]:+.2f} ± {100 * slope[1]:.2f}%/100 steps)'}; last window: "
                   f"λ {100 * last.get('lambda_change', 0):+.1f}%, S {100 * last.get('s_error_or_trend', 0):+.1f}%, "
                   f"loss {100 * last.get('loss_change_per_100', 0):+.1f}%/100 steps; held-out {row['heldout_curve']}")
     atomic_write_json(args.out, out)

@@ -14,12 +14,14 @@ The scaling guide's stopping rule, on telemetry only. Over the last `window` opt
 3. the loss has plateaued or is rising: the least-squares trend of the training DataBPT
    falls by at most `loss_tolerance` of its mean per 100 steps (a rate, so a shorter window does
    not let a steadily falling loss pass as a plateau);
-4. the run has trained on at least `min_epochs` epochs of tokens (where the epoch's size is known).
-   Within the first epoch every batch is new data, so a falling training loss is the held-out loss
-   falling, and a 100-step trend of it is too noisy to tell a slow fall from a plateau: on the tiny
-   harness's data-rich run its standard error was 1.2-1.5% per 100 steps, above the 1% tolerance,
-   and a smooth λ let the detector fire at 0.86 epochs while held-out BPT still fell 1.7% per 100
-   steps (docs/benchmarks.md, "The settled start-up set on held-out text and auto-stop").
+4. the run has trained on at least `min_epochs` epochs of tokens (default 1.5, where the epoch's size
+   is known). Within the first epoch every batch is new data, so a falling training loss is the
+   held-out loss falling, and a 100-step trend of it is too noisy to tell a slow fall from a plateau:
+   on the tiny harness's data-rich run its standard error was 1.2-1.5% per 100 steps, above the 1%
+   tolerance, and a smooth λ let the detector fire at 0.86 epochs while held-out BPT still fell. At 1
+   epoch a window can still be all first-pass data: SmolLM2's data-rich runs fired there, one at a
+   held-out slope of -0.504% per 100 steps against the goal's 0.5; from 1.5 the window is mostly
+   second-pass data (docs/evaluation.md, "λ-equilibrium and --auto-stop").
 
 None of this reads the PI deadband: the detector fires just the same with deadband 0, where the
 PI integrator never rests. It fires once, at the first step where all of them hold: that step's Action
@@ -54,7 +56,7 @@ class EquilibriumConfig:
     lambda_tolerance: float = 0.2  # largest relative change of λ's trend over the window
     s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
     loss_tolerance: float = 0.01  # largest relative loss drop per 100 steps that still counts as a plateau
-    min_epochs: float = 1.0  # passes over the training data before it may fire (0: from the first full window)
+    min_epochs: float = 1.5  # passes over the training data before it may fire (0: from the first full window)
 
     def average_weight(self) -> float | None:
         """The per-step EMA weight of the weights auto-stop saves (span = window), or None: not averaged.

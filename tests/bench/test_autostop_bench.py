@@ -79,9 +79,11 @@ def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_da
     jobs = plan("real", "18000", "72000", range(2, 5), None)
     assert [(j.size, j.seed) for j in jobs] == [("18000", 2), ("18000", 3), ("18000", 4), ("72000", 0)]
     assert all(j.config == {"scu": {"enabled": True}} for j in jobs)  # real: the product's default S*
-    rich = plan("real", "18000", "72000", range(1), None, rich_seeds=3)
+    rich = plan("real", "18000", "72000", range(1), None, rich_seeds=range(3))
     assert [(j.size, j.seed) for j in rich] == [("18000", 0), ("72000", 0), ("72000", 1), ("72000", 2)]
     assert rich[1].key == jobs[-1].key  # the data-rich seed 0 keeps its cache
+    fresh = plan("real", "18000", "72000", range(0), None, rich_seeds=range(3, 5))  # --seeds 0 --first-rich-seed 3
+    assert [(j.size, j.seed) for j in fresh] == [("72000", 3), ("72000", 4)]
 
 
 @pytest.mark.skipif(not (DATA / "shakespeare" / "input.txt").exists(), reason="needs the shared data folder")
@@ -148,3 +150,22 @@ def test_bad_settings_stop_before_any_work(argv, says, tmp_path):
     with pytest.raises(SystemExit, match=says):
         main(["--scale", "quick", "--out", str(tmp_path), *argv])
     assert not any(tmp_path.iterdir())
+
+
+def test_replaying_a_cached_run_finds_the_min_epochs_step_and_the_held_out_slope_there():
+    """A run whose every window holds (λ fixed at its target's level, S on target, flat loss): the detector fires at
+    the first full window past min_epochs, and the held-out slope read there is the curve's own (-1% per 100 steps)."""
+    from bench.autostop_signals import replay_run
+
+    per_step = 2 * 16
+    rows = [{"step": i, "data_bpt": 9.0, "param_bpt": 1.0, "lambda": 0.5, "lr": 1e-3} for i in range(1, 201)]
+    curve = [{"step": s, "test": 6.0 * (1 - 0.0001 * s)} for s in range(10, 201, 10)]
+    run = {"steps": 200, "rows": rows, "curve": curve, "tokens_per_epoch": 60 * per_step,
+           "config": {"scu": {"target_s": 0.1}, "training": {"batch_size": 2, "block_size": 16}}}
+    early = replay_run(run, 20, min_epochs=0.5)
+    assert early["fired_at"] == 30  # 0.5 x 60 steps
+    late = replay_run(run, 20, min_epochs=1.5)
+    assert late["fired_at"] == 90
+    slope, stderr = late["heldout_fitted_slope"]
+    assert slope == pytest.approx(-0.0001 * 100 / (1 - 0.0001 * 90), rel=1e-6) and stderr < 1e-9
+    assert replay_run(run, 20, min_epochs=4.0)["heldout_fitted_slope"] is None  # never fires: nothing to read

@@ -124,10 +124,12 @@ def test_state_dict_continues_exactly():
     assert vars(second.signals) == vars(whole.signals)
 
 
-@pytest.mark.parametrize("min_epochs, fires_at", [(1.0, 2 * W + 10), (0.5, W + 5), (0.0, W)])
+@pytest.mark.parametrize("min_epochs, fires_at", [(None, 3 * W + 15), (1.0, 2 * W + 10), (0.5, W + 5), (0.0, W)])
 def test_it_waits_until_min_epochs_of_tokens_have_been_trained_on(min_epochs, fires_at):
-    """Every window from W on holds; an epoch of (2W + 10) x 256 tokens ends at step 2W + 10, the first it may fire."""
-    det = EquilibriumDetector(EquilibriumConfig(min_epochs=min_epochs), tokens_per_epoch=(2 * W + 10) * 256)
+    """Every window from W on holds; an epoch of (2W + 10) x 256 tokens ends at step 2W + 10, the first it may fire
+    with min_epochs 1 (the default, 1.5: at 3W + 15)."""
+    config = EquilibriumConfig() if min_epochs is None else EquilibriumConfig(min_epochs=min_epochs)
+    det = EquilibriumDetector(config, tokens_per_epoch=(2 * W + 10) * 256)
     feed(det, *stream(4 * W))
     assert det.equilibrium_step == fires_at
     unknown = EquilibriumDetector(EquilibriumConfig())  # the epoch's size not known: the condition is off
@@ -137,16 +139,17 @@ def test_it_waits_until_min_epochs_of_tokens_have_been_trained_on(min_epochs, fi
 
 def test_the_token_count_survives_a_checkpoint_and_an_older_one_counts_as_past_the_epoch():
     per_epoch = (2 * W + 10) * 256
-    first = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    config = EquilibriumConfig(min_epochs=1.0)
+    first = EquilibriumDetector(config, tokens_per_epoch=per_epoch)
     lams, s, loss = stream(4 * W)
     feed(first, lams[:W], s[:W], loss[:W])
     state = json.loads(json.dumps(first.state_dict()))
-    resumed = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    resumed = EquilibriumDetector(config, tokens_per_epoch=per_epoch)
     resumed.load_state_dict(state)
     feed(resumed, lams[W:], s[W:], loss[W:], start=W + 1)
     assert resumed.equilibrium_step == 2 * W + 10
     del state["tokens_seen"]  # written before min_epochs existed
-    old = EquilibriumDetector(EquilibriumConfig(), tokens_per_epoch=per_epoch)
+    old = EquilibriumDetector(config, tokens_per_epoch=per_epoch)
     old.load_state_dict(state)
     feed(old, lams[W:], s[W:], loss[W:], start=W + 1)
     assert old.equilibrium_step == W + 1
