@@ -12,7 +12,7 @@ LINESEARCH_BLOCKS training blocks; no fit, no validation data.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,7 @@ def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blo
         raise ScuError("prior_sigma: linesearch measures the first step from LoRA's zero start (lora.init true or "
                        "gaussian); set scu.prior_sigma to a number")
     change = LoraPenalty(model, "delta", 1.0, 1)  # its sq_norm() is ||dW||^2 over every module
-    take = np.unique(np.linspace(0, len(blocks) - 1, min(max_blocks, len(blocks))).round().astype(np.int64))
-    subset = Blocks(blocks.ids[take], blocks.positions[take], blocks.loss_mask[take])
+    subset = evenly_spaced(blocks, max_blocks)
     was_training = model.training
     model.eval()
     try:
@@ -48,31 +47,7 @@ def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blo
         g_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
         if not g_norm > 0:
             raise ScuError("prior_sigma: linesearch found no gradient on the training data; set scu.prior_sigma to a number")
-        start = [p.detach().clone() for p in params]
-        curve: list[dict[str, float]] = []
-
-        def at(t: float) -> dict[str, float]:
-            with torch.no_grad():
-                for p, p0, g in zip(params, start, grads):
-                    p.copy_(p0 - t * g)
-                dw_norm = math.sqrt(float(change.sq_norm()))
-            point = {"t": t, "ce_bits": block_bpt(model, subset, batch_size), "dw_norm": dw_norm}
-            curve.append(point)
-            return point
-
-        try:
-            at(0.0)
-            t = FIRST_STEP / g_norm
-            while at(t)["ce_bits"] < curve[-2]["ce_bits"] and t < 1e4 * FIRST_STEP / g_norm:
-                t *= 2
-            best = min(curve, key=lambda c: c["ce_bits"])
-            for factor in (2 ** -0.5, 2 ** 0.5, 2 ** -0.25, 2 ** 0.25):  # the minimum to within a factor 2^(1/4)
-                at(best["t"] * factor)
-                best = min(curve, key=lambda c: c["ce_bits"])
-        finally:
-            with torch.no_grad():
-                for p, p0 in zip(params, start):
-                    p.copy_(p0)
+        best, curve = search_along(model, params, grads, subset, batch_size, lambda t: math.sqrt(float(change.sq_norm())))
     finally:
         model.train(was_training)
     dof = sum(p.numel() for p in params)
@@ -81,6 +56,45 @@ def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blo
               "ce_drop_bits": curve[0]["ce_bits"] - best["ce_bits"], "dof": dof, "sigma_ls": sigma_ls,
               "evaluations": len(curve)}
     return LINESEARCH_SCALE * sigma_ls, record
+
+
+def evenly_spaced(blocks: Blocks, count: int) -> Blocks:
+    """At most `count` of the blocks, evenly spaced over all of them (the first and the last included)."""
+    take = np.unique(np.linspace(0, len(blocks) - 1, min(count, len(blocks))).round().astype(np.int64))
+    return Blocks(blocks.ids[take], blocks.positions[take], blocks.loss_mask[take])
+
+
+def search_along(model: nn.Module, params: list[torch.Tensor], directions: list[torch.Tensor], blocks: Blocks,
+                 batch_size: int, dw_norm: Callable[[float], float]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(the point of least training CE along params - t * directions, every point evaluated); the params are put back.
+    From t = 0 and a first move of FIRST_STEP (L2), doubling while CE falls (at most 10^4 times the first), then
+    narrowed to within a factor 2^(1/4). `dw_norm(t)` gives the change ||dW|| at the current point."""
+    start = [p.detach().clone() for p in params]
+    first = FIRST_STEP / math.sqrt(sum(float((d * d).sum()) for d in directions))
+    curve: list[dict[str, float]] = []
+
+    def at(t: float) -> dict[str, float]:
+        with torch.no_grad():
+            for p, p0, d in zip(params, start, directions):
+                p.copy_(p0 - t * d)
+            change = dw_norm(t)
+        curve.append({"t": t, "ce_bits": block_bpt(model, blocks, batch_size), "dw_norm": change})
+        return curve[-1]
+
+    try:
+        at(0.0)
+        t = first
+        while at(t)["ce_bits"] < curve[-2]["ce_bits"] and t < 1e4 * first:
+            t *= 2
+        best = min(curve, key=lambda c: c["ce_bits"])
+        for factor in (2 ** -0.5, 2 ** 0.5, 2 ** -0.25, 2 ** 0.25):
+            at(best["t"] * factor)
+            best = min(curve, key=lambda c: c["ce_bits"])
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+    return best, curve
 
 
 def mean_gradient(model: nn.Module, params: list[nn.Parameter], blocks: Blocks, batch_size: int) -> list[torch.Tensor]:
