@@ -208,14 +208,16 @@ def main_size_stops(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def goals_of(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
-    """The issue's four goals over judged runs: the main size's seeds, and the data-rich runs (arms named N=...)."""
+    """The issue's four goals over judged runs: the main size's seeds, and the data-rich runs (arms named N=...); None
+    where no run of that kind was judged."""
     main_rows = [r for r in rows if not r["arm"].startswith("N=")]
     rich_rows = [r for r in rows if r["arm"].startswith("N=")]
     fired = main_size_stops(rows)
+    main = bool(main_rows)  # without main-size runs (--seeds 0) their three goals are not judged
     return {
-        "fires_every_seed": bool(main_rows) and len(fired) == len(main_rows),
-        "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL,
-        "cost_1pct": bool(fired) and max(a["cost"] for a in fired) <= COST_GOAL,
+        "fires_every_seed": len(fired) == len(main_rows) if main else None,
+        "saves_30pct": bool(fired) and min(a["saved"] for a in fired) >= SAVE_GOAL if main else None,
+        "cost_1pct": bool(fired) and max(a["cost"] for a in fired) <= COST_GOAL if main else None,
         "rich_silent_while_falling": all(r["auto"] is None or (r["auto"]["heldout_fitted_slope_per_100"] or (0.0,))[0]
                                          >= -RICH_SLOPE for r in rich_rows) if rich_rows else None,
     }

@@ -73,6 +73,8 @@ def test_the_data_rich_goal_reads_the_fitted_slope_not_the_two_point_difference(
     assert goals["rich_silent_while_falling"] is silent and goals["fires_every_seed"] and goals["saves_30pct"]
     assert goals_of([main_row, {"arm": "N=72000/a", "auto": None}])["rich_silent_while_falling"] is True
     assert goals_of([main_row])["rich_silent_while_falling"] is None  # no data-rich run: not judged
+    rich_only = goals_of([{"arm": "N=72000/a", "auto": None}])  # --seeds 0: the main size's goals are not judged
+    assert [rich_only[k] for k in ("fires_every_seed", "saves_30pct", "cost_1pct")] == [None, None, None]
 
 
 def test_first_seed_plans_new_seeds_at_the_main_size_and_keeps_seed_0_for_the_data_rich_run():
