@@ -20,8 +20,8 @@ The scaling guide's stopping rule, on telemetry only. Over the last `window` opt
    on the tiny harness's data-rich run its standard error was 1.2-1.5% per 100 steps, above the 1%
    tolerance, and a smooth λ let the detector fire at 0.86 epochs while held-out BPT still fell. At 1
    epoch a window can still be all first-pass data: SmolLM2's data-rich runs fired there, one at a
-   held-out slope of -0.504% per 100 steps against the goal's 0.5; from 1.5 the window is mostly
-   second-pass data (docs/evaluation.md, "λ-equilibrium and --auto-stop").
+   held-out slope of -0.504% per 100 steps against the goal's 0.5; from 1.5 the window's last half
+   epoch (all of it, if shorter) is second-pass data (docs/evaluation.md, "λ-equilibrium and --auto-stop").
 
 None of this reads the PI deadband: the detector fires just the same with deadband 0, where the
 PI integrator never rests. It fires once, at the first step where all of them hold: that step's Action
