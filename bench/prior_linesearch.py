@@ -1,6 +1,6 @@
 """Exploration: a prior scale from one line search at the start, before any training. Does it transfer between bases?
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python -m bench.prior_linesearch --scale cpu|real [--seed 0] [--blocks 64|0] [--direction lora|svd]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python -m bench.prior_linesearch --scale cpu|real [--seed 0] [--blocks 64|0] [--direction lora|svd] [--draws 4|0]
 
 At LoRA's start (B = 0) the training data's mean gradient g moves only B. Along -g, the training CE has a minimum
 at some step t*; the change that step makes, dW* = s * (-t* g_B) * A per module, is how far the data pulls in its
@@ -8,7 +8,9 @@ steepest direction, measured in one pass and one line search, with no fit. Its s
 sigma_ls = ||dW*|| / sqrt(p), is compared with the lambda-1 prior scale each harness found best on validation
 (tiny base, 16k tokens: 0.1; SmolLM2, 18k tokens: 0.01). A rule serves both bases if sigma_ls / best is about the same
 on both. The search is scu.torch.prior_linesearch's, over --blocks evenly spaced training blocks (0: all).
-Writes bench/results/prior_linesearch/<scale>_seed<N>_blocks<B>.json.
+The product's search repeats it over --draws fixed draws of LoRA's A, each on its share of the blocks, and takes
+the geometric mean; `--draws 0` is the search with the seed's own A over all the blocks (the product's until
+2026-12-07, twenty-first session). Writes bench/results/prior_linesearch/<scale>_seed<N>_blocks<B>[_draws<K>].json.
 
 `--direction svd` (exploration, not in the product): the search runs along the best rank-r approximation of each
 adapted matrix's full gradient (its top r singular triplets) instead of LoRA's own first step, which moves dW only
@@ -26,6 +28,9 @@ from typing import Any
 
 import torch
 
+from scu.torch.prior_linesearch import (LINESEARCH_DRAWS, LINESEARCH_SCALE, evenly_spaced, line_search_sigma,
+                                       mean_gradient, search_along)
+
 BEST = {"cpu": 0.1, "real": 0.01}  # the lambda-1 prior scale of each harness's best fixed lambda (docs/method.md)
 
 
@@ -34,7 +39,6 @@ def svd_direction_search(model: torch.nn.Module, blocks: Any, batch_size: int, m
     the base weights'); sigma_ls = ||dW*|| / sqrt(p), p the adapters' trainable entries as in the product's search."""
     import math
 
-    from scu.torch.prior_linesearch import evenly_spaced, mean_gradient, search_along
     from scu.torch.regularizer import lora_pairs
 
     pairs = lora_pairs(model, keep_init=False)
@@ -61,12 +65,12 @@ def svd_direction_search(model: torch.nn.Module, blocks: Any, batch_size: int, m
             "sigma_ls": best["dw_norm"] / math.sqrt(dof), "evaluations": len(curve)}
 
 
-def measure(scale_name: str, seed: int, max_blocks: int, direction: str = "lora") -> dict[str, Any]:
+def measure(scale_name: str, seed: int, max_blocks: int, direction: str = "lora",
+            draws: int = LINESEARCH_DRAWS) -> dict[str, Any]:
     from bench.scu_vs_baselines import DEFAULT_DATA, REAL_SCALES, SCALES, prepare_real, prepare_scale
     from scu.config.schema import DataSection, LoraSection, ModelSection
     from scu.data.corpus import load_train_val
     from scu.torch.model import add_lora, load_model, load_tokenizer
-    from scu.torch.prior_linesearch import LINESEARCH_SCALE, line_search_sigma
 
     torch.set_num_threads(1)
     if scale_name == "real":
@@ -88,7 +92,7 @@ def measure(scale_name: str, seed: int, max_blocks: int, direction: str = "lora"
         found = svd_direction_search(model, data.train_blocks, s.batch_size, n_blocks)
         sigma = LINESEARCH_SCALE * found["sigma_ls"]
     else:
-        sigma, found = line_search_sigma(model, data.train_blocks, s.batch_size, n_blocks)
+        sigma, found = line_search_sigma(model, data.train_blocks, s.batch_size, n_blocks, draws)
     return {"scale": scale_name, "seed": seed, "direction": direction, "base": base, "tokens": data.tokens_per_epoch,
             "blocks_of": len(data.train_blocks), **found, "sigma": sigma, "scale_factor": LINESEARCH_SCALE,
             "best_sigma": BEST[scale_name], "sigma_ls_over_best": found["sigma_ls"] / BEST[scale_name],
@@ -102,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, default=64, help="training blocks the search reads (0: all of them)")
     ap.add_argument("--direction", choices=("lora", "svd"), default="lora",
                     help="lora: the product's search (LoRA's first step); svd: each gradient's top-r truncation")
+    ap.add_argument("--draws", type=int, default=LINESEARCH_DRAWS,
+                    help="lora: the search over this many fixed draws of A, geometric mean (0: the seed's own A)")
     args = ap.parse_args(argv)
     from scu.report.records import atomic_write_json
 
-    suffix = "_svd" if args.direction == "svd" else ""
+    suffix = "_svd" if args.direction == "svd" else f"_draws{args.draws}" if args.draws else ""
     out = Path("bench/results/prior_linesearch") / f"{args.scale}_seed{args.seed}_blocks{args.blocks or 'all'}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = measure(args.scale, args.seed, args.blocks, args.direction)
+    result = measure(args.scale, args.seed, args.blocks, args.direction, args.draws)
     atomic_write_json(out, result)
     print(json.dumps(result, indent=1))
     return 0

@@ -168,6 +168,10 @@ class Blocks:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def select(self, idx: np.ndarray | slice) -> "Blocks":
+        """Blocks `idx` of these, as Blocks."""
+        return Blocks(self.ids[idx], self.positions[idx], self.loss_mask[idx])
+
     def batch(self, idx: np.ndarray | slice) -> dict[str, np.ndarray]:
         """The model inputs of blocks `idx`: input_ids, position_ids (int64, as models take them) and loss_mask."""
         return {"input_ids": self.ids[idx], "position_ids": self.positions[idx].astype(np.int64), "loss_mask": self.loss_mask[idx]}

@@ -126,7 +126,7 @@ def resolve_linesearch_prior(cfg: Config, out: Path, resume: bool, model: torch.
     else:
         sigma, found = line_search_sigma(model.to(device), data.train_blocks, cfg.training.batch_size)
         print(f"SCU: prior_sigma linesearch: sigma {sigma:.4g} (the first step's ||dW|| {found['dw_norm']:.4g} over "
-              f"{found['dof']:,} LoRA entries, times {LINESEARCH_SCALE:g}; {found['blocks']} blocks, "
+              f"{found['dof']:,} LoRA entries, times {LINESEARCH_SCALE:g}; {found['blocks']} blocks, {found['draws']} draws of A, "
               f"{found['evaluations']} evaluations)", flush=True)
     return cfg.model_copy(update={"scu": cfg.scu.model_copy(update={"prior_sigma": float(f"{sigma:.6g}")})})
 

@@ -7,6 +7,11 @@ LINESEARCH_SCALE * sigma_ls. The constant is measured, not derived: on the tiny 
 sigma_ls was 0.122 and 0.128 of the lambda-1 prior scale each picked on validation (bench.prior_linesearch;
 docs/method.md, "A prior scale from one line search"). One gradient pass and about ten forward passes over at most
 LINESEARCH_BLOCKS training blocks; no fit, no validation data.
+
+The step LoRA can take depends on its random A (dW* = -t* s^2 G A^T A), and with the run's own A sigma_ls moved 2.4x
+between seeds on the tiny base. So the search is repeated over LINESEARCH_DRAWS draws of A from a fixed generator,
+each on an interleaved share of the blocks (the same total cost), and sigma_ls is their geometric mean: the scale no
+longer depends on the run's seed.
 """
 
 from __future__ import annotations
@@ -24,44 +29,85 @@ from scu.eval.bpt import block_bpt, cross_entropy_sum, packed_forward
 
 LINESEARCH_SCALE = 8.0
 LINESEARCH_BLOCKS = 64
+LINESEARCH_DRAWS = 4
+DRAW_SEED = 0  # the draws of A are the same in every run, whatever its seed
 FIRST_STEP = 0.05  # the first probe moves the trainable parameters by this much (L2); then doubling
 
 
-def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blocks: int = LINESEARCH_BLOCKS
-                      ) -> tuple[float, dict[str, Any]]:
+def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blocks: int = LINESEARCH_BLOCKS,
+                      draws: int = LINESEARCH_DRAWS) -> tuple[float, dict[str, Any]]:
     """(the prior scale, a record of the search) for a PEFT model at LoRA's start, from evenly spaced training blocks.
-    The model is left as it was. Runs in eval mode (no dropout), so it draws no random numbers."""
+    `draws` > 0: the geometric mean over that many fixed draws of A from LoRA's init distribution, draw k searching
+    blocks k, k + draws, ...; 0: one search with the run's own A over all of them. The model
+    is left as it was. Runs in eval mode (no dropout) and draws from its own generator: the run's random stream is
+    untouched."""
     from scu.torch.regularizer import LoraPenalty
 
     params = [p for p in model.parameters() if p.requires_grad]
-    lora_b = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n]
-    if not lora_b or any(float(p.detach().abs().max()) != 0.0 for p in lora_b):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    lora_a = [p for n, p in named if "lora_A" in n]
+    lora_b = [p for n, p in named if "lora_B" in n]
+    init = lora_init(model)
+    if init not in (True, "gaussian") or not lora_b or any(float(p.detach().abs().max()) != 0.0 for p in lora_b):
         raise ScuError("prior_sigma: linesearch measures the first step from LoRA's zero start (lora.init true or "
                        "gaussian); set scu.prior_sigma to a number")
-    change = LoraPenalty(model, "delta", 1.0, 1)  # its sq_norm() is ||dW||^2 over every module
     subset = evenly_spaced(blocks, max_blocks)
+    shares = [subset] if draws == 0 else [subset.select(slice(k, None, draws)) for k in range(min(draws, len(subset)))]
+    own_a = [a.detach().clone() for a in lora_a]
+    generator = torch.Generator().manual_seed(DRAW_SEED)
+    searches = []
     was_training = model.training
     model.eval()
     try:
-        grads = mean_gradient(model, params, subset, batch_size)
-        g_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
-        if not g_norm > 0:
-            raise ScuError("prior_sigma: linesearch found no gradient on the training data; set scu.prior_sigma to a number")
-        best, curve = search_along(model, params, grads, subset, batch_size, lambda t: math.sqrt(float(change.sq_norm())))
+        for share in shares:
+            if draws:
+                with torch.no_grad():
+                    for a in lora_a:
+                        a.copy_(draw_a(a.shape, init, generator))
+            searches.append(search_first_step(model, params, share, batch_size, LoraPenalty(model, "delta", 1.0, 1)))
     finally:
+        with torch.no_grad():
+            for a, a0 in zip(lora_a, own_a):
+                a.copy_(a0)
         model.train(was_training)
     dof = sum(p.numel() for p in params)
-    sigma_ls = best["dw_norm"] / math.sqrt(dof)
-    record = {"blocks": len(subset), "grad_norm": g_norm, "t_star": best["t"], "dw_norm": best["dw_norm"],
-              "ce_drop_bits": curve[0]["ce_bits"] - best["ce_bits"], "dof": dof, "sigma_ls": sigma_ls,
-              "evaluations": len(curve)}
-    return LINESEARCH_SCALE * sigma_ls, record
+    dw_norm = math.exp(sum(math.log(s["dw_norm"]) for s in searches) / len(searches))
+    record = {"blocks": len(subset), "draws": draws, "dw_norm": dw_norm, "dof": dof, "sigma_ls": dw_norm / math.sqrt(dof),
+              "evaluations": sum(s["evaluations"] for s in searches), "searches": searches}
+    return LINESEARCH_SCALE * record["sigma_ls"], record
+
+
+def lora_init(model: nn.Module) -> Any:
+    """The PEFT model's `init_lora_weights` (True: Kaiming-uniform A, "gaussian": N(0, 1/r^2) A; B = 0 in both)."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    return getattr(config, "init_lora_weights", None)
+
+
+def draw_a(shape: torch.Size, init: Any, generator: torch.Generator) -> torch.Tensor:
+    """One A [r, in] from PEFT's init distribution: U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform, a = sqrt(5)) or
+    N(0, 1/r^2) ("gaussian"), drawn from `generator`."""
+    r, fan_in = shape
+    if init == "gaussian":
+        return torch.randn(shape, generator=generator) / r
+    return (torch.rand(shape, generator=generator) * 2 - 1) / math.sqrt(fan_in)
+
+
+def search_first_step(model: nn.Module, params: list[nn.Parameter], blocks: Blocks, batch_size: int,
+                      change: Any) -> dict[str, float]:
+    """One search along the first step of the adapter as it stands; `change.sq_norm()` is ||dW||^2 from B = 0."""
+    grads = mean_gradient(model, params, blocks, batch_size)
+    g_norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    if not g_norm > 0:
+        raise ScuError("prior_sigma: linesearch found no gradient on the training data; set scu.prior_sigma to a number")
+    best, curve = search_along(model, params, grads, blocks, batch_size, lambda t: math.sqrt(float(change.sq_norm())))
+    return {"blocks": len(blocks), "grad_norm": g_norm, "t_star": best["t"], "dw_norm": best["dw_norm"],
+            "ce_drop_bits": curve[0]["ce_bits"] - best["ce_bits"], "evaluations": len(curve)}
 
 
 def evenly_spaced(blocks: Blocks, count: int) -> Blocks:
     """At most `count` of the blocks, evenly spaced over all of them (the first and the last included)."""
     take = np.unique(np.linspace(0, len(blocks) - 1, min(count, len(blocks))).round().astype(np.int64))
-    return Blocks(blocks.ids[take], blocks.positions[take], blocks.loss_mask[take])
+    return blocks.select(take)
 
 
 def search_along(model: nn.Module, params: list[torch.Tensor], directions: list[torch.Tensor], blocks: Blocks,

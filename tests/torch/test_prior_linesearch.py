@@ -33,7 +33,7 @@ def test_the_scale_is_the_line_minimum_of_the_first_step_spread_over_the_adapter
     model = tiny_peft()
     blocks = blocks_of()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    sigma, found = line_search_sigma(model, blocks, batch_size=8)
+    sigma, found = line_search_sigma(model, blocks, batch_size=8, draws=0)  # one search, the model's own A
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # left as it was
     params = [p for p in model.parameters() if p.requires_grad]
     assert found["dof"] == sum(p.numel() for p in params)
@@ -54,12 +54,38 @@ def test_the_scale_is_the_line_minimum_of_the_first_step_spread_over_the_adapter
                 p.copy_(p0 - t * g)
         return mean_ce(model, ids)
 
-    t = found["t_star"]
+    t = found["searches"][0]["t_star"]
     at_star, shorter, longer = ce_at(t), ce_at(t / 2), ce_at(2 * t)
     assert at_star < shorter and at_star < longer and at_star < ce_at(0.0)
     ce_at(t)
     with torch.no_grad():
         assert math.sqrt(float(change.sq_norm())) == pytest.approx(found["dw_norm"], rel=1e-5)
+
+
+def redraw_a(model, seed: int) -> None:
+    """Another LoRA seed's A, the same base and zero B."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.uniform_(-1.0, 1.0, generator=g).mul_(p.shape[1] ** -0.5)
+
+
+def test_the_draws_make_the_scale_independent_of_the_runs_own_a():
+    blocks = blocks_of()
+    one, other = tiny_peft(), tiny_peft()
+    redraw_a(other, seed=7)
+    own = [line_search_sigma(m, blocks, batch_size=8, draws=0)[0] for m in (one, other)]
+    assert own[0] != pytest.approx(own[1], rel=1e-3)  # the single search follows the run's A
+    before = {n: p.detach().clone() for n, p in other.named_parameters()}
+    (s1, f1), (s2, f2) = (line_search_sigma(m, blocks, batch_size=8, draws=3) for m in (one, other))
+    assert all(torch.equal(p, before[n]) for n, p in other.named_parameters())  # its own A put back
+    assert s1 == pytest.approx(s2, rel=1e-6)
+    assert [s["blocks"] for s in f1["searches"]] == [8, 8, 8]  # 24 blocks, each draw on its interleaved third
+    norms = [s["dw_norm"] for s in f1["searches"]]
+    assert len(set(norms)) == 3  # three different draws
+    assert f1["dw_norm"] == pytest.approx(math.prod(norms) ** (1 / 3))
+    assert s1 == pytest.approx(LINESEARCH_SCALE * f1["dw_norm"] / math.sqrt(f1["dof"]))
 
 
 def test_a_trained_adapter_is_refused_with_the_fix_named():
