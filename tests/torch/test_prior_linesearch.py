@@ -88,6 +88,25 @@ def test_the_draws_make_the_scale_independent_of_the_runs_own_a():
     assert s1 == pytest.approx(LINESEARCH_SCALE * f1["dw_norm"] / math.sqrt(f1["dof"]))
 
 
+@pytest.mark.parametrize("init", [True, "gaussian"])
+def test_the_draws_come_from_loras_own_init_distribution(init):
+    from peft.tuners.lora import LoraLayer
+
+    from scu.torch.prior_linesearch import draw_a, lora_init
+
+    model = tiny_peft(init_lora_weights=init, r=8)
+    assert lora_init(model) == init
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    shape = (8, 4096)
+    peft_a = torch.nn.Linear(4096, 8, bias=False)
+    layer.lora_A["default"] = peft_a
+    layer.reset_lora_parameters("default", init)  # PEFT's own draw, at a size where moments are sharp
+    ours = draw_a(torch.Size(shape), init, torch.Generator().manual_seed(3))
+    theirs = peft_a.weight.detach()
+    assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.02)
+    assert ours.abs().max().item() == pytest.approx(theirs.abs().max().item(), rel=0.2 if init == "gaussian" else 0.01)
+
+
 def test_a_trained_adapter_is_refused_with_the_fix_named():
     model = tiny_peft()
     with torch.no_grad():
