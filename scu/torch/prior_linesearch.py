@@ -3,15 +3,17 @@
 At the start B = 0, so the training data's mean gradient moves B alone. Along it, the training CE has a minimum at
 some step t*. The change that step makes, dW* (s * dB * A per module), is how far the data pulls in its steepest
 direction. Spread over the adapter's p trainable entries it gives sigma_ls = ||dW*|| / sqrt(p), and the prior scale is
-LINESEARCH_SCALE * sigma_ls. The constant is measured, not derived: on the tiny harness base and on SmolLM2-135M,
-sigma_ls was 0.122 and 0.128 of the lambda-1 prior scale each picked on validation (bench.prior_linesearch;
-docs/method.md, "A prior scale from one line search"). One gradient pass and about ten forward passes over at most
-LINESEARCH_BLOCKS training blocks; no fit, no validation data.
+LINESEARCH_SCALE * sigma_ls.
 
-The step LoRA can take depends on its random A (dW* = -t* s^2 G A^T A), and with the run's own A sigma_ls moved 2.4x
-between seeds on the tiny base. So the search is repeated over LINESEARCH_DRAWS draws of A from a fixed generator,
-each on an interleaved share of the blocks (the same total cost), and sigma_ls is their geometric mean: the scale no
-longer depends on the run's seed.
+The step LoRA can take depends on its random A (dW* = -t* s^2 G A^T A): with the run's own A, sigma_ls moved 2.4x
+between seeds on the tiny base. So the search is repeated over LINESEARCH_DRAWS draws of A from LoRA's init
+distribution and a fixed generator, each on an interleaved share of the blocks, and sigma_ls is their geometric mean:
+the scale no longer depends on the run's seed. In all, LINESEARCH_DRAWS gradient passes and about 12 forward passes
+each, over LINESEARCH_BLOCKS training blocks split between them; no fit, no validation data.
+
+The constant is measured, not derived: sigma_ls over the lambda-1 prior scale each harness picked on validation is
+0.100 on the tiny harness base and 0.141 on SmolLM2-135M with the draws (0.122-0.135 and 0.128 with seed 0's own A,
+where 8 was read off; bench.prior_linesearch; docs/method.md, "A prior scale from one line search").
 """
 
 from __future__ import annotations
