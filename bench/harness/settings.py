@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import yaml
@@ -29,9 +30,17 @@ def key_values(items: list[str]) -> dict[str, Any]:
     return {key: parse_value(value) for key, value in pairs}
 
 
+LABEL_MAX = 200  # with a job's name around it, a file name stays under the file system's 255 bytes
+
+
 def settings_label(items: list[str]) -> str:
-    """The settings as a file-name suffix: "_window=50_lambda_tolerance=0.2" ("" for none)."""
-    return "".join(f"_{item}" for item in items if item)
+    """The settings as a file-name suffix: "_window=50_lambda_tolerance=0.2" ("" for none). One longer than LABEL_MAX
+    keeps its first characters and ends in a hash of the whole, so different settings never share a file."""
+    label = "".join(f"_{item}" for item in items if item)
+    if len(label) <= LABEL_MAX:
+        return label
+    digest = hashlib.sha256(label.encode()).hexdigest()[:12]
+    return f"{label[:LABEL_MAX - len(digest) - 1]}_{digest}"
 
 
 def scu_settings(items: list[str]) -> dict[str, Any]:
