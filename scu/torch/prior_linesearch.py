@@ -74,7 +74,7 @@ def line_search_sigma(model: nn.Module, blocks: Blocks, batch_size: int, max_blo
         model.train(was_training)
     dof = sum(p.numel() for p in params)
     dw_norm = math.exp(sum(math.log(s["dw_norm"]) for s in searches) / len(searches))
-    record = {"blocks": len(subset), "draws": draws, "dw_norm": dw_norm, "dof": dof, "sigma_ls": dw_norm / math.sqrt(dof),
+    record = {"blocks": len(subset), "draws": len(searches) if draws else 0, "dw_norm": dw_norm, "dof": dof, "sigma_ls": dw_norm / math.sqrt(dof),
               "evaluations": sum(s["evaluations"] for s in searches), "searches": searches}
     return LINESEARCH_SCALE * record["sigma_ls"], record
 

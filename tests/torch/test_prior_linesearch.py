@@ -86,6 +86,8 @@ def test_the_draws_make_the_scale_independent_of_the_runs_own_a():
     assert len(set(norms)) == 3  # three different draws
     assert f1["dw_norm"] == pytest.approx(math.prod(norms) ** (1 / 3))
     assert s1 == pytest.approx(LINESEARCH_SCALE * f1["dw_norm"] / math.sqrt(f1["dof"]))
+    _, few = line_search_sigma(one, blocks, batch_size=8, max_blocks=2, draws=4)
+    assert few["draws"] == len(few["searches"]) == 2  # no more draws than blocks, and the record says how many ran
 
 
 @pytest.mark.parametrize("init", [True, "gaussian"])
