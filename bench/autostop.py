@@ -123,12 +123,16 @@ def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
     if auto is None:
         out["auto"] = None
     else:
-        # what auto-stop saves: the weights averaged over about the detector's window (equilibrium.average), where
-        # the run measured them; runs from before the average was measured have the last step's weights only
-        saved = auto.get("averaged", auto)
-        out["auto"] = {"step": auto["step"], "saved": 1 - auto["step"] / budget, "averaged": "averaged" in auto,
-                       "test": saved["test"], "cost": saved["test"] / best["test"] - 1,
+        # what auto-stop saves: the weights averaged as the run's equilibrium.average_from says, where the run
+        # measured them; runs from before the average was measured have the last step's weights only
+        start = r.get("config", {}).get("equilibrium", {}).get("average_from", "start")
+        saved = auto.get("averaged" if start == "start" else f"averaged_{start}", auto)
+        judged = auto.get("averaged_judged")
+        out["auto"] = {"step": auto["step"], "saved": 1 - auto["step"] / budget, "averaged": saved is not auto,
+                       "average_from": start, "test": saved["test"], "cost": saved["test"] / best["test"] - 1,
                        "last_step_test": auto["test"], "last_step_cost": auto["test"] / best["test"] - 1,
+                       "start_average_cost": auto["averaged"]["test"] / best["test"] - 1 if "averaged" in auto else None,
+                       "judged_average_cost": None if judged is None else judged["test"] / best["test"] - 1,
                        "heldout_slope_per_100": slope_per_100(r["curve"], auto["step"]),
                        "heldout_fitted_slope_per_100": fitted_slope_per_100(r["curve"], auto["step"])}
     early = r.get("early_stop")
@@ -142,16 +146,17 @@ def judge(r: dict[str, Any], budget: int) -> dict[str, Any]:
 def markdown(rows: list[dict[str, Any]], note: str) -> str:
     lines = [f"# Auto-stop against validation early stopping ({note})", "",
              "| run | budget | epochs in budget | auto-stop step | saved | held-out cost vs best (saved adapter) | last step's weights "
-             "| held-out slope there, fitted ± s.e. (%/100 steps) | between the evaluations around it "
-             "| early stop step | saved | cost | best held-out (step) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| average over the judged steps | held-out slope there, fitted ± s.e. (%/100 steps) "
+             "| between the evaluations around it | early stop step | saved | cost | best held-out (step) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, e = r["auto"], r.get("early_stop") or {}
         epochs = r["budget"] * r["tokens_per_step"] / r["tokens_per_epoch"] if r.get("tokens_per_step") else float("nan")
         fitted = None if a is None else a.get("heldout_fitted_slope_per_100")
-        auto = ("did not fire | — | — | — | — | —" if a is None else
+        judged = None if a is None else a.get("judged_average_cost")
+        auto = ("did not fire | — | — | — | — | — | —" if a is None else
                 f"{a['step']} | {100 * a['saved']:.0f}% | {100 * a['cost']:+.2f}%{'' if a['averaged'] else ' (last step)'} | "
-                f"{100 * a['last_step_cost']:+.2f}% | "
+                f"{100 * a['last_step_cost']:+.2f}% | " + ("—" if judged is None else f"{100 * judged:+.2f}%") + " | "
                 + ("—" if fitted is None else f"{100 * fitted[0]:+.2f} ± {100 * fitted[1]:.2f}") + " | "
                 + ("—" if a["heldout_slope_per_100"] is None else f"{100 * a['heldout_slope_per_100']:+.2f}"))
         early = "— | — | —" if not e else f"{e['stop_step']} | {100 * e['saved']:.0f}% | {100 * e['cost']:+.2f}%"

@@ -242,7 +242,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
     show = progress and backend.is_main  # when shown, tqdm's own TQDM_DISABLE still applies
     bar = tqdm(total=t.steps, initial=run.state.step, desc=backend.desc, dynamic_ncols=True, **({} if show else {"disable": True}))
     status = "completed"
-    weight, average = run.cfg.equilibrium.average_weight(), None  # after a resume it starts from the resumed weights
+    detector, average = run.cfg.equilibrium, None  # after a resume the average starts from the resumed weights
     run.model.train()
     session.start()
     for cb in callbacks:
@@ -261,6 +261,7 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
                         "lower training.learning_rate or use fp32 (model.dtype)"
                     )
                 continue
+            weight = detector.average_weight(st.judged_steps) if detector.averaging else None
             if weight is not None:
                 average = backend.average_weights(run, average, weight)
             if t.eval_every and st.step % t.eval_every == 0 and run.data.val is not None:
@@ -286,9 +287,10 @@ def drive(run: LoopRun, backend: Backend, progress: bool = True, callbacks: Sequ
     averaged = status == "stopped at equilibrium" and average is not None
     if averaged:
         backend.load_weights(run, average)
-        session.note_averaged(run.cfg.equilibrium.window)
+        span = detector.average_span(run.state.judged_steps)
+        session.note_averaged(span)
         if backend.is_main:
-            bar.write(f"SCU: the adapter saved is the weights averaged over about the last {run.cfg.equilibrium.window} "
+            bar.write(f"SCU: the adapter saved is the weights averaged over about the last {span} "
                       "steps (equilibrium.average: false keeps the last step's)")
     bar.close()
     if status not in STOPPED_BY_SIGNAL and run.data.val is not None and (averaged or "val_bpt" not in run.state.last):

@@ -70,6 +70,7 @@ class RunState:
     tokens_seen: int = 0
     wall_time: float = 0.0
     equilibrium_step: int | None = None
+    judged_steps: int = 0  # steps the λ-equilibrium detector has judged since its window last (re)started
     last: dict[str, Any] = field(default_factory=dict)  # the last metrics row
     fingerprints: dict[str, str] = field(default_factory=dict)  # train/val blocks and base weights (scu.rundir)
 
@@ -269,6 +270,7 @@ class ControlSession:
             st.grad_accum = max(1, int(action.grad_accum))
         if "equilibrium_step" in action.report and st.equilibrium_step is None:
             st.equilibrium_step = action.report["equilibrium_step"]
+        st.judged_steps = action.report.get("judged_steps", st.judged_steps)
         pause = None
         if action.pause_until_celsius is not None and self.meter is not None:
             pause = self.meter.wait_until_cool(action.pause_until_celsius)

@@ -23,6 +23,7 @@ import torch
 
 from bench.scu_overhead import timed_step
 from scu.config.schema import build_config
+from scu.core.equilibrium import AVERAGE_FROM
 from scu.core.tracking import tracking
 from scu.driver import STOPPED_BY_SIGNAL, BlockOrder, Callback
 from scu.eval.bpt import block_bpt
@@ -147,12 +148,15 @@ class Measure(Callback):
         self.switch_info: dict[str, Any] | None = None
         self.t_start = time.perf_counter()
         self.result: dict[str, Any] = {}
-        self.average: dict[str, torch.Tensor] | None = None  # EMA of the trainable weights, span = the detector's window
+        self.averages: dict[str, dict[str, torch.Tensor]] = {}  # per equilibrium.average_from, the trainable weights
 
-    def track_average(self, run: Run) -> None:
-        """The average `scu train --auto-stop` would save (the harness observes the detector with auto-stop off)."""
-        weight = replace(run.cfg.equilibrium, auto_stop=True, average=True).average_weight()
-        self.average = update_average(run.model, self.average, weight)
+    def track_averages(self, run: Run) -> None:
+        """The averages `scu train --auto-stop` would save under each `equilibrium.average_from`, side by side (the
+        harness observes the detector with auto-stop off)."""
+        for start in AVERAGE_FROM:
+            weight = replace(run.cfg.equilibrium, average_from=start).average_weight(run.state.judged_steps)
+            if weight is not None:
+                self.averages[start] = update_average(run.model, self.averages.get(start), weight)
 
     def on_step_end(self, run: Run, row: dict[str, Any]) -> None:
         job, st, steps = self.job, run.state, run.cfg.training.steps
@@ -163,12 +167,13 @@ class Measure(Callback):
             self.switch_step = None if job.switch_at is None else round(steps * job.switch_at)
         evaluate = self.evaluate
         self.rows.append({k: row[k] for k in ("step", "data_bpt", "param_bpt", "s", "s_hat", "lambda", "at_bound", "step_time")})
-        self.track_average(run)
+        self.track_averages(run)
         if self.auto is None and st.equilibrium_step == st.step:  # where `scu train --auto-stop` would end
             self.auto = {"step": st.step, "train_wall_s": st.wall_time, **evaluate("val", "test", "wiki")}
             current = trainable_state(run)
-            load_average(run.model, self.average)  # the same, on the weights averaged over about the detector's window
-            self.auto["averaged"] = evaluate("val", "test", "wiki")
+            for start, average in self.averages.items():  # the same, on each average auto-stop can save
+                load_average(run.model, average)
+                self.auto["averaged" if start == "start" else f"averaged_{start}"] = evaluate("val", "test", "wiki")
             load_average(run.model, current)
         point: dict[str, Any] = {}
         if st.step in self.val_at:

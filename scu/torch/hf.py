@@ -441,13 +441,14 @@ class SCUTrainerMixin:
         if recorded:
             self._scu_window.append(session.state.last)
         self._scu_nats, self._scu_tokens, self._scu_grad_norm, self._scu_penalized = 0.0, 0, None, False
-        weight = session.cfg.equilibrium.average_weight()
+        detector = session.cfg.equilibrium
+        weight = detector.average_weight(session.state.judged_steps) if detector.averaging else None
         if weight is not None and recorded:
             model = self.accelerator.unwrap_model(self.model)
             self._scu_average = update_average(model, self._scu_average, weight)
             if session.stop_status == "stopped at equilibrium":
                 load_average(model, self._scu_average)  # the weights the Trainer saves from here on
-                session.note_averaged(session.cfg.equilibrium.window)
+                session.note_averaged(detector.average_span(session.state.judged_steps))
         return session.stop_status is not None
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:

@@ -171,3 +171,12 @@ def test_replaying_a_cached_run_finds_the_min_epochs_step_and_the_held_out_slope
     slope, stderr = late["heldout_fitted_slope"]
     assert slope == pytest.approx(-0.0001 * 100 / (1 - 0.0001 * 90), rel=1e-6) and stderr < 1e-9
     assert replay_run(run, 20, min_epochs=4.0)["heldout_fitted_slope"] is None  # never fires: nothing to read
+
+
+def test_the_saved_adapter_is_the_average_the_runs_config_names_and_both_are_reported():
+    auto = {"step": 250, "test": 5.1, "averaged": {"test": 5.15}, "averaged_judged": {"test": 5.05}}
+    judged = judge(run(auto) | {"config": {"equilibrium": {"average_from": "judged"}}}, budget=400)["auto"]
+    assert judged["average_from"] == "judged" and judged["cost"] == pytest.approx(0.01)  # 5.05 against 5.0
+    assert judged["start_average_cost"] == pytest.approx(0.03) and judged["judged_average_cost"] == pytest.approx(0.01)
+    start = judge(run(auto), budget=400)["auto"]  # no config: a run from before the option, the EMA from the start
+    assert start["average_from"] == "start" and start["cost"] == pytest.approx(0.03)

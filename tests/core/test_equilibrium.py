@@ -184,3 +184,33 @@ def test_fixed_lambda_fires_once_s_stops_moving_and_not_while_it_climbs():
     det = EquilibriumDetector(EquilibriumConfig())
     feed_fixed(det, np.concatenate([climbing[:W], np.full(2 * W, climbing[W - 1]) * s[W:] / TARGET]))
     assert det.equilibrium_step is not None and W < det.equilibrium_step <= 2 * W + 1
+
+
+def test_the_judged_steps_are_counted_from_a_full_window_past_min_epochs_and_restart_with_the_window():
+    """`judged_steps` (every Action reports it) counts the steps the detector judged; the saved average reads it."""
+    cfg = EquilibriumConfig(min_epochs=1.0)
+    det = EquilibriumDetector(cfg, tokens_per_epoch=256 * (W + 30))  # one epoch = W + 30 steps of 256 tokens
+    actions = feed(det, *stream(W + 40, lam_change=4 * LAM_TOL))  # λ keeps climbing: judged, never fires
+    counts = [a.report["judged_steps"] for a in actions]
+    assert counts[: W + 29] == [0] * (W + 29)  # window full at W, but min_epochs holds it back to step W + 30
+    assert counts[W + 29:] == list(range(1, 12))
+    assert det.equilibrium_step is None
+    det.step(StepTelemetry(step=W + 41, data_bpt=3.0, param_bpt=0.0, tokens=256, lr=1e-3, lam=None, target_s=TARGET))
+    assert det.judged_steps == 0  # a step without a penalty restarts the window, and with it the count
+    state = det.state_dict()
+    assert json.loads(json.dumps(state))["judged_steps"] == 0
+
+
+@pytest.mark.parametrize("start", ["start", "judged"])
+def test_the_average_weights_an_ema_from_the_start_or_the_plain_mean_of_the_judged_steps(start):
+    cfg = EquilibriumConfig(auto_stop=True, window=20, average_from=start)
+    ema = 2 / 21
+    weights = [cfg.average_weight(k) for k in range(0, 15)]
+    if start == "start":
+        assert weights == [ema] * 15 and cfg.average_span(3) == 20
+    else:  # none before the first judged step, then 1, 1/2, ... (their plain mean) until 1/k falls below the EMA's
+        assert weights[0] is None and weights[1:] == [max(1 / k, ema) for k in range(1, 15)]
+        assert weights[1] == 1.0 and weights[14] == ema and cfg.average_span(3) == 3 and cfg.average_span(50) == 20
+    assert cfg.averaging and not EquilibriumConfig(auto_stop=True, average=False).averaging
+    with pytest.raises(ValueError, match="average_from"):
+        EquilibriumConfig(average_from="end")

@@ -103,35 +103,38 @@ class WeightRecorder(Callback):
         self.states.append({n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad})
 
 
-def fires_at(window: int, average: bool) -> EquilibriumConfig:
+def fires_at(window: int, average: bool, average_from: str = "start") -> EquilibriumConfig:
     """A detector whose tolerances always hold: it fires once its window is full, at step `window`."""
     return EquilibriumConfig(auto_stop=True, average=average, window=window, lambda_tolerance=1e9, s_tolerance=1e9,
-                             loss_tolerance=1e9, min_epochs=0)
+                             loss_tolerance=1e9, min_epochs=0, average_from=average_from)
 
 
-@pytest.mark.parametrize("average", [True, False])
-def test_auto_stop_saves_the_weights_averaged_over_the_window(make_cfg, tmp_path, average):
+@pytest.mark.parametrize("average, average_from", [(True, "start"), (False, "start"), (True, "judged")])
+def test_auto_stop_saves_the_weights_averaged_over_the_window(make_cfg, tmp_path, average, average_from):
+    """From the start: the EMA of span 20 over every step. Over the judged steps: the detector fires on the first step
+    it judges, so the mean of the judged steps is that step's weights, and the metadata says one step."""
     cfg = make_cfg(training__steps=60)
-    cfg.equilibrium = fires_at(20, average)
+    cfg.equilibrium = fires_at(20, average, average_from)
     rec = WeightRecorder()
     meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
     assert meta["status"] == "stopped at equilibrium" and meta["steps"] == 20 == len(rec.states)
-    assert meta["weights_averaged_over"] == (20 if average else None)
+    span = (20 if average_from == "start" else 1) if average else None
+    assert meta["weights_averaged_over"] == span
     card = (tmp_path / "run" / "README.md").read_text()
-    assert ("averaged over about the last 20 steps" in card) == average
+    assert (f"averaged over about the last {span} steps" in card) == average
 
     expected = {n: t.clone() for n, t in rec.states[0].items()}  # the EMA of span 20, computed here step by step
     for state in rec.states[1:]:
         for n, t in state.items():
             expected[n] += (2 / 21) * (t - expected[n])
-    if not average:
+    if not average or average_from == "judged":
         expected = rec.states[-1]
     reloaded = PeftModel.from_pretrained(load_model(cfg.model), str(tmp_path / "run"))
     saved = {n: p for n, p in reloaded.named_parameters() if "lora_" in n}
     assert saved.keys() == expected.keys()
     for n, p in saved.items():
         torch.testing.assert_close(p, expected[n], rtol=1e-5, atol=1e-7)
-    moved = max(float((rec.states[-1][n] - expected[n]).abs().max()) for n in saved) if average else 0.0
-    assert not average or moved > 1e-4  # the average is not just the last step's weights
+    moved = max(float((rec.states[-1][n] - expected[n]).abs().max()) for n in saved)
+    assert moved > 1e-4 if average_from == "start" and average else moved == 0.0  # the EMA is not the last step's
     data = load_train_val(cfg.data, load_tokenizer(cfg.model), cfg.training.block_size, cfg.training.seed)
     assert block_bpt(reloaded, data.val_blocks) == pytest.approx(meta["val_bpt"], rel=1e-6)  # metadata scores what was saved
