@@ -138,3 +138,41 @@ def test_auto_stop_saves_the_weights_averaged_over_the_window(make_cfg, tmp_path
     assert moved > 1e-4 if average_from == "start" and average else moved == 0.0  # the EMA is not the last step's
     data = load_train_val(cfg.data, load_tokenizer(cfg.model), cfg.training.block_size, cfg.training.seed)
     assert block_bpt(reloaded, data.val_blocks) == pytest.approx(meta["val_bpt"], rel=1e-6)  # metadata scores what was saved
+
+
+class JudgedCounter(WeightRecorder):
+    """The weights after every recorded step, and how many steps the detector had judged by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judged: list[int] = []
+
+    def on_step_end(self, run, row):
+        super().on_step_end(run, row)
+        self.judged.append(run.state.judged_steps)
+
+
+def test_the_judged_average_is_the_mean_of_the_judged_steps_turning_into_the_windows_ema(make_cfg, tmp_path):
+    """S must hold within 30% of S* over a whole 20-step window, so the detector judges several steps before it fires;
+    the saved adapter is their plain mean (weights 1, 1/2, 1/3, ...) until that falls below the EMA's 2/21."""
+    cfg = make_cfg(training__steps=120)
+    cfg.equilibrium = EquilibriumConfig(auto_stop=True, window=20, lambda_tolerance=1e9, s_tolerance=0.3,
+                                        loss_tolerance=1e9, min_epochs=0, average_from="judged")
+    rec = JudgedCounter()
+    meta = loop.train(cfg, tmp_path / "run", progress=False, callbacks=[rec])
+    assert meta["status"] == "stopped at equilibrium"
+    judged = rec.judged[-1]
+    assert judged > 3 and rec.judged[-judged:] == list(range(1, judged + 1))  # judged from step 20 on, then fired
+    assert meta["weights_averaged_over"] == min(judged, 20)
+    expected: dict[str, torch.Tensor] = {}
+    for k, state in enumerate(rec.states[-judged:], start=1):
+        w = cfg.equilibrium.average_weight(k)
+        expected = {n: t.clone() for n, t in state.items()} if k == 1 else {
+            n: expected[n] + w * (t - expected[n]) for n, t in state.items()}
+    plain_mean = {n: sum(s[n] for s in rec.states[-judged:]) / judged for n in expected}
+    reloaded = PeftModel.from_pretrained(load_model(cfg.model), str(tmp_path / "run"))
+    saved = {n: p for n, p in reloaded.named_parameters() if "lora_" in n}
+    for n, p in saved.items():
+        torch.testing.assert_close(p, expected[n], rtol=1e-5, atol=1e-7)
+        if judged <= 10:  # 1/k >= 2/21 throughout: the plain mean itself
+            torch.testing.assert_close(p, plain_mean[n], rtol=1e-5, atol=1e-7)
