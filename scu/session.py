@@ -71,6 +71,7 @@ class RunState:
     wall_time: float = 0.0
     equilibrium_step: int | None = None
     judged_steps: int = 0  # steps the λ-equilibrium detector has judged since its window last (re)started
+    settled: bool = False  # the balance law has settled (scu.penalty_step_bound_settled applies from the next step)
     last: dict[str, Any] = field(default_factory=dict)  # the last metrics row
     fingerprints: dict[str, str] = field(default_factory=dict)  # train/val blocks and base weights (scu.rundir)
 
@@ -271,6 +272,7 @@ class ControlSession:
         if "equilibrium_step" in action.report and st.equilibrium_step is None:
             st.equilibrium_step = action.report["equilibrium_step"]
         st.judged_steps = action.report.get("judged_steps", st.judged_steps)
+        st.settled = bool(action.report.get("settled", st.settled))
         pause = None
         if action.pause_until_celsius is not None and self.meter is not None:
             pause = self.meter.wait_until_cool(action.pause_until_celsius)

@@ -110,6 +110,10 @@ class ScuSection(Section):
     # decoupled: the most one entry's penalty step may move it, in units of lr. AdamW's data step is at most about lr,
     # so at 1 the penalty can at best cancel a data step that keeps pushing; above 1 a large lambda still shrinks it
     penalty_step_bound: float = Field(1.0, ge=1)
+    # decoupled, balance law: the bound once the law has settled (None: penalty_step_bound throughout). Early on AdamW's
+    # v_hat is tiny where the data hardly moves an entry, and a small bound keeps the start-up's λ estimates sane; late
+    # in a long run the data's step outgrows a penalty step held at 2·lr (docs/method.md, "penalty_step_bound at thirty epochs")
+    penalty_step_bound_settled: float | None = Field(None, ge=1)
     ema_alpha: float = PIConfig.ema_alpha
     smoothing: Literal["data", "ratio"] = PIConfig.smoothing
     lead_steps: float = Field(PIConfig.lead_steps, ge=0)  # balance law: steps ahead its proportional part looks
@@ -189,7 +193,17 @@ class ScuSection(Section):
         if self.penalty_step_bound != 1.0 and self.penalty_step == "loss":
             raise ValueError("scu.penalty_step_bound bounds the decoupled penalty step only; add scu.penalty_step: "
                              "decoupled, or drop it")
+        settles = self.law == "auto" or (self.law == "balance" and self.penalty_step == "decoupled")  # auto sets both
+        if self.penalty_step_bound_settled is not None and not settles:
+            raise ValueError("scu.penalty_step_bound_settled needs scu.law: auto, or balance with scu.penalty_step: "
+                             "decoupled (only that law settles); drop it, or set them")
         return self
+
+    def step_bound(self, settled: bool) -> float:
+        """The decoupled penalty step's bound c for the next step: penalty_step_bound_settled once the law has settled."""
+        if settled and self.penalty_step_bound_settled is not None:
+            return self.penalty_step_bound_settled
+        return self.penalty_step_bound
 
     def resolved(self, measures_balance: bool) -> "ScuSection":
         """`law: auto` made concrete for a trainer that does (`scu train`, PyTorch or MLX) or does not measure the

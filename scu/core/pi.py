@@ -501,7 +501,7 @@ class PIController:
         balance = None if telemetry.data_pull is None else (
             telemetry.data_pull, telemetry.penalty_grad_sq, telemetry.penalty_sensitivity)
         lam = self.update(telemetry.s, telemetry.target_s, balance, (telemetry.data_bpt, telemetry.param_bpt))
-        report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound}
+        report = {"s_hat": self.s_hat, "integral": self.integral, "at_bound": self.at_bound, "settled": self.settled}
         if self.lambda_balance is not None:
             report["lambda_balance"] = self.lambda_balance
         if self.lambda_growth is not None:

@@ -22,6 +22,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from scu import ScuError
 from scu.config.schema import Config, dump_config
 from scu.core.bits import LN2
 from scu.data.corpus import load_train_val
@@ -66,6 +67,9 @@ class MlxRun:
 def setup(cfg: Config, out: Path, resume: bool = False, overwrite: bool = False) -> MlxRun:
     """Load and validate everything before the output directory is touched, then claim it."""
     out = Path(out)
+    if cfg.scu.penalty_step_bound_settled is not None:
+        raise ScuError("scu.penalty_step_bound_settled is not in the MLX backend yet (its step's bound is fixed at "
+                       "setup); drop it, or train with model.backend: torch")
     check_output(out, CHECKPOINT, resume, overwrite)
     t = cfg.training
     model, tokenizer, model_config = load_base(cfg.model)

@@ -151,7 +151,7 @@ class SCU:
         self._moments = adam_second_moments(optimizer, self.params)
         self._balance = gradient_balance(self.model, optimizer, self.penalty_grad, self.lam,
                                          self.config.penalty_step == "decoupled", self._moments,
-                                         self.config.penalty_step_bound)
+                                         self.config.step_bound(self.session.state.settled))
         self._balance_lr = optimizer.param_groups[0]["lr"]
 
     def before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -160,7 +160,7 @@ class SCU:
         self.read_balance(optimizer)
         if self.config.penalty_step == "decoupled" and self.penalty_grad is not None:
             decoupled_penalty_step(self.model, optimizer, self.penalty_grad, self._moments, self.lam,
-                                   optimizer.param_groups[0]["lr"], self.config.penalty_step_bound)
+                                   optimizer.param_groups[0]["lr"], self.config.step_bound(self.session.state.settled))
 
     def step(self, *positional: Any, ce_sum: Tensor | float | None = None, tokens: Tensor | int | None = None,
              grad_norm: Tensor | float | None = None, lr: float = 0.0, seconds: float | None = None,

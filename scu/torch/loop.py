@@ -247,7 +247,7 @@ def train_step(run: Run, lam: float, lr: float) -> StepResult:
     ce_nats, pbpt, step_tokens, penalty_grad = accumulate_gradients(run, lam)
     decoupled = run.cfg.scu.penalty_step == "decoupled" and penalty_grad is not None
     moments = adam_second_moments(opt, trainable(run.model)) if penalty_grad is not None else None  # before the step
-    bound = run.cfg.scu.penalty_step_bound
+    bound = run.cfg.scu.step_bound(st.settled)
     balance = (gradient_balance(run.model, opt, penalty_grad, lam, decoupled, moments, bound).float()
                if penalty_grad is not None else None)
     max_norm = run.cfg.training.max_grad_norm * st.grad_clip_factor

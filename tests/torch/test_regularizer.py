@@ -161,12 +161,17 @@ def test_auto_sigma_is_the_rms_of_the_adapted_base_weights_and_scales_the_gradie
     assert grads[1].abs().max() > 0
 
 
-def _two_steps(make_cfg, out, penalty_step: str, lam: float, bound: float = 1.0) -> dict[str, torch.Tensor]:
-    """The trainable weights after a step at lambda 0 and a second at `lam`, from one seed and one data order."""
+def _two_steps(make_cfg, out, penalty_step: str, lam: float, bound: float = 1.0,
+               settled_bound: float | None = None, settled: bool = False) -> dict[str, torch.Tensor]:
+    """The trainable weights after a step at lambda 0 and a second at `lam`, from one seed and one data order.
+    `settled_bound`: scu.penalty_step_bound_settled, with the run's state `settled` as the law last reported it."""
     from scu.torch.loop import train_step
 
     extra = {"scu__penalty_step_bound": bound} if bound != 1.0 else {}
+    if settled_bound is not None:
+        extra |= {"scu__penalty_step_bound_settled": settled_bound, "scu__law": "balance"}
     run = setup(make_cfg(scu__penalty_step=penalty_step, **extra), out)
+    run.state.settled = settled
     with torch.no_grad():
         for p in run.penalty.pairs:
             p.B.normal_(std=0.02, generator=torch.Generator().manual_seed(5))  # a change the penalty pulls on
@@ -184,13 +189,17 @@ def _two_steps(make_cfg, out, penalty_step: str, lam: float, bound: float = 1.0)
     return weights, scales
 
 
-@pytest.mark.parametrize("bound", [1.0, 2.0])
-def test_a_decoupled_penalty_step_moves_each_weight_by_its_own_bounded_step(make_cfg, tmp_path, bound):
+@pytest.mark.parametrize("bound, settled_bound, settled", [(1.0, None, False), (2.0, None, False), (1.0, 2.0, True),
+                                                            (2.0, 1.0, False)])
+def test_a_decoupled_penalty_step_moves_each_weight_by_its_own_bounded_step(make_cfg, tmp_path, bound, settled_bound,
+                                                                           settled):
     """penalty_step: decoupled leaves AdamW's step to the data alone (the same as lambda 0), then moves every weight
     by exactly -lr * lam * g_p / sqrt(v_hat + (lam g_p / c)^2), v_hat AdamW's before the step, c the bound: no momentum
-    between them, and never more than c * lr where the penalty dominates."""
+    between them, and never more than c * lr where the penalty dominates. With penalty_step_bound_settled, c is that
+    bound once the law has settled, and penalty_step_bound before."""
     plain, _ = _two_steps(make_cfg, tmp_path / "plain", "loss", 0.0)
-    decoupled, scales = _two_steps(make_cfg, tmp_path / "decoupled", "decoupled", 2.0, bound)
+    decoupled, scales = _two_steps(make_cfg, tmp_path / "decoupled", "decoupled", 2.0, bound, settled_bound, settled)
+    bound = settled_bound if settled else bound
     moved = 0
     for (name, w), (g, v) in zip(decoupled.items(), scales):
         step = 0.0 if g is None or v is None else 2.0 * g.double() / ((v + (2.0 * g.double() / bound) ** 2).sqrt() + 1e-8)
@@ -260,6 +269,20 @@ def test_the_decoupled_sensitivity_is_the_derivative_of_the_penalty_step(bound):
     assert scaled == pytest.approx(numeric, rel=1e-6)
 
 
+def test_the_settled_bound_is_refused_where_no_law_settles_or_the_penalty_is_in_the_loss():
+    from scu import ScuError
+    from scu.config.schema import build_config
+
+    with pytest.raises(ScuError, match="penalty_step_bound_settled needs scu.law: auto, or balance with"):
+        build_config({"scu": {"penalty_step_bound_settled": 4.0, "law": "balance"}})
+    with pytest.raises(ScuError, match="penalty_step_bound_settled needs"):
+        build_config({"scu": {"penalty_step_bound_settled": 4.0, "penalty_step": "decoupled", "law": "pi"}})
+    cfg = build_config({"scu": {"penalty_step_bound_settled": 4.0, "penalty_step": "decoupled", "law": "balance",
+                                "penalty_step_bound": 2.0}})
+    assert cfg.scu.step_bound(False) == 2.0 and cfg.scu.step_bound(True) == 4.0
+    assert build_config({}).scu.step_bound(True) == build_config({}).scu.penalty_step_bound  # unset: one bound throughout
+
+
 def test_the_bound_is_refused_where_the_penalty_is_in_the_loss():
     from scu.config.schema import build_config
     from scu import ScuError
@@ -276,3 +299,22 @@ def test_decoupled_penalty_step_is_refused_where_it_is_not_applied():
 
     with pytest.raises(ScuError, match="penalty_step: decoupled is applied by `scu train`"):
         ControlSession(build_config({"scu": {"penalty_step": "decoupled"}}), 1000)
+
+
+def test_the_run_switches_to_the_settled_bound_on_the_step_after_the_law_settles(make_cfg, tmp_path):
+    """The session keeps the law's `settled` (run.state.settled), which train_step reads for the next step's bound."""
+    from scu.driver import Callback
+    from scu.torch.loop import train
+
+    class Watch(Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[bool, bool]] = []
+
+        def on_step_end(self, run, row):
+            self.seen.append((run.state.settled, run.session.controllers["pi"].settled))
+
+    watch = Watch()
+    cfg = make_cfg(training__steps=60, scu__target_s=0.02, scu__law="auto", scu__penalty_step_bound_settled=4.0)
+    train(cfg, tmp_path / "run", progress=False, callbacks=[watch])
+    assert all(state == law for state, law in watch.seen)
+    assert watch.seen[0] == (False, False) and watch.seen[-1] == (True, True)  # it settled within the run
