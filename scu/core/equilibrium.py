@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 
@@ -44,7 +44,8 @@ from scu.core.simplified import loss_improvement
 from scu.core.telemetry import Action, StepTelemetry
 
 MIN_WINDOW = 20  # below this the fitted trends are mostly noise
-AVERAGE_FROM = ("start", "judged")  # EquilibriumConfig.average_from
+AverageFrom = Literal["start", "judged"]  # EquilibriumConfig.average_from
+AVERAGE_FROM = get_args(AverageFrom)
 
 
 @dataclass
@@ -53,7 +54,7 @@ class EquilibriumConfig:
 
     auto_stop: bool = False  # end training at the equilibrium step and save the adapter there (scu train --auto-stop)
     average: bool = True  # with auto_stop, save the weights averaged over about the window (an EMA of span `window`)
-    average_from: Literal["start", "judged"] = "start"  # "start": the EMA runs from the first step; "judged": only over the steps judged
+    average_from: AverageFrom = "start"  # "start": the EMA runs from the first step; "judged": only over the steps judged
     window: int = 100  # steps over which all three conditions must hold (the guide's 100; shorter runs may set >= 20)
     lambda_tolerance: float = 0.2  # largest relative change of λ's trend over the window
     s_tolerance: float = 0.05  # largest |mean S - S*| / S* over the window
